@@ -1,0 +1,160 @@
+//! `hostd`: thin binary over [`berth_hostd`]. Exit codes: 64 bad configuration,
+//! 69 a dependency (Docker, the listen address) unavailable, 1 other failures.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "hostd", version, about = "Berth's per-host daemon")]
+struct Args {
+    /// Address for the status page and slot API.
+    #[arg(long, env = "BERTH_HOSTD_LISTEN", default_value = "0.0.0.0:7701")]
+    listen: std::net::SocketAddr,
+    /// This host's id (docker runtime; the ECS runtime reads the instance id).
+    #[arg(long, env = "BERTH_HOST_ID")]
+    host_id: Option<String>,
+    /// Runtime: only `docker` in this version.
+    #[arg(long, env = "BERTH_HOST_RUNTIME", default_value = "docker")]
+    runtime: String,
+    #[arg(long, env = "BERTH_INSTANCE_TYPE", default_value = "local")]
+    instance_type: String,
+    /// Slots this host may run; defaults to the ENI-trunk table for the instance type,
+    /// or 400 for a local machine.
+    #[arg(long, env = "BERTH_BRANCH_LIMIT")]
+    branch_limit: Option<u32>,
+    /// URL the scheduler uses to reach this hostd (default: http://<listen>).
+    #[arg(long, env = "BERTH_HOSTD_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// Scheduler base URL for heartbeats.
+    #[arg(long, env = "BERTH_SCHEDULER_URL")]
+    scheduler_url: Option<String>,
+    /// Shared host token (or use --token-file).
+    #[arg(long, env = "BERTH_HOST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long, env = "BERTH_HOST_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+    #[arg(long, env = "BERTH_WORKSPACE_IMAGE")]
+    workspace_image: String,
+    #[arg(long, env = "BERTH_PROXY_IMAGE")]
+    proxy_image: String,
+    /// Seccomp profile (Docker JSON) for workspace containers.
+    #[arg(long, env = "BERTH_SECCOMP_PROFILE")]
+    seccomp_profile: Option<std::path::PathBuf>,
+    #[arg(long, env = "BERTH_MEMORY_LIMIT_MIB", default_value_t = 512)]
+    memory_limit_mib: u64,
+    #[arg(long, env = "BERTH_MEMORY_RESERVATION_MIB", default_value_t = 48)]
+    memory_reservation_mib: u64,
+    #[arg(long, env = "BERTH_PIDS_LIMIT", default_value_t = 256)]
+    pids_limit: i64,
+    #[arg(long, env = "BERTH_WORKSPACE_SIZE_MIB", default_value_t = 1024)]
+    workspace_size_mib: u64,
+    /// Remove every container and network this hostd made when it stops (local use).
+    #[arg(long)]
+    cleanup_on_exit: bool,
+    /// Log as JSON lines.
+    #[arg(long, env = "BERTH_LOG_JSON")]
+    log_json: bool,
+}
+
+fn config_error(msg: &str) -> std::process::ExitCode {
+    eprintln!("hostd: configuration error: {msg}");
+    std::process::ExitCode::from(64)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into());
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    if args.runtime != "docker" {
+        return config_error(&format!(
+            "runtime `{}` is not supported by this build; use `docker`",
+            args.runtime
+        ));
+    }
+    let token = match (args.token, args.token_file) {
+        (Some(t), _) => t,
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) => return config_error(&format!("cannot read {}: {e}", path.display())),
+        },
+        (None, None) => return config_error("a host token is required (--token or --token-file)"),
+    };
+    if token.len() < 16 {
+        return config_error("the host token must be at least 16 characters");
+    }
+    let seccomp_profile = match args.seccomp_profile {
+        Some(p) => match std::fs::read_to_string(&p) {
+            Ok(s) => Some(s),
+            Err(e) => return config_error(&format!("cannot read {}: {e}", p.display())),
+        },
+        None => None,
+    };
+    let host_id = args.host_id.unwrap_or_else(|| {
+        let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("local-{}", name.trim())
+    });
+    let branch_limit = args
+        .branch_limit
+        .or_else(|| berth_hostd::capacity::trunk_branch_limit(&args.instance_type))
+        .unwrap_or(400);
+    let config = berth_hostd::Config {
+        host_id,
+        instance_type: args.instance_type,
+        branch_limit,
+        advertise_url: args
+            .advertise_url
+            .unwrap_or_else(|| format!("http://{}", args.listen)),
+        scheduler_url: args.scheduler_url,
+        token,
+        templates: vec![berth_hostd::SlotTemplate {
+            name: "default".into(),
+            workspace_image: args.workspace_image,
+            proxy_image: args.proxy_image,
+            memory_limit_mib: args.memory_limit_mib,
+            memory_reservation_mib: args.memory_reservation_mib,
+            pids_limit: args.pids_limit,
+            workspace_size_mib: args.workspace_size_mib,
+            seccomp_profile,
+        }],
+        cleanup_on_exit: args.cleanup_on_exit,
+        extra_labels: HashMap::new(),
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %args.listen, error = %e, "cannot listen");
+            return std::process::ExitCode::from(69);
+        }
+    };
+    tracing::info!(host_id = %config.host_id, listen = %args.listen, branch_limit, "hostd starting");
+    match berth_hostd::run(config, listener, shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "hostd failed");
+            std::process::ExitCode::from(69)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+    tracing::info!("stopping");
+}

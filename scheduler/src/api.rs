@@ -1,0 +1,432 @@
+//! The scheduler's HTTP API: thin handlers over [`Scheduler`], one error type with a
+//! status and a stable code for every failure, details in the logs.
+
+use std::sync::atomic::Ordering;
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::{get, post},
+};
+use berth_wire::{CreateWorkspace, ErrorBody, HostReport};
+use serde::Deserialize;
+
+use crate::{Scheduler, now_ms, store::StoreError};
+
+/// Seconds a client should wait before retrying when no capacity is free.
+pub const RETRY_AFTER_SECONDS: u32 = 2;
+
+/// Every way an API call can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("field `{field}` is invalid: {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    #[error("{what} `{id}` not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("no host has capacity for a workspace right now")]
+    NoCapacity,
+    #[error("the runtime failed: {0}")]
+    Runtime(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            ApiError::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            ApiError::NotFound { what: "host", .. } => (StatusCode::NOT_FOUND, "host_not_found"),
+            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "workspace_not_found"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NoCapacity => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
+            ApiError::Runtime(_) => (StatusCode::BAD_GATEWAY, "runtime_failed"),
+            ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        // Runtime and store failures carry internal addresses: log them, answer generically.
+        let message = match &self {
+            ApiError::Runtime(_) => {
+                "the runtime could not start a workspace; see scheduler logs".to_owned()
+            }
+            ApiError::Store(_) => "the state store is unavailable; see scheduler logs".to_owned(),
+            other => other.to_string(),
+        };
+        if status.is_server_error() {
+            tracing::warn!(code, error = %self, "request failed");
+        }
+        let mut body = ErrorBody::new(code, message);
+        if let ApiError::InvalidField { field, .. } = &self {
+            body = body.with_field(field);
+        }
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        resp
+    }
+}
+
+/// The scheduler's routes.
+pub fn router(s: Scheduler) -> Router {
+    Router::new()
+        .route("/", get(fleet_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route(
+            "/v1/workspaces",
+            post(create_workspace).get(list_workspaces),
+        )
+        .route(
+            "/v1/workspaces/{id}",
+            get(get_workspace).delete(delete_workspace),
+        )
+        .route("/v1/workspaces/{id}/keepalive", post(keepalive))
+        .route("/v1/hosts", get(list_hosts))
+        .route("/v1/hosts/{id}/drain", post(drain_host))
+        .route("/v1/hosts/{id}/report", post(host_report))
+        .route("/v1/pools", get(pools))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(ErrorBody::new("not_found", "no such route")),
+            )
+        })
+        .with_state(s)
+}
+
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Checks the backend's token, when one is configured.
+fn check_api(s: &Scheduler, headers: &HeaderMap) -> Result<(), ApiError> {
+    match &s.config().api_token {
+        Some(t) if !same(bearer(headers), t) => Err(ApiError::Unauthorized),
+        _ => Ok(()),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
+}
+
+async fn create_workspace(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    let req: CreateWorkspace = parse(&body)?;
+    let ws = s.acquire(req).await?;
+    Ok((StatusCode::OK, axum::Json(ws)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    conversation_id: Option<String>,
+}
+
+async fn list_workspaces(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    let list: Vec<_> = match q.conversation_id {
+        Some(c) => s
+            .store()
+            .workspace_for_conversation(&c)
+            .await?
+            .into_iter()
+            .collect(),
+        None => s.store().workspaces().await?,
+    };
+    let list: Vec<_> = list.into_iter().map(|r| r.workspace).collect();
+    Ok(axum::Json(serde_json::json!({ "workspaces": list })).into_response())
+}
+
+async fn get_workspace(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    let r = s.store().workspace(&id).await?.ok_or(ApiError::NotFound {
+        what: "workspace",
+        id,
+    })?;
+    Ok(axum::Json(r.workspace).into_response())
+}
+
+async fn delete_workspace(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    let ws = s.release(&id).await?;
+    Ok(axum::Json(serde_json::json!({"id": ws.id, "deleted": true})).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KeepaliveBody {
+    ttl_seconds: Option<u64>,
+}
+
+async fn keepalive(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    let req: KeepaliveBody = if body.is_empty() {
+        KeepaliveBody::default()
+    } else {
+        parse(&body)?
+    };
+    let ws = s.keepalive(&id, req.ttl_seconds).await?;
+    Ok(axum::Json(ws).into_response())
+}
+
+async fn host_report(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !same(bearer(&headers), &s.config().host_token) {
+        return Err(ApiError::Unauthorized);
+    }
+    let report: HostReport = parse(&body)?;
+    if report.host_id != id {
+        return Err(ApiError::InvalidField {
+            field: "host_id",
+            reason: format!(
+                "report is for `{}` but was posted to `{id}`",
+                report.host_id
+            ),
+        });
+    }
+    s.store().put_host(report, now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_hosts(State(s): State<Scheduler>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    let views = s.host_views().await?;
+    let hosts: Vec<_> = s
+        .store()
+        .hosts()
+        .await?
+        .into_iter()
+        .map(|h| {
+            let view = views.iter().find(|v| v.host_id == h.report.host_id);
+            serde_json::json!({
+                "host_id": h.report.host_id,
+                "hostd_url": h.report.hostd_url,
+                "instance_type": h.report.instance_type,
+                "healthy": view.is_some_and(|v| v.healthy),
+                "draining": h.draining || h.report.draining,
+                "compliant": h.report.compliant,
+                "branch_limit": h.report.branch_limit,
+                "branches_used": h.report.branches_used,
+                "branches_free": view.map_or(0, |v| v.branches_free),
+                "memory_free_mib": view.map_or(0, |v| v.memory_free_mib),
+                "slots": h.report.slots.len(),
+                "last_seen_ms_ago": now_ms().saturating_sub(h.last_seen_ms),
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "hosts": hosts })).into_response())
+}
+
+async fn drain_host(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    if !s.store().set_draining(&id, true).await? {
+        return Err(ApiError::NotFound { what: "host", id });
+    }
+    let taken = s.store().take_warm_on_host(&id).await?;
+    for slot in &taken {
+        s.discard_slot(&slot.host_id, &slot.slot_id).await;
+    }
+    tracing::info!(host_id = %id, warm_slots_removed = taken.len(), "host draining");
+    Ok(axum::Json(
+        serde_json::json!({"host_id": id, "draining": true, "warm_slots_removed": taken.len()}),
+    )
+    .into_response())
+}
+
+async fn pools(State(s): State<Scheduler>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    let sizes = s.store().pool_sizes().await?;
+    let pools: Vec<_> = s
+        .config()
+        .pools
+        .iter()
+        .map(|(t, target)| {
+            serde_json::json!({
+                "template": t,
+                "target": target,
+                "ready": sizes.get(t).copied().unwrap_or(0),
+                "starting": s.refilling(t),
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "pools": pools })).into_response())
+}
+
+async fn metrics(State(s): State<Scheduler>) -> Result<String, ApiError> {
+    let c = s.counters();
+    let mut out = String::new();
+    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        ));
+    };
+    counter(
+        &mut out,
+        "berth_acquired_warm_total",
+        "Workspaces handed out from a warm pool.",
+        c.acquired_warm.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_acquired_cold_total",
+        "Workspaces started for the request.",
+        c.acquired_cold.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_acquire_failed_total",
+        "Acquires that failed.",
+        c.acquire_failed.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_replaced_lost_total",
+        "Workspaces replaced because their host died.",
+        c.replaced_lost.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_slots_started_total",
+        "Slots started on hosts.",
+        c.slots_started.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_slot_start_failed_total",
+        "Slot starts that failed.",
+        c.slot_start_failed.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_reaped_total",
+        "Workspaces removed at expiry.",
+        c.reaped.load(Ordering::Relaxed),
+    );
+    out.push_str(
+        "# HELP berth_pool_ready Warm slots ready per template.\n# TYPE berth_pool_ready gauge\n",
+    );
+    for (t, n) in s.store().pool_sizes().await? {
+        out.push_str(&format!("berth_pool_ready{{template=\"{t}\"}} {n}\n"));
+    }
+    let views = s.host_views().await?;
+    out.push_str("# HELP berth_hosts Hosts known, by health.\n# TYPE berth_hosts gauge\n");
+    let healthy = views.iter().filter(|v| v.healthy).count();
+    out.push_str(&format!(
+        "berth_hosts{{state=\"healthy\"}} {healthy}\nberth_hosts{{state=\"dead\"}} {}\n",
+        views.len() - healthy
+    ));
+    Ok(out)
+}
+
+async fn fleet_page(State(s): State<Scheduler>) -> Result<Html<String>, ApiError> {
+    let views = s.host_views().await?;
+    let sizes = s.store().pool_sizes().await?;
+    let workspaces = s.store().workspaces().await?.len();
+    let hosts: String = views
+        .iter()
+        .map(|v| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&v.host_id),
+                if v.healthy { "healthy" } else { "DEAD" },
+                if v.draining { "draining" } else { "" },
+                v.branches_free,
+                v.memory_free_mib
+            )
+        })
+        .collect();
+    let pools: String = s
+        .config()
+        .pools
+        .iter()
+        .map(|(t, target)| {
+            format!(
+                "<tr><td>{}</td><td>{}/{}</td><td>{}</td></tr>",
+                esc(t),
+                sizes.get(t).copied().unwrap_or(0),
+                target,
+                s.refilling(t)
+            )
+        })
+        .collect();
+    Ok(Html(format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>Berth fleet</title>\
+         <meta http-equiv=refresh content=5></head><body><h1>Berth fleet</h1>\
+         <p>{workspaces} workspaces in use · {n} hosts</p>\
+         <h2>Pools</h2><table border=1 cellpadding=4><tr><th>template</th><th>ready/target</th>\
+         <th>starting</th></tr>{pools}</table>\
+         <h2>Hosts</h2><table border=1 cellpadding=4><tr><th>host</th><th>health</th><th></th>\
+         <th>branches free</th><th>memory free (MiB)</th></tr>{hosts}</table></body></html>",
+        n = views.len()
+    )))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+}

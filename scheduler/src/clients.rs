@@ -1,0 +1,142 @@
+//! HTTP clients for the two things the scheduler calls: hostd's slot API (the docker
+//! runtime) and the workspace-agent's claim endpoint.
+
+use std::time::Duration;
+
+use berth_wire::{ClaimRequest, CreateSlot, ErrorBody, SlotInfo};
+
+/// Why a call to hostd or an agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{what} at {url}: {source}")]
+    Transport {
+        what: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{what} at {url} answered {status}: {code}: {message}")]
+    Refused {
+        what: &'static str,
+        url: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+impl CallError {
+    /// The HTTP status the far side answered, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            CallError::Refused { status, .. } => Some(*status),
+            CallError::Transport { .. } => None,
+        }
+    }
+}
+
+/// Talks to hostd and agents.
+#[derive(Clone)]
+pub struct Clients {
+    http: reqwest::Client,
+    host_token: String,
+}
+
+impl Clients {
+    pub fn new(host_token: String) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                // Creating a cold slot waits for the agent: allow for a slow engine.
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap_or_default(),
+            host_token,
+        }
+    }
+
+    /// Asks hostd to start a slot; returns once its agent is healthy.
+    pub async fn create_slot(
+        &self,
+        hostd_url: &str,
+        req: &CreateSlot,
+    ) -> Result<SlotInfo, CallError> {
+        let url = format!("{hostd_url}/v1/slots");
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.host_token)
+            .json(req)
+            .send()
+            .await
+            .map_err(|source| CallError::Transport {
+                what: "hostd",
+                url: url.clone(),
+                source,
+            })?;
+        decode("hostd", url, resp).await
+    }
+
+    pub async fn destroy_slot(&self, hostd_url: &str, slot_id: &str) -> Result<(), CallError> {
+        let url = format!("{hostd_url}/v1/slots/{slot_id}");
+        let resp = self
+            .http
+            .delete(&url)
+            .bearer_auth(&self.host_token)
+            .send()
+            .await
+            .map_err(|source| CallError::Transport {
+                what: "hostd",
+                url: url.clone(),
+                source,
+            })?;
+        decode::<serde_json::Value>("hostd", url, resp)
+            .await
+            .map(|_| ())
+    }
+
+    /// Binds a slot's agent to a workspace and its token.
+    pub async fn claim_agent(&self, agent_url: &str, req: &ClaimRequest) -> Result<(), CallError> {
+        let url = format!("{agent_url}/v1/claim");
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(5))
+            .json(req)
+            .send()
+            .await
+            .map_err(|source| CallError::Transport {
+                what: "agent",
+                url: url.clone(),
+                source,
+            })?;
+        decode::<serde_json::Value>("agent", url, resp)
+            .await
+            .map(|_| ())
+    }
+}
+
+async fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    url: String,
+    resp: reqwest::Response,
+) -> Result<T, CallError> {
+    let status = resp.status();
+    if status.is_success() {
+        return resp
+            .json()
+            .await
+            .map_err(|source| CallError::Transport { what, url, source });
+    }
+    let body: Option<ErrorBody> = resp.json().await.ok();
+    let (code, message) = body
+        .map(|b| (b.error.code, b.error.message))
+        .unwrap_or_else(|| ("unknown".into(), "no error body".into()));
+    Err(CallError::Refused {
+        what,
+        url,
+        status: status.as_u16(),
+        code,
+        message,
+    })
+}

@@ -1,0 +1,620 @@
+//! The scheduler: the backend's one entry point to Berth.
+//!
+//! # Background
+//! The backend asks for a workspace per conversation. The scheduler answers from a
+//! warm pool when it can (one atomic store step, see [`store`]) and starts one cold
+//! otherwise, on a host chosen by [`placement`]. It is stateless: everything lives
+//! in the [`store::Store`], so replicas can come and go. The reconcilers (pool
+//! refill, TTL reaper, host-death handling) run in the leader only; with the
+//! in-memory store there is one process, which is always the leader.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod clients;
+pub mod dev;
+pub mod placement;
+pub mod store;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use berth_wire::{ClaimRequest, CreateSlot, CreateWorkspace, Source, Workspace};
+use placement::{HostView, Strategy};
+use store::{Acquired, Store, StoreError, WarmSlot, WorkspaceRecord, WorkspaceStatus};
+
+pub use api::{ApiError, router};
+
+/// How the scheduler behaves; resolved by the binary from flags and environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Warm slots to keep ready, per template.
+    pub pools: BTreeMap<String, usize>,
+    pub strategy: Strategy,
+    /// A host whose last heartbeat is older than this is dead.
+    pub host_ttl: Duration,
+    pub default_ttl_seconds: u64,
+    pub max_ttl_seconds: u64,
+    /// Memory placement reserves for one slot.
+    pub slot_memory_mib: u64,
+    /// Slots the refill reconciler starts at once.
+    pub refill_parallelism: usize,
+    /// Bearer token the backend must present; `None` leaves the API open (local use).
+    pub api_token: Option<String>,
+    /// Token shared with hostd: hostd presents it on heartbeats, we on slot calls.
+    pub host_token: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            pools: BTreeMap::from([("default".to_owned(), 3)]),
+            strategy: Strategy::Spread,
+            host_ttl: Duration::from_secs(6),
+            default_ttl_seconds: 3600,
+            max_ttl_seconds: 7 * 24 * 3600,
+            slot_memory_mib: 48,
+            refill_parallelism: 4,
+            api_token: None,
+            host_token: String::new(),
+        }
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Counters {
+    pub acquired_warm: AtomicU64,
+    pub acquired_cold: AtomicU64,
+    pub acquire_failed: AtomicU64,
+    pub replaced_lost: AtomicU64,
+    pub slots_started: AtomicU64,
+    pub slot_start_failed: AtomicU64,
+    pub reaped: AtomicU64,
+}
+
+/// The scheduler's shared state.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    store: Store,
+    clients: clients::Clients,
+    /// Slots being started by this process, per host (placement counts them as used).
+    starting: Mutex<HashMap<String, u32>>,
+    /// Slots being started for each pool.
+    refilling: Mutex<HashMap<String, usize>>,
+    counters: Counters,
+}
+
+impl Scheduler {
+    pub fn new(config: Config, store: Store) -> Self {
+        let clients = clients::Clients::new(config.host_token.clone());
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                clients,
+                starting: Mutex::default(),
+                refilling: Mutex::default(),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Hosts whose heartbeat has expired.
+    async fn dead_hosts(&self) -> Result<Vec<String>, StoreError> {
+        let now = now_ms();
+        let ttl = ms(self.inner.config.host_ttl);
+        Ok(self
+            .inner
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .filter(|h| now.saturating_sub(h.last_seen_ms) > ttl)
+            .map(|h| h.report.host_id)
+            .collect())
+    }
+
+    async fn host_alive(&self, host_id: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let ttl = ms(self.inner.config.host_ttl);
+        Ok(self
+            .inner
+            .store
+            .hosts()
+            .await?
+            .iter()
+            .any(|h| h.report.host_id == host_id && now.saturating_sub(h.last_seen_ms) <= ttl))
+    }
+
+    async fn hostd_url(&self, host_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .inner
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .find(|h| h.report.host_id == host_id)
+            .map(|h| h.report.hostd_url))
+    }
+
+    /// Placement's view of the fleet, counting slots this process is starting.
+    pub async fn host_views(&self) -> Result<Vec<HostView>, StoreError> {
+        let now = now_ms();
+        let ttl = ms(self.inner.config.host_ttl);
+        let starting = self
+            .inner
+            .starting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let per_slot = self.inner.config.slot_memory_mib;
+        Ok(self
+            .inner
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .map(|h| {
+                let r = &h.report;
+                let pending = starting.get(&r.host_id).copied().unwrap_or(0);
+                HostView {
+                    host_id: r.host_id.clone(),
+                    healthy: now.saturating_sub(h.last_seen_ms) <= ttl,
+                    compliant: r.compliant,
+                    draining: h.draining || r.draining,
+                    branches_free: r.branch_limit.saturating_sub(r.branches_used + pending),
+                    memory_free_mib: r
+                        .memory_total_mib
+                        .saturating_sub(r.memory_reserved_mib + u64::from(pending) * per_slot),
+                }
+            })
+            .collect())
+    }
+
+    /// Starts one slot of `template` on the best host; returns the host's hostd URL
+    /// with the slot.
+    async fn start_slot(&self, template: &str) -> Result<WarmSlot, ApiError> {
+        let views = self.host_views().await?;
+        let host = placement::choose(
+            &views,
+            self.inner.config.slot_memory_mib,
+            self.inner.config.strategy,
+        )
+        .map(|h| h.host_id.clone())
+        .ok_or(ApiError::NoCapacity)?;
+        let hostd_url = self.hostd_url(&host).await?.ok_or(ApiError::NoCapacity)?;
+        let slot_id = format!("s-{}", short_id());
+        self.bump_starting(&host, 1);
+        let result = self
+            .inner
+            .clients
+            .create_slot(
+                &hostd_url,
+                &CreateSlot {
+                    slot_id: slot_id.clone(),
+                    template: template.into(),
+                },
+            )
+            .await;
+        self.bump_starting(&host, -1);
+        match result {
+            Ok(info) => {
+                self.inner
+                    .counters
+                    .slots_started
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(WarmSlot {
+                    slot_id: info.slot_id,
+                    host_id: info.host_id,
+                    template: template.into(),
+                    agent_url: info.agent_url,
+                })
+            }
+            Err(e) => {
+                self.inner
+                    .counters
+                    .slot_start_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(host_id = %host, %slot_id, error = %e, "slot start failed");
+                Err(ApiError::Runtime(e.to_string()))
+            }
+        }
+    }
+
+    fn bump_starting(&self, host: &str, delta: i32) {
+        let mut s = self
+            .inner
+            .starting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = s.entry(host.to_owned()).or_default();
+        *n = n.saturating_add_signed(delta);
+    }
+
+    /// Best-effort removal of a slot's containers.
+    async fn discard_slot(&self, host_id: &str, slot_id: &str) {
+        match self.hostd_url(host_id).await {
+            Ok(Some(url)) => {
+                if let Err(e) = self.inner.clients.destroy_slot(&url, slot_id).await {
+                    tracing::warn!(%host_id, %slot_id, error = %e, "could not destroy slot");
+                }
+            }
+            _ => {
+                tracing::warn!(%host_id, %slot_id, "slot's host unknown; orphan cleanup will remove it")
+            }
+        }
+    }
+
+    /// Hands out the conversation's workspace: the one it has while that lives, else
+    /// a warm slot, else a cold one. See `POST /v1/workspaces`.
+    pub async fn acquire(&self, req: CreateWorkspace) -> Result<Workspace, ApiError> {
+        let template = req.template.clone().unwrap_or_else(|| "default".into());
+        validate(&req, &template, &self.inner.config)?;
+        let ttl = req
+            .ttl_seconds
+            .unwrap_or(self.inner.config.default_ttl_seconds);
+        let mut replaced = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut warm_failures = 0;
+        loop {
+            if std::time::Instant::now() > deadline {
+                return Err(ApiError::NoCapacity);
+            }
+            if let Some(existing) = self
+                .inner
+                .store
+                .workspace_for_conversation(&req.conversation_id)
+                .await?
+            {
+                if !existing.workspace.host_id.is_empty()
+                    && !self.host_alive(&existing.workspace.host_id).await?
+                {
+                    // Its host died: forget it and hand out a new one, saying so.
+                    tracing::warn!(workspace_id = %existing.workspace.id, host_id = %existing.workspace.host_id,
+                        conversation_id = %req.conversation_id, "workspace lost with its host; replacing");
+                    self.inner
+                        .store
+                        .remove_workspace(&existing.workspace.id)
+                        .await?;
+                    self.inner
+                        .counters
+                        .replaced_lost
+                        .fetch_add(1, Ordering::Relaxed);
+                    replaced = Some(existing.workspace.id);
+                    continue;
+                }
+                if existing.status == WorkspaceStatus::Claiming {
+                    // Another request for this conversation is binding it right now.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                return Ok(existing.workspace);
+            }
+            let now = now_ms() / 1000;
+            let candidate = WorkspaceRecord {
+                workspace: Workspace {
+                    id: format!("ws-{}", short_id()),
+                    conversation_id: req.conversation_id.clone(),
+                    agent_url: String::new(),
+                    token: token(),
+                    host_id: String::new(),
+                    template: template.clone(),
+                    source: Source::Warm,
+                    created_at: now,
+                    expires_at: now + ttl,
+                    labels: req.labels.clone(),
+                    replaced: replaced.clone(),
+                },
+                slot_id: String::new(),
+                status: WorkspaceStatus::Claiming,
+            };
+            let dead = self.dead_hosts().await?;
+            let (slot, source) = match self.inner.store.acquire(&candidate, &dead).await? {
+                Acquired::Existing(_) => continue,
+                Acquired::Warm(slot) => (slot, Source::Warm),
+                Acquired::Cold => match self.start_slot(&template).await {
+                    Ok(slot) => (slot, Source::Cold),
+                    Err(e) => {
+                        self.inner
+                            .store
+                            .remove_workspace(&candidate.workspace.id)
+                            .await?;
+                        self.inner
+                            .counters
+                            .acquire_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                },
+            };
+            let mut record = candidate;
+            record.slot_id = slot.slot_id.clone();
+            record.workspace.host_id = slot.host_id.clone();
+            record.workspace.agent_url = slot.agent_url.clone();
+            record.workspace.source = source;
+            let claim = ClaimRequest {
+                workspace_id: record.workspace.id.clone(),
+                token: record.workspace.token.clone(),
+                env: Default::default(),
+            };
+            if let Err(e) = self
+                .inner
+                .clients
+                .claim_agent(&slot.agent_url, &claim)
+                .await
+            {
+                tracing::warn!(slot_id = %slot.slot_id, error = %e, "claim failed; discarding slot");
+                self.inner
+                    .store
+                    .remove_workspace(&record.workspace.id)
+                    .await?;
+                self.discard_slot(&slot.host_id, &slot.slot_id).await;
+                warm_failures += 1;
+                if warm_failures >= 3 {
+                    self.inner
+                        .counters
+                        .acquire_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(ApiError::Runtime(e.to_string()));
+                }
+                continue;
+            }
+            record.status = WorkspaceStatus::Ready;
+            self.inner.store.put_workspace(&record).await?;
+            let counter = match source {
+                Source::Warm => &self.inner.counters.acquired_warm,
+                Source::Cold => &self.inner.counters.acquired_cold,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(workspace_id = %record.workspace.id, conversation_id = %req.conversation_id,
+                host_id = %slot.host_id, source = ?source, "workspace handed out");
+            return Ok(record.workspace);
+        }
+    }
+
+    /// Ends a workspace and removes its slot.
+    pub async fn release(&self, id: &str) -> Result<Workspace, ApiError> {
+        let record = self
+            .inner
+            .store
+            .remove_workspace(id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound {
+                what: "workspace",
+                id: id.into(),
+            })?;
+        if !record.slot_id.is_empty() {
+            self.discard_slot(&record.workspace.host_id, &record.slot_id)
+                .await;
+        }
+        tracing::info!(workspace_id = %id, "workspace released");
+        Ok(record.workspace)
+    }
+
+    /// Pushes a workspace's expiry `ttl` seconds into the future.
+    pub async fn keepalive(
+        &self,
+        id: &str,
+        ttl_seconds: Option<u64>,
+    ) -> Result<Workspace, ApiError> {
+        let mut record =
+            self.inner
+                .store
+                .workspace(id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound {
+                    what: "workspace",
+                    id: id.into(),
+                })?;
+        let ttl = ttl_seconds.unwrap_or(self.inner.config.default_ttl_seconds);
+        if ttl == 0 || ttl > self.inner.config.max_ttl_seconds {
+            return Err(ApiError::InvalidField {
+                field: "ttl_seconds",
+                reason: format!(
+                    "must be between 1 and {}",
+                    self.inner.config.max_ttl_seconds
+                ),
+            });
+        }
+        record.workspace.expires_at = now_ms() / 1000 + ttl;
+        self.inner.store.put_workspace(&record).await?;
+        Ok(record.workspace)
+    }
+
+    /// One pass of every reconciler. The leader calls this on a timer.
+    pub async fn reconcile(&self) {
+        if let Err(e) = self.reap_dead_hosts().await {
+            tracing::warn!(error = %e, "host-death pass failed");
+        }
+        if let Err(e) = self.reap_expired().await {
+            tracing::warn!(error = %e, "reaper pass failed");
+        }
+        if let Err(e) = self.refill().await {
+            tracing::warn!(error = %e, "refill pass failed");
+        }
+    }
+
+    async fn reap_dead_hosts(&self) -> Result<(), StoreError> {
+        for host in self.dead_hosts().await? {
+            let gone = self.inner.store.take_warm_on_host(&host).await?;
+            if !gone.is_empty() {
+                tracing::warn!(host_id = %host, slots = gone.len(), "host heartbeat expired; its warm slots left the pools");
+            }
+        }
+        Ok(())
+    }
+
+    async fn reap_expired(&self) -> Result<(), StoreError> {
+        let now = now_ms() / 1000;
+        for r in self.inner.store.workspaces().await? {
+            if r.status == WorkspaceStatus::Ready && r.workspace.expires_at <= now {
+                tracing::info!(workspace_id = %r.workspace.id, "workspace expired");
+                if self.release(&r.workspace.id).await.is_ok() {
+                    self.inner.counters.reaped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts slots for every pool below its target, spreading them over hosts.
+    async fn refill(&self) -> Result<(), StoreError> {
+        let sizes = self.inner.store.pool_sizes().await?;
+        for (template, &target) in &self.inner.config.pools {
+            let ready = sizes.get(template).copied().unwrap_or(0);
+            let in_flight = self.refilling(template);
+            let want = target.saturating_sub(ready + in_flight);
+            let room = self
+                .inner
+                .config
+                .refill_parallelism
+                .saturating_sub(in_flight);
+            for _ in 0..want.min(room) {
+                *self
+                    .inner
+                    .refilling
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(template.clone())
+                    .or_default() += 1;
+                let me = self.clone();
+                let template = template.clone();
+                tokio::spawn(async move {
+                    match me.start_slot(&template).await {
+                        Ok(slot) => {
+                            if let Err(e) = me.inner.store.push_warm(slot.clone()).await {
+                                tracing::warn!(error = %e, "could not record warm slot; discarding it");
+                                me.discard_slot(&slot.host_id, &slot.slot_id).await;
+                            }
+                        }
+                        Err(ApiError::NoCapacity) => {
+                            tracing::debug!(%template, "no host has room for another warm slot")
+                        }
+                        Err(e) => tracing::warn!(%template, error = %e, "refill failed"),
+                    }
+                    if let Some(n) = me
+                        .inner
+                        .refilling
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_mut(&template)
+                    {
+                        *n = n.saturating_sub(1);
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn refilling(&self, template: &str) -> usize {
+        self.inner
+            .refilling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(template)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Runs the reconcilers every `every` until `stop` fires.
+    pub fn spawn_reconcilers(&self, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => me.reconcile().await,
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+    }
+}
+
+fn validate(req: &CreateWorkspace, template: &str, config: &Config) -> Result<(), ApiError> {
+    let conv = &req.conversation_id;
+    if conv.is_empty() || conv.len() > 256 {
+        return Err(ApiError::InvalidField {
+            field: "conversation_id",
+            reason: "must be 1 to 256 characters".into(),
+        });
+    }
+    if conv.chars().any(|c| c.is_control()) {
+        return Err(ApiError::InvalidField {
+            field: "conversation_id",
+            reason: "must not contain control characters".into(),
+        });
+    }
+    if !config.pools.contains_key(template) {
+        return Err(ApiError::InvalidField {
+            field: "template",
+            reason: format!("unknown template `{template}`"),
+        });
+    }
+    if let Some(ttl) = req.ttl_seconds
+        && (ttl == 0 || ttl > config.max_ttl_seconds)
+    {
+        return Err(ApiError::InvalidField {
+            field: "ttl_seconds",
+            reason: format!("must be between 1 and {}", config.max_ttl_seconds),
+        });
+    }
+    Ok(())
+}
+
+/// A 128-bit random bearer token, hex.
+fn token() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    berth_hostd::now_ms()
+}
+
+/// Serves the API on `listener` and runs the reconcilers until `shutdown` completes.
+pub async fn run(
+    scheduler: Scheduler,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    scheduler.spawn_reconcilers(Duration::from_millis(500), stop_rx);
+    let result = axum::serve(listener, router(scheduler))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    result
+}

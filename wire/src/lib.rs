@@ -1,0 +1,268 @@
+//! Wire types shared by Berth's components.
+//!
+//! Every type that crosses a process boundary lives here, so that the scheduler,
+//! hostd, the workspace-agent and the credential-proxy agree on one definition of
+//! each message. Nothing here does I/O.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+
+/// Default TCP ports of the four services.
+pub mod ports {
+    /// The scheduler's HTTP API.
+    pub const SCHEDULER: u16 = 7700;
+    /// hostd's status and slot API.
+    pub const HOSTD: u16 = 7701;
+    /// The workspace-agent inside every workspace.
+    pub const AGENT: u16 = 9000;
+    /// The credential-proxy sidecar inside every workspace task.
+    pub const PROXY: u16 = 8080;
+}
+
+/// Docker labels every Berth container and network carries, so that state can be
+/// rebuilt from the engine and leftovers found after a crash.
+pub mod labels {
+    /// Present (value `1`) on everything Berth creates.
+    pub const MANAGED: &str = "berth.managed";
+    /// The host (hostd instance) that owns the object.
+    pub const HOST: &str = "berth.host";
+    /// The warm slot a container belongs to.
+    pub const SLOT: &str = "berth.slot";
+    /// `workspace` or `proxy`.
+    pub const ROLE: &str = "berth.role";
+    /// The template the slot was made from.
+    pub const TEMPLATE: &str = "berth.template";
+    /// Set by test runs: the run id, so a crashed run's leftovers can be removed.
+    pub const TEST_RUN: &str = "berth.test-run";
+}
+
+/// A stable, machine-readable error body. Every error any Berth service returns
+/// over HTTP has this shape.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `workspace_not_found`; clients switch on this.
+    pub code: String,
+    /// Human-readable explanation; may change between versions.
+    pub message: String,
+    /// The request field at fault, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ErrorBody {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: message.into(),
+                field: None,
+            },
+        }
+    }
+
+    pub fn with_field(mut self, field: &str) -> Self {
+        self.error.field = Some(field.to_owned());
+        self
+    }
+}
+
+// === scheduler API ===
+
+/// `POST /v1/workspaces`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspace {
+    pub conversation_id: String,
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Whether a workspace came from a warm pool or was started for the request.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Warm,
+    Cold,
+}
+
+/// A workspace as the backend sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Workspace {
+    pub id: String,
+    pub conversation_id: String,
+    /// Base URL of the workspace-agent, e.g. `http://172.18.0.5:9000`.
+    pub agent_url: String,
+    /// Bearer token for the agent; bound at claim time, never reused.
+    pub token: String,
+    pub host_id: String,
+    pub template: String,
+    pub source: Source,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Set when this response replaced a workspace that was lost with its host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
+}
+
+// === hostd API ===
+
+/// What hostd reports about its host on every heartbeat and on `GET /status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostReport {
+    pub host_id: String,
+    /// `docker` or `ecs`.
+    pub runtime: String,
+    /// Base URL of this hostd's API, as the scheduler should call it.
+    pub hostd_url: String,
+    pub instance_type: String,
+    /// awsvpc tasks the host can run (ENI-trunk branches); docker runtime: slot limit.
+    pub branch_limit: u32,
+    pub branches_used: u32,
+    pub memory_total_mib: u64,
+    pub memory_reserved_mib: u64,
+    pub draining: bool,
+    /// Policy checks are all passing.
+    pub compliant: bool,
+    pub slots: Vec<SlotInfo>,
+    /// Unix milliseconds when the report was made.
+    pub reported_at_ms: u64,
+}
+
+/// `POST /v1/slots` on hostd: start one warm slot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSlot {
+    pub slot_id: String,
+    pub template: String,
+}
+
+/// Lifecycle of a warm slot on a host.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    Starting,
+    Ready,
+    Unhealthy,
+}
+
+/// One slot (workspace task: agent + proxy) as hostd knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub slot_id: String,
+    pub template: String,
+    pub host_id: String,
+    pub agent_url: String,
+    pub state: SlotState,
+    pub memory_mib: u64,
+}
+
+// === workspace-agent API ===
+
+/// `POST /v1/claim` on the agent: bind the workspace to one conversation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub workspace_id: String,
+    pub token: String,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /v1/exec` on the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// argv; exactly one of `cmd` and `shell` is given.
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// A shell command line run with `/bin/sh -c`.
+    #[serde(default)]
+    pub shell: Option<String>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub stdin: Option<String>,
+}
+
+/// One line of the agent's exec stream (newline-delimited JSON).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum ExecEvent {
+    Started {
+        pid: u32,
+    },
+    Stdout {
+        data: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        base64: bool,
+    },
+    Stderr {
+        data: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        base64: bool,
+    },
+    Exit {
+        code: Option<i32>,
+        signal: Option<i32>,
+        duration_ms: u64,
+        #[serde(default)]
+        timed_out: bool,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_events_are_tagged_lines() {
+        let line = serde_json::to_string(&ExecEvent::Exit {
+            code: Some(0),
+            signal: None,
+            duration_ms: 3,
+            timed_out: false,
+        })
+        .unwrap();
+        assert_eq!(
+            line,
+            r#"{"event":"exit","code":0,"signal":null,"duration_ms":3,"timed_out":false}"#
+        );
+        let back: ExecEvent = serde_json::from_str(r#"{"event":"stdout","data":"hi\n"}"#).unwrap();
+        assert_eq!(
+            back,
+            ExecEvent::Stdout {
+                data: "hi\n".into(),
+                base64: false
+            }
+        );
+    }
+
+    #[test]
+    fn create_workspace_rejects_unknown_fields() {
+        let err = serde_json::from_str::<CreateWorkspace>(r#"{"conversation_id":"c","tmpl":"x"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `tmpl`"), "{err}");
+    }
+}
