@@ -1,0 +1,14 @@
+output "api_token_arn" {
+  description = "Secret holding BERTH_API_TOKEN."
+  value       = aws_secretsmanager_secret.this["api-token"].arn
+}
+
+output "host_token_arn" {
+  description = "Secret holding BERTH_HOST_TOKEN (also written to /etc/berth/host-token on each host)."
+  value       = aws_secretsmanager_secret.this["host-token"].arn
+}
+
+output "proxy_credentials_arn" {
+  description = "Secret handed to the credential proxy at task start."
+  value       = aws_secretsmanager_secret.this["proxy-credentials"].arn
+}

@@ -1,0 +1,179 @@
+# The workspace task definition: what the scheduler starts with RunTask for
+# every warm slot. Two containers share the task's network namespace (awsvpc,
+# one ENI-trunk branch):
+#
+#   workspace-agent   :9000  runs the agent's commands and files; untrusted
+#                            code runs here. uid 1000.
+#   credential-proxy  :8080  on loopback only; holds the upstream credentials
+#                            and injects them. uid 65534.
+#
+# There is no task role: nothing in the task can obtain AWS credentials from
+# the ECS credential endpoint, because there are none to obtain. Credentials
+# the proxy needs arrive as the proxy-credentials secret at task start, read
+# by the execution role (which the containers never see).
+#
+# Both containers run as non-root users with a read-only root filesystem, all
+# capabilities dropped, no-new-privileges, memory limits and file-descriptor
+# ulimits. ECS cannot set a pids limit (there is no pidsLimit in
+# linuxParameters; an nproc ulimit would count the uid across all workspaces
+# of a host), so hostd applies the pids cgroup limit to each container it
+# discovers. The seccomp profile is the Docker daemon's default on the Berth
+# AMI, and the placement constraint keeps these tasks off any other host.
+
+data "aws_region" "current" {}
+
+locals {
+  region = data.aws_region.current.name
+
+  log_options = {
+    "awslogs-group"         = aws_cloudwatch_log_group.workspace.name
+    "awslogs-region"        = local.region
+    "awslogs-stream-prefix" = "workspace"
+    # Never block a workspace on CloudWatch; drop lines instead.
+    "mode"            = "non-blocking"
+    "max-buffer-size" = "4m"
+  }
+
+  agent_container = {
+    name                   = "workspace-agent"
+    image                  = var.workspace_image
+    essential              = true
+    user                   = "1000:1000"
+    readonlyRootFilesystem = true
+    privileged             = false
+    memory                 = var.agent_memory_mib
+    memoryReservation      = var.agent_memory_reservation_mib
+    cpu                    = var.agent_cpu_units
+    portMappings           = [{ containerPort = 9000, protocol = "tcp" }]
+    environment = [
+      { name = "BERTH_AGENT_LISTEN", value = "0.0.0.0:9000" },
+      { name = "BERTH_AGENT_ROOT", value = "/workspace" },
+    ]
+    dockerSecurityOptions = ["no-new-privileges"]
+    linuxParameters = {
+      capabilities       = { add = [], drop = ["ALL"] }
+      initProcessEnabled = true
+      tmpfs = [
+        { containerPath = "/workspace", size = var.workspace_size_mib, mountOptions = ["rw", "nosuid", "nodev", "uid=1000", "gid=1000", "mode=0755"] },
+        { containerPath = "/tmp", size = 256, mountOptions = ["rw", "nosuid", "nodev", "mode=1777"] },
+      ]
+    }
+    ulimits = [
+      { name = "nofile", softLimit = 4096, hardLimit = 8192 },
+      { name = "core", softLimit = 0, hardLimit = 0 },
+    ]
+    dependsOn        = [{ containerName = "credential-proxy", condition = "START" }]
+    logConfiguration = { logDriver = "awslogs", options = local.log_options }
+  }
+
+  proxy_container = {
+    name                   = "credential-proxy"
+    image                  = var.proxy_image
+    essential              = true
+    user                   = "65534:65534"
+    readonlyRootFilesystem = true
+    privileged             = false
+    memory                 = var.proxy_memory_mib
+    memoryReservation      = var.proxy_memory_mib
+    cpu                    = var.proxy_cpu_units
+    # No port mapping: the proxy listens on the task's loopback only.
+    environment = [
+      { name = "BERTH_PROXY_LISTEN", value = "127.0.0.1:8080" },
+    ]
+    secrets = [
+      { name = "BERTH_PROXY_CREDENTIALS", valueFrom = var.proxy_credentials_secret_arn },
+    ]
+    dockerSecurityOptions = ["no-new-privileges"]
+    linuxParameters = {
+      capabilities       = { add = [], drop = ["ALL"] }
+      initProcessEnabled = true
+    }
+    ulimits = [
+      { name = "nofile", softLimit = 4096, hardLimit = 8192 },
+      { name = "core", softLimit = 0, hardLimit = 0 },
+    ]
+    logConfiguration = { logDriver = "awslogs", options = local.log_options }
+  }
+}
+
+resource "aws_cloudwatch_log_group" "workspace" {
+  name              = "/berth/${var.name}/workspace"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.kms_key_arn
+  tags              = var.tags
+}
+
+# === execution role (used by the ECS agent, never by the containers) ===
+
+data "aws_iam_policy_document" "execution_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "execution" {
+  name_prefix        = "${var.name}-ws-exec-"
+  assume_role_policy = data.aws_iam_policy_document.execution_assume.json
+  tags               = var.tags
+}
+
+data "aws_iam_policy_document" "execution" {
+  statement {
+    sid       = "EcrLogin"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"]
+  }
+  statement {
+    sid = "PullWorkspaceImages"
+    actions = [
+      "ecr:BatchCheckLayerAvailability",
+      "ecr:BatchGetImage",
+      "ecr:GetDownloadUrlForLayer",
+    ]
+    resources = var.image_repository_arns
+  }
+  statement {
+    sid       = "WriteWorkspaceLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.workspace.arn}:*"]
+  }
+  statement {
+    sid       = "ReadProxyCredentials"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [var.proxy_credentials_secret_arn]
+  }
+  statement {
+    sid       = "DecryptWithEnvironmentKey"
+    actions   = ["kms:Decrypt"]
+    resources = [var.kms_key_arn]
+  }
+}
+
+resource "aws_iam_role_policy" "execution" {
+  role   = aws_iam_role.execution.id
+  policy = data.aws_iam_policy_document.execution.json
+}
+
+# === task definition ===
+
+resource "aws_ecs_task_definition" "workspace" {
+  family                   = "${var.name}-workspace"
+  network_mode             = "awsvpc"
+  requires_compatibilities = ["EC2"]
+  execution_role_arn       = aws_iam_role.execution.arn
+  # task_role_arn is left unset on purpose: workspaces get no IAM role.
+
+  container_definitions = jsonencode([local.agent_container, local.proxy_container])
+
+  # Only hosts built from the Berth AMI (hostd running) carry this attribute.
+  placement_constraints {
+    type       = "memberOf"
+    expression = "attribute:berth.hostd == 1"
+  }
+
+  tags = var.tags
+}
