@@ -42,11 +42,7 @@ impl std::str::FromStr for Strategy {
 }
 
 /// Picks a host for a slot needing `memory_mib`, or `None` if no host fits.
-pub fn choose<'a>(
-    hosts: &'a [HostView],
-    memory_mib: u64,
-    strategy: Strategy,
-) -> Option<&'a HostView> {
+pub fn choose(hosts: &[HostView], memory_mib: u64, strategy: Strategy) -> Option<&HostView> {
     let fits = hosts.iter().filter(|h| {
         h.healthy
             && h.compliant

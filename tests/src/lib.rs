@@ -1,0 +1,49 @@
+//! Berth's test bed: helpers that start each real part on a free loopback port and
+//! clean up after themselves, even when a test fails.
+//!
+//! - [`redis_server::RedisServer`]: Debian's `redis-server`, one per test.
+//! - [`moto::MotoServer`]: moto in server mode (ECS, Secrets Manager), one per test,
+//!   with AWS clients that can never fall back to the instance metadata service.
+//! - [`docker`]: everything a run creates carries `berth.test-run=<run id>`; a run id
+//!   names a process (pid and start time), so leftovers of a crashed run are found
+//!   and removed by the next one ([`docker::sweep_leftovers`]).
+//! - [`system::LocalBerth`]: hostd (docker runtime) and the scheduler (in memory),
+//!   in this process, on free ports — the same code path as `scheduler dev`.
+#![forbid(unsafe_code)]
+
+pub mod docker;
+pub mod moto;
+pub mod redis_server;
+pub mod system;
+
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound, read and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Polls `check` every 20 ms until it returns true or `limit` passes.
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> std::path::PathBuf {
+    let here = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test binary> → target/debug
+    here.parent()
+        .and_then(|p| p.parent())
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}

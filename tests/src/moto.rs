@@ -1,0 +1,113 @@
+//! moto in server mode, per test, and AWS clients bound to it.
+//!
+//! Clients made here never use the default credential chain, which falls back to
+//! the instance metadata service: the endpoint, region and static credentials are
+//! explicit, `AWS_EC2_METADATA_DISABLED` is set, and retries are off so moto's errors
+//! surface at once.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running moto_server; stopped on drop.
+pub struct MotoServer {
+    child: Child,
+    port: u16,
+}
+
+/// Where tests/run.sh installs moto.
+pub fn moto_server_path() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("BERTH_MOTO_SERVER") {
+        return p.into();
+    }
+    let cache = std::env::var("BERTH_CACHE_DIR")
+        .unwrap_or_else(|_| format!("{}/.cache/berth", std::env::var("HOME").unwrap_or_default()));
+    std::path::PathBuf::from(cache).join("venv-moto/bin/moto_server")
+}
+
+impl MotoServer {
+    /// Starts moto on a free port and waits for its "Running on" line.
+    pub fn start() -> anyhow::Result<Self> {
+        let path = moto_server_path();
+        let mut child = Command::new(&path)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot start {} (run tests/run.sh to install moto): {e}",
+                    path.display()
+                )
+            })?;
+        // Werkzeug prints " * Running on http://127.0.0.1:PORT" on stderr or stdout.
+        let (tx, rx) = mpsc::channel();
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Some(port) = line
+                        .split("Running on http://127.0.0.1:")
+                        .nth(1)
+                        .and_then(|rest| rest.trim().parse::<u16>().ok())
+                    {
+                        let _ = tx.send(port);
+                    }
+                }
+            });
+        }
+        let port = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(p) => p,
+            Err(_) => {
+                let _ = child.kill();
+                anyhow::bail!("moto_server did not report its port within 30 s");
+            }
+        };
+        Ok(Self { child, port })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// An ECS client bound to this moto: static credentials, fixed region, no
+    /// retries. Built from the service config alone, so no credential chain (and
+    /// so no metadata service) is ever consulted.
+    pub fn ecs(&self) -> aws_sdk_ecs::Client {
+        let config = aws_sdk_ecs::Config::builder()
+            .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .region(aws_sdk_ecs::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "berth-tests",
+            ))
+            .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled())
+            .build();
+        aws_sdk_ecs::Client::from_conf(config)
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

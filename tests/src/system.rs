@@ -1,0 +1,157 @@
+//! The whole system in this process: hostd (docker runtime) and the scheduler (in
+//! memory) on free loopback ports — the path `scheduler dev` runs.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use berth_scheduler::{Config, Scheduler, store::Store};
+
+/// A running local Berth; stopped (and its containers removed) by [`LocalBerth::stop`],
+/// or by `Drop` if a test panics first.
+pub struct LocalBerth {
+    /// Scheduler base URL.
+    pub api: String,
+    pub hostd_url: String,
+    pub host_id: String,
+    pub scheduler: Scheduler,
+    pub http: reqwest::Client,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Options for [`LocalBerth::start_with`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub pool: usize,
+    pub seccomp_profile: Option<String>,
+    pub branch_limit: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            pool: 2,
+            seccomp_profile: None,
+            branch_limit: 50,
+        }
+    }
+}
+
+impl LocalBerth {
+    pub async fn start(pool: usize) -> Self {
+        Self::start_with(Options {
+            pool,
+            ..Options::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(opts: Options) -> Self {
+        let (ws_image, proxy_image) = crate::docker::images().clone();
+        let host_id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let host_token = uuid::Uuid::new_v4().simple().to_string();
+        let sched_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hostd_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", sched_listener.local_addr().unwrap());
+        let hostd_url = format!("http://{}", hostd_listener.local_addr().unwrap());
+        let hostd_config = berth_hostd::Config {
+            host_id: host_id.clone(),
+            instance_type: "local".into(),
+            branch_limit: opts.branch_limit,
+            advertise_url: hostd_url.clone(),
+            scheduler_url: Some(api.clone()),
+            token: host_token.clone(),
+            templates: vec![berth_hostd::SlotTemplate {
+                name: "default".into(),
+                workspace_image: ws_image,
+                proxy_image,
+                memory_limit_mib: 256,
+                memory_reservation_mib: 32,
+                pids_limit: 128,
+                workspace_size_mib: 256,
+                seccomp_profile: opts.seccomp_profile.clone(),
+            }],
+            cleanup_on_exit: true,
+            extra_labels: HashMap::from([(
+                crate::docker::TEST_RUN.to_owned(),
+                crate::docker::run_id().to_owned(),
+            )]),
+        };
+        let scheduler = Scheduler::new(
+            Config {
+                pools: [("default".to_owned(), opts.pool)].into(),
+                host_token,
+                ..Config::default()
+            },
+            Store::memory(),
+        );
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut rx1 = stop_rx.clone();
+        let mut rx2 = stop_rx;
+        let hostd_task = tokio::spawn(async move {
+            berth_hostd::run(hostd_config, hostd_listener, async move {
+                let _ = rx1.changed().await;
+            })
+            .await
+            .expect("hostd runs");
+        });
+        let sched = scheduler.clone();
+        let sched_task = tokio::spawn(async move {
+            berth_scheduler::run(sched, sched_listener, async move {
+                let _ = rx2.changed().await;
+            })
+            .await
+            .expect("scheduler runs");
+        });
+        Self {
+            api,
+            hostd_url,
+            host_id,
+            scheduler,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            stop,
+            tasks: vec![hostd_task, sched_task],
+        }
+    }
+
+    /// Waits until the default pool holds `n` ready slots.
+    pub async fn wait_pool(&self, n: usize, limit: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            let ready = self
+                .scheduler
+                .store()
+                .pool_sizes()
+                .await
+                .ok()
+                .and_then(|s| s.get("default").copied())
+                .unwrap_or(0);
+            if ready >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Stops both services; hostd removes every container and network it made.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for LocalBerth {
+    fn drop(&mut self) {
+        if !self.tasks.is_empty() {
+            // A test failed before stop(): remove what this host made, synchronously.
+            let _ = self.stop.send(true);
+            crate::docker::remove_labelled(berth_wire::labels::HOST, &self.host_id);
+        }
+    }
+}
