@@ -31,6 +31,8 @@ pub enum DevError {
     NoBinDir(PathBuf),
     #[error("`cargo build` of the other binaries failed (exit {0})")]
     Build(i32),
+    #[error("missing prerequisite: {0}")]
+    Prerequisite(String),
     #[error("cannot build images: {0}")]
     Image(#[from] berth_hostd::image::ImageError),
     #[error("cannot listen on {addr}: {source} (is another Berth running? use --listen)")]
@@ -57,6 +59,7 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
         .map(Path::to_path_buf)
         .ok_or_else(|| DevError::NoBinDir(exe.clone()))?;
     build_siblings(&bin_dir)?;
+    ensure_busybox()?;
 
     say("building images from our binaries (rebuilt only when a binary changes)…");
     let started = Instant::now();
@@ -188,6 +191,47 @@ fn build_siblings(bin_dir: &Path) -> Result<(), DevError> {
         return Err(DevError::Build(status.code().unwrap_or(-1)));
     }
     Ok(())
+}
+
+/// The workspace image needs Debian's static busybox for its shell and coreutils.
+/// Installs it when missing and we may (root, apt), so that one command is enough on
+/// a fresh Debian machine; otherwise says exactly what to install.
+fn ensure_busybox() -> Result<(), DevError> {
+    let is_static = |p: &str| {
+        std::process::Command::new("ldd")
+            .arg(p)
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(false)
+    };
+    let bb = berth_hostd::image::BUSYBOX;
+    if Path::new(bb).exists() && is_static(bb) {
+        return Ok(());
+    }
+    let can_apt = nix::unistd::getuid().is_root() && Path::new("/usr/bin/apt-get").exists();
+    if !can_apt {
+        return Err(DevError::Prerequisite(
+            "the workspace image needs a static busybox: apt-get install busybox-static".into(),
+        ));
+    }
+    say("installing busybox-static (apt) for the workspace image's shell…");
+    let apt = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let ok = apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "busybox-static"]);
+    if ok && is_static(bb) {
+        Ok(())
+    } else {
+        Err(DevError::Prerequisite(
+            "could not install busybox-static; run: apt-get update && apt-get install busybox-static"
+                .into(),
+        ))
+    }
 }
 
 /// Prints the pool's progress until it is full; false if it never fills in time.
