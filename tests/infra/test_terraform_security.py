@@ -223,7 +223,14 @@ def test_dns_firewall_blocks_everything_not_allowed(module):
 
 def test_eni_trunking_is_enabled_for_the_account(module):
     setting = module("ecs_cluster").resource("aws_ecs_account_setting_default", "trunking")
-    assert setting == {"name": "awsvpcTrunking", "value": "enabled"}
+    assert (setting["name"], setting["value"]) == ("awsvpcTrunking", "enabled")
+    # It may be left to another environment of the same account, but by default
+    # every environment manages it.
+    assert setting["count"] == "${var.manage_account_settings ? 1 : 0}"
+    for env in ("staging", "production"):
+        variables = HclDir(TERRAFORM / "environments" / env).blocks["variable"]
+        default = next(v["manage_account_settings"]["default"] for v in variables if "manage_account_settings" in v)
+        assert default is True, f"{env}: trunking must be managed by default"
 
 
 def test_capacity_provider_scales_and_drains_with_a_warm_pool(module):

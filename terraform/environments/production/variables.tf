@@ -21,6 +21,12 @@ variable "create_ecr_repositories" {
   default     = true
 }
 
+variable "manage_account_settings" {
+  description = "Manage the account-wide awsvpcTrunking default here. False when another environment in the same account and region already does."
+  type        = bool
+  default     = true
+}
+
 variable "host_ami_id" {
   description = "Pinned Berth host AMI id; empty takes the newest berth-host-* image owned by this account."
   type        = string

@@ -14,6 +14,7 @@ module "berth" {
 
   image_tag               = var.image_tag
   create_ecr_repositories = var.create_ecr_repositories
+  manage_account_settings = var.manage_account_settings
   host_ami_id             = var.host_ami_id
 
   # c6i.2xlarge: 40 branch ENIs with trunking; 16 GiB holds ~14 workspaces

@@ -40,6 +40,7 @@ data "aws_ami" "berth_host" {
 # setting, including the hosts' instance role: each instance then gets a trunk
 # ENI and up to 10/20/40/60 branch ENIs (large/xlarge/2xlarge/4xlarge).
 resource "aws_ecs_account_setting_default" "trunking" {
+  count = var.manage_account_settings ? 1 : 0
   name  = "awsvpcTrunking"
   value = "enabled"
 }

@@ -109,3 +109,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "manage_account_settings" {
+  description = "Manage the account-wide awsvpcTrunking default here. Exactly one environment per account and region may (false in the second environment of a shared account)."
+  type        = bool
+  default     = true
+}

@@ -120,6 +120,7 @@ module "ecs_cluster" {
   host_token_secret_arn   = module.secrets.host_token_arn
   kms_key_arn             = module.kms.key_arn
   ami_id                  = var.host_ami_id
+  manage_account_settings = var.manage_account_settings
   instance_type           = var.host_instance_type
   min_hosts               = var.min_hosts
   max_hosts               = var.max_hosts

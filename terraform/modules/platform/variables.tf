@@ -34,6 +34,12 @@ variable "create_ecr_repositories" {
   default     = true
 }
 
+variable "manage_account_settings" {
+  description = "Manage account-wide settings (awsvpcTrunking) in this environment; false in the second environment of a shared account."
+  type        = bool
+  default     = true
+}
+
 variable "host_ami_id" {
   description = "Pinned Berth host AMI; empty takes the newest berth-host-* image of this account."
   type        = string
