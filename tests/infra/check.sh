@@ -30,8 +30,12 @@ export BC_SKIP_MAPPING=TRUE
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 started=${SECONDS}
+failed=()
 step() { printf '\n== infra: %s\n' "$*"; }
 skipped() { printf 'skipped: %s\n' "$*"; }
+# fail NAME: record a failed step; the run goes on so that one pass shows
+# every problem, and exits non-zero at the end.
+fail() { failed+=("$1"); printf 'FAILED: %s\n' "$1" >&2; }
 
 # --- tools -------------------------------------------------------------------
 
@@ -110,8 +114,11 @@ mapfile -t scripts < <(
     find ami tests/infra -type f \( -name '*.sh' -o -perm -u+x \) -not -name '*.py' -print0 \
         | xargs -0 grep -lE '^#!.*\b(ba)?sh\b' | sort
 )
-shellcheck -x "${scripts[@]}"
-printf 'shellcheck: %d scripts clean (%s)\n' "${#scripts[@]}" "${scripts[*]}"
+if shellcheck -x "${scripts[@]}"; then
+    printf 'shellcheck: %d scripts clean (%s)\n' "${#scripts[@]}" "${scripts[*]}"
+else
+    fail shellcheck
+fi
 
 # --- 2. terraform fmt ---------------------------------------------------------
 
@@ -123,8 +130,11 @@ if command -v terraform >/dev/null 2>&1; then
         unset TF_CLI_CONFIG_FILE
         export TF_CLI_CONFIG_FILE=/dev/null
     fi
-    terraform fmt -check -recursive -diff terraform/
-    echo "terraform fmt: clean ($(terraform version | head -1))"
+    if terraform fmt -check -recursive -diff terraform/; then
+        echo "terraform fmt: clean ($(terraform version | head -1))"
+    else
+        fail "terraform fmt"
+    fi
 else
     skipped "terraform not installed"
 fi
@@ -135,9 +145,11 @@ step "packer"
 if command -v packer >/dev/null 2>&1; then
     # Syntax only: a full validate would resolve the amazon builder's settings,
     # which Debian's packer (1.6) predates and which may reach for AWS.
-    packer validate -syntax-only ami/
-    packer fmt -check ami/
-    echo "packer: syntax and format clean ($(packer version | head -1))"
+    if packer validate -syntax-only ami/ && packer fmt -check ami/; then
+        echo "packer: syntax and format clean ($(packer version | head -1))"
+    else
+        fail packer
+    fi
 else
     skipped "packer not installed"
 fi
@@ -145,7 +157,6 @@ fi
 # --- 4. checkov ---------------------------------------------------------------
 
 step "checkov"
-checkov_summary=()
 run_checkov() {
     local label="$1" out
     shift
@@ -153,14 +164,13 @@ run_checkov() {
     if ! "${venv_checkov}/bin/checkov" "$@" >"${out}" 2>&1; then
         cat "${out}"
         rm -f "${out}"
-        echo "checkov: ${label} has failed checks" >&2
-        return 1
+        fail "checkov ${label}"
+        return 0
     fi
     local summary
     summary="$(grep -m1 -E '^Passed checks:' "${out}" || echo 'no checks ran')"
     rm -f "${out}"
     printf 'checkov %s: %s\n' "${label}" "${summary}"
-    checkov_summary+=("${label}: ${summary}")
 }
 for env in staging production; do
     run_checkov "terraform/environments/${env}" \
@@ -173,6 +183,10 @@ run_checkov ".github/workflows" -d .github/workflows --framework github_actions 
 # --- 5. pytest ----------------------------------------------------------------
 
 step "pytest tests/infra"
-"${venv_infra}/bin/python" -m pytest tests/infra -q -p no:cacheprovider
+"${venv_infra}/bin/python" -m pytest tests/infra -q -p no:cacheprovider || fail pytest
 
+if ((${#failed[@]} > 0)); then
+    printf '\ninfra checks FAILED in %ds: %s\n' "$((SECONDS - started))" "${failed[*]}" >&2
+    exit 1
+fi
 printf '\ninfra checks passed in %ds\n' "$((SECONDS - started))"

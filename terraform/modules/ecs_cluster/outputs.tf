@@ -1,11 +1,15 @@
+# Services name capacity providers (FARGATE); they may only be created once the
+# providers are associated with the cluster, hence the depends_on.
 output "cluster_name" {
   description = "ECS cluster name (BERTH_ECS_CLUSTER)."
   value       = aws_ecs_cluster.this.name
+  depends_on  = [aws_ecs_cluster_capacity_providers.this]
 }
 
 output "cluster_arn" {
   description = "ECS cluster ARN."
   value       = aws_ecs_cluster.this.arn
+  depends_on  = [aws_ecs_cluster_capacity_providers.this]
 }
 
 output "capacity_provider_name" {
