@@ -40,6 +40,8 @@ pub enum Arg {
     BadPtr,
     /// A writable 64-byte buffer (socketpair's fds and the like).
     Buf,
+    /// The calling process's pid (a target the kernel lets a process act on itself).
+    OwnPid,
 }
 
 /// One call the workspace profile must refuse.
@@ -115,384 +117,59 @@ pub struct ProbeConfig {
 }
 
 /// Every refused call the probe tries, in order.
+// One call per line reads as the table it is.
+#[rustfmt::skip]
 pub fn refused_calls() -> Vec<RefusedCall> {
-    use Arg::{BadPtr, Buf, Int, Null, Str};
+    use Arg::{BadPtr, Buf, Int, Null, OwnPid, Str};
     const NO: Arg = Arg::Int(0);
-    let nowhere = c"/nonexistent-berth-probe";
-    let call = |name, syscall, args, errno, control| RefusedCall {
-        name,
-        syscall,
-        args,
-        errno,
-        control,
-    };
+    const NOWHERE: Arg = Arg::Str(c"/nonexistent-berth-probe");
+    const MINUS_ONE: Arg = Arg::Int(u64::MAX);
+    let call = |name, syscall, args, errno, control| RefusedCall { name, syscall, args, errno, control };
+    let int = |v: i32| Int(v as u64);
     let sigchld = libc::SIGCHLD as u64;
     vec![
-        call(
-            "unshare(CLONE_NEWUSER)",
-            "unshare",
-            [Int(libc::CLONE_NEWUSER as u64), NO, NO, NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "unshare(CLONE_NEWNS)",
-            "unshare",
-            [Int(libc::CLONE_NEWNS as u64), NO, NO, NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "clone(CLONE_NEWUSER)",
-            "clone",
-            [
-                Int(libc::CLONE_NEWUSER as u64 | sigchld),
-                NO,
-                NO,
-                NO,
-                NO,
-                NO,
-            ],
-            EPERM,
-            true,
-        ),
-        call(
-            "clone(CLONE_NEWNET)",
-            "clone",
-            [Int(libc::CLONE_NEWNET as u64 | sigchld), NO, NO, NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "clone3(NULL, 0)",
-            "clone3",
-            [Null, NO, NO, NO, NO, NO],
-            ENOSYS,
-            true,
-        ),
-        call(
-            "setns(-1, CLONE_NEWNET)",
-            "setns",
-            [
-                Int(u64::MAX),
-                Int(libc::CLONE_NEWNET as u64),
-                NO,
-                NO,
-                NO,
-                NO,
-            ],
-            EPERM,
-            true,
-        ),
-        call(
-            "keyctl(GET_KEYRING_ID, session)",
-            "keyctl",
-            [Int(0), Int(-3i64 as u64), NO, NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "add_key(user, process keyring)",
-            "add_key",
-            [
-                Str(c"user"),
-                Str(c"berth-probe"),
-                Str(c"x"),
-                Int(1),
-                Int(-2i64 as u64),
-                NO,
-            ],
-            EPERM,
-            true,
-        ),
-        call(
-            "request_key(user)",
-            "request_key",
-            [
-                Str(c"user"),
-                Str(c"berth-probe-absent"),
-                Null,
-                Int(0),
-                NO,
-                NO,
-            ],
-            EPERM,
-            true,
-        ),
-        call(
-            "bpf(invalid command)",
-            "bpf",
-            [Int(0xffff), Null, Int(0), NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "perf_event_open(NULL attr)",
-            "perf_event_open",
-            [Null, Int(0), Int(u64::MAX), Int(u64::MAX), Int(0), NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "userfaultfd(invalid flags)",
-            "userfaultfd",
-            [Int(1 | 2), NO, NO, NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "io_uring_setup(1, bad params)",
-            "io_uring_setup",
-            [Int(1), BadPtr, NO, NO, NO, NO],
-            ENOSYS,
-            true,
-        ),
-        call(
-            "io_uring_enter(-1)",
-            "io_uring_enter",
-            [Int(u64::MAX), Int(0), Int(0), Int(0), Null, Int(0)],
-            ENOSYS,
-            true,
-        ),
-        call(
-            "io_uring_register(-1)",
-            "io_uring_register",
-            [Int(u64::MAX), Int(0), Null, Int(0), NO, NO],
-            ENOSYS,
-            true,
-        ),
-        call(
-            "ptrace(PEEKDATA, no such pid)",
-            "ptrace",
-            [
-                Int(libc::PTRACE_PEEKDATA as u64),
-                Int(0x7fff_fff0),
-                Null,
-                Null,
-                NO,
-                NO,
-            ],
-            EPERM,
-            true,
-        ),
-        call(
-            "process_vm_readv(pid 0)",
-            "process_vm_readv",
-            [Int(0), Null, Int(0), Null, Int(0), Int(0)],
-            EPERM,
-            true,
-        ),
-        call(
-            "process_vm_writev(pid 0)",
-            "process_vm_writev",
-            [Int(0), Null, Int(0), Null, Int(0), Int(0)],
-            EPERM,
-            true,
-        ),
-        call(
-            "kcmp(pid 0)",
-            "kcmp",
-            [Int(0), Int(0), Int(0), Int(0), Int(0), NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "pidfd_getfd(-1)",
-            "pidfd_getfd",
-            [Int(u64::MAX), Int(0), Int(0), NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "mount(bad fstype pointer)",
-            "mount",
-            [Null, Str(nowhere), BadPtr, Int(0), Null, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "umount2(invalid flags)",
-            "umount2",
-            [Str(nowhere), Int(0x8000_0000), NO, NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "pivot_root(missing paths)",
-            "pivot_root",
-            [Str(nowhere), Str(nowhere), NO, NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "chroot(missing path)",
-            "chroot",
-            [Str(nowhere), NO, NO, NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "fsopen(bad name pointer)",
-            "fsopen",
-            [BadPtr, Int(0), NO, NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "open_by_handle_at(-1, bad handle)",
-            "open_by_handle_at",
-            [Int(u64::MAX), BadPtr, Int(0), NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "socket(AF_ALG)",
-            "socket",
-            [
-                Int(libc::AF_ALG as u64),
-                Int(libc::SOCK_SEQPACKET as u64),
-                Int(0),
-                NO,
-                NO,
-                NO,
-            ],
-            EPERM,
-            true,
-        ),
-        call(
-            "socket(AF_VSOCK)",
-            "socket",
-            [
-                Int(libc::AF_VSOCK as u64),
-                Int(libc::SOCK_STREAM as u64),
-                Int(0),
-                NO,
-                NO,
-                NO,
-            ],
-            EPERM,
-            true,
-        ),
-        call(
-            "socket(AF_PACKET)",
-            "socket",
-            [
-                Int(libc::AF_PACKET as u64),
-                Int(libc::SOCK_RAW as u64),
-                Int(0),
-                NO,
-                NO,
-                NO,
-            ],
-            EPERM,
-            true,
-        ),
-        call(
-            "socket(AF_NETLINK, NETLINK_AUDIT)",
-            "socket",
-            [
-                Int(libc::AF_NETLINK as u64),
-                Int(libc::SOCK_RAW as u64),
-                Int(libc::NETLINK_AUDIT as u64),
-                NO,
-                NO,
-                NO,
-            ],
-            EPROTONOSUPPORT,
-            true,
-        ),
-        call(
-            "socketpair(AF_INET)",
-            "socketpair",
-            [
-                Int(libc::AF_INET as u64),
-                Int(libc::SOCK_STREAM as u64),
-                Int(0),
-                Buf,
-                NO,
-                NO,
-            ],
-            EPERM,
-            true,
-        ),
-        call(
-            "personality(ADDR_NO_RANDOMIZE)",
-            "personality",
-            [Int(libc::ADDR_NO_RANDOMIZE as u64), NO, NO, NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "personality(UNAME26)",
-            "personality",
-            [Int(0x0002_0000), NO, NO, NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "memfd_secret(0)",
-            "memfd_secret",
-            [Int(0), NO, NO, NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "modify_ldt(read, 0 bytes)",
-            "modify_ldt",
-            [Int(0), Null, Int(0), NO, NO, NO],
-            EPERM,
-            true,
-        ),
+        call("unshare(CLONE_NEWUSER)", "unshare", [int(libc::CLONE_NEWUSER), NO, NO, NO, NO, NO], EPERM, true),
+        call("unshare(CLONE_NEWNS)", "unshare", [int(libc::CLONE_NEWNS), NO, NO, NO, NO, NO], EPERM, true),
+        call("clone(CLONE_NEWUSER)", "clone", [Int(libc::CLONE_NEWUSER as u64 | sigchld), NO, NO, NO, NO, NO], EPERM, true),
+        call("clone(CLONE_NEWNET)", "clone", [Int(libc::CLONE_NEWNET as u64 | sigchld), NO, NO, NO, NO, NO], EPERM, true),
+        call("clone3(NULL, 0)", "clone3", [Null, NO, NO, NO, NO, NO], ENOSYS, true),
+        call("setns(-1, CLONE_NEWNET)", "setns", [MINUS_ONE, int(libc::CLONE_NEWNET), NO, NO, NO, NO], EPERM, true),
+        call("keyctl(GET_KEYRING_ID, session)", "keyctl", [Int(0), int(-3), NO, NO, NO, NO], EPERM, true),
+        call("add_key(user, process keyring)", "add_key", [Str(c"user"), Str(c"berth-probe"), Str(c"x"), Int(1), int(-2), NO], EPERM, true),
+        call("request_key(user)", "request_key", [Str(c"user"), Str(c"berth-probe-absent"), Null, Int(0), NO, NO], EPERM, true),
+        call("bpf(invalid command)", "bpf", [Int(0xffff), Null, Int(0), NO, NO, NO], EPERM, true),
+        call("perf_event_open(NULL attr)", "perf_event_open", [Null, Int(0), MINUS_ONE, MINUS_ONE, Int(0), NO], EPERM, true),
+        call("userfaultfd(invalid flags)", "userfaultfd", [Int(1 | 2), NO, NO, NO, NO, NO], EPERM, true),
+        call("io_uring_setup(1, bad params)", "io_uring_setup", [Int(1), BadPtr, NO, NO, NO, NO], ENOSYS, true),
+        call("io_uring_enter(-1)", "io_uring_enter", [MINUS_ONE, Int(0), Int(0), Int(0), Null, Int(0)], ENOSYS, true),
+        call("io_uring_register(-1)", "io_uring_register", [MINUS_ONE, Int(0), Null, Int(0), NO, NO], ENOSYS, true),
+        call("ptrace(PEEKDATA, no such pid)", "ptrace", [Int(libc::PTRACE_PEEKDATA as u64), Int(0x7fff_fff0), Null, Null, NO, NO], EPERM, true),
+        call("process_vm_readv(self, nothing)", "process_vm_readv", [OwnPid, Null, Int(0), Null, Int(0), Int(0)], EPERM, true),
+        call("process_vm_writev(self, nothing)", "process_vm_writev", [OwnPid, Null, Int(0), Null, Int(0), Int(0)], EPERM, true),
+        call("kcmp(self, self, KCMP_FILE, 0, 0)", "kcmp", [OwnPid, OwnPid, Int(0), Int(0), Int(0), NO], EPERM, true),
+        call("pidfd_getfd(-1)", "pidfd_getfd", [MINUS_ONE, Int(0), Int(0), NO, NO, NO], EPERM, true),
+        call("mount(bad fstype pointer)", "mount", [Null, NOWHERE, BadPtr, Int(0), Null, NO], EPERM, true),
+        call("umount2(invalid flags)", "umount2", [NOWHERE, Int(0x8000_0000), NO, NO, NO, NO], EPERM, true),
+        call("pivot_root(missing paths)", "pivot_root", [NOWHERE, NOWHERE, NO, NO, NO, NO], EPERM, true),
+        call("chroot(missing path)", "chroot", [NOWHERE, NO, NO, NO, NO, NO], EPERM, true),
+        call("fsopen(bad name pointer)", "fsopen", [BadPtr, Int(0), NO, NO, NO, NO], EPERM, true),
+        call("open_by_handle_at(-1, bad handle)", "open_by_handle_at", [MINUS_ONE, BadPtr, Int(0), NO, NO, NO], EPERM, true),
+        call("socket(AF_ALG)", "socket", [int(libc::AF_ALG), int(libc::SOCK_SEQPACKET), Int(0), NO, NO, NO], EPERM, true),
+        call("socket(AF_VSOCK)", "socket", [int(libc::AF_VSOCK), int(libc::SOCK_STREAM), Int(0), NO, NO, NO], EPERM, true),
+        call("socket(AF_PACKET)", "socket", [int(libc::AF_PACKET), int(libc::SOCK_RAW), Int(0), NO, NO, NO], EPERM, true),
+        call("socket(AF_NETLINK, NETLINK_AUDIT)", "socket", [int(libc::AF_NETLINK), int(libc::SOCK_RAW), int(libc::NETLINK_AUDIT), NO, NO, NO], EPROTONOSUPPORT, true),
+        call("socketpair(AF_INET)", "socketpair", [int(libc::AF_INET), int(libc::SOCK_STREAM), Int(0), Buf, NO, NO], EPERM, true),
+        call("personality(ADDR_NO_RANDOMIZE)", "personality", [int(libc::ADDR_NO_RANDOMIZE), NO, NO, NO, NO, NO], EPERM, true),
+        call("personality(UNAME26)", "personality", [Int(0x0002_0000), NO, NO, NO, NO, NO], EPERM, true),
+        call("memfd_secret(0)", "memfd_secret", [Int(0), NO, NO, NO, NO, NO], EPERM, true),
+        call("modify_ldt(read, 0 bytes)", "modify_ldt", [Int(0), Null, Int(0), NO, NO, NO], EPERM, true),
         call("iopl(0)", "iopl", [Int(0), NO, NO, NO, NO, NO], EPERM, true),
-        call(
-            "syslog(SIZE_BUFFER)",
-            "syslog",
-            [Int(10), Null, Int(0), NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "settimeofday(NULL, NULL)",
-            "settimeofday",
-            [Null, Null, NO, NO, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "reboot(bad magic)",
-            "reboot",
-            [Int(0), Int(0), Int(0), Null, NO, NO],
-            EPERM,
-            true,
-        ),
-        call(
-            "kexec_load(invalid flags)",
-            "kexec_load",
-            [Int(0), Int(0), Null, Int(0x8000), NO, NO],
-            EPERM,
-            false,
-        ),
-        call(
-            "finit_module(-1)",
-            "finit_module",
-            [Int(u64::MAX), Str(c""), Int(0), NO, NO, NO],
-            EPERM,
-            false,
-        ),
-        call(
-            "delete_module(absent)",
-            "delete_module",
-            [
-                Str(c"berth_probe_absent"),
-                Int(libc::O_NONBLOCK as u64),
-                NO,
-                NO,
-                NO,
-                NO,
-            ],
-            EPERM,
-            false,
-        ),
+        call("syslog(SIZE_BUFFER)", "syslog", [Int(10), Null, Int(0), NO, NO, NO], EPERM, true),
+        call("settimeofday(NULL, NULL)", "settimeofday", [Null, Null, NO, NO, NO, NO], EPERM, true),
+        call("reboot(bad magic)", "reboot", [Int(0), Int(0), Int(0), Null, NO, NO], EPERM, true),
+        call("kexec_load(invalid flags)", "kexec_load", [Int(0), Int(0), Null, Int(0x8000), NO, NO], EPERM, false),
+        call("finit_module(-1)", "finit_module", [MINUS_ONE, Str(c""), Int(0), NO, NO, NO], EPERM, false),
+        call("delete_module(absent)", "delete_module", [Str(c"berth_probe_absent"), int(libc::O_NONBLOCK), NO, NO, NO, NO], EPERM, false),
     ]
 }
 
@@ -504,7 +181,7 @@ impl RefusedCall {
         self.args.map(|a| match a {
             Arg::Int(v) => v,
             Arg::BadPtr => 1,
-            Arg::Str(_) | Arg::Null | Arg::Buf => 0,
+            Arg::Str(_) | Arg::Null | Arg::Buf | Arg::OwnPid => 0,
         })
     }
 
@@ -513,15 +190,24 @@ impl RefusedCall {
     pub fn run(&self) -> Option<Outcome> {
         let nr = Arch::native()?.number(self.syscall)?;
         let mut buf = [0u64; 8];
-        let args = self.args.map(|a| match a {
+        let mut args = self.args.map(|a| match a {
             Arg::Int(v) => v as libc::c_long,
             Arg::Str(s) => s.as_ptr() as libc::c_long,
             Arg::Null => 0,
             Arg::BadPtr => 1,
             Arg::Buf => buf.as_mut_ptr() as libc::c_long,
+            // Filled in by the child, which is the process the call acts on.
+            Arg::OwnPid => 0,
         });
+        let own_pid: Vec<usize> = (0..6)
+            .filter(|&i| matches!(self.args[i], Arg::OwnPid))
+            .collect();
         let creates_process = matches!(self.syscall, "clone" | "clone3");
         Some(in_child(|| {
+            for &i in &own_pid {
+                // SAFETY: getpid has no preconditions and is async-signal-safe.
+                args[i] = libc::c_long::from(unsafe { libc::getpid() });
+            }
             // SAFETY: a raw syscall with integer arguments or pointers to live buffers
             // and static strings (or deliberately invalid ones the kernel checks); the
             // child that runs it only reports the result and exits.
