@@ -23,6 +23,9 @@ systemd-analyze verify /etc/systemd/system/berth-hostd.service \
     || die "berth-hostd.service does not verify"
 [[ "$(systemctl is-enabled berth-hostd.service)" == enabled ]] \
     || die "berth-hostd.service is not enabled"
+# The ECS agent must run outside the workspace seccomp profile (90-berth.conf).
+systemctl show ecs.service -p Environment | grep -q 'ECS_AGENT_RUN_PRIVILEGED=true' \
+    || die "ecs.service does not pick up ECS_AGENT_RUN_PRIVILEGED from its drop-in"
 
 # Every sysctl we set must exist on this kernel (a typo would be skipped silently).
 while IFS= read -r line; do

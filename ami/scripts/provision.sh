@@ -36,7 +36,7 @@ die() { log "error: $*"; exit 1; }
 
 [[ -f "${inputs}/hostd" ]] || die "missing ${inputs}/hostd (the release hostd binary)"
 [[ -f "${inputs}/workspace.json" ]] || die "missing ${inputs}/workspace.json (seccomp profile)"
-for f in berth-hostd.service hostd.env ecs.config daemon.json sysctl-berth.conf journald-berth.conf; do
+for f in berth-hostd.service hostd.env ecs.config ecs-agent-berth.conf daemon.json sysctl-berth.conf journald-berth.conf; do
     [[ -f "${files}/${f}" ]] || die "missing ${files}/${f}"
 done
 
@@ -115,6 +115,9 @@ rm -f "$release"
 # --- ECS agent ---------------------------------------------------------------
 
 merge_ecs_config "${files}/ecs.config" /etc/ecs/ecs.config
+
+# The agent container must not inherit the workspace seccomp profile (see the file).
+install_file 0644 "${files}/ecs-agent-berth.conf" /etc/systemd/system/ecs.service.d/90-berth.conf
 
 # --- Docker daemon -----------------------------------------------------------
 

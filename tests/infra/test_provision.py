@@ -41,6 +41,7 @@ EXPECTED = {
     "etc/berth/hostd.env": 0o600,
     "etc/berth/ami-release": 0o644,
     "etc/ecs/ecs.config": 0o644,
+    "etc/systemd/system/ecs.service.d/90-berth.conf": 0o644,
     "etc/docker/seccomp/workspace.json": 0o644,
     "etc/docker/daemon.json": 0o644,
     "etc/sysctl.d/90-berth.conf": 0o644,
@@ -222,6 +223,16 @@ def test_ecs_config_keeps_foreign_lines_and_overrides_ours(root):
     cfg = env_file(read(root, "etc/ecs/ecs.config"))
     assert cfg["ECS_LOGLEVEL"] == "info" and cfg["ECS_DATADIR"] == "/data"
     assert cfg["ECS_ENABLE_TASK_ENI"] == "true", "the base image's false must be replaced"
+
+
+def test_ecs_agent_runs_without_the_workspace_profile(root):
+    # ecs-init gives the agent container CAP_SYS_ADMIN but no seccomp option, so
+    # it would inherit dockerd's default (the workspace profile, which refuses
+    # setns/unshare/mount) and could not build awsvpc task namespaces.
+    unit = unit_file(read(root, "etc/systemd/system/ecs.service.d/90-berth.conf"))
+    assert "ECS_AGENT_RUN_PRIVILEGED=true" in unit.get("Service", {}).get("Environment", []), (
+        "the ECS agent must run privileged (no seccomp) on an image whose default profile is the workspace one"
+    )
 
 
 def test_docker_daemon_config(root):
