@@ -6,10 +6,12 @@ the image and the infrastructure actually provide.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -42,11 +44,11 @@ def env_lines(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if re.match(r"^[A-Z_]+=", line))
 
 
-def heredoc(text: str, target: str) -> str:
-    """Body of the heredoc appended to target in the user-data template."""
-    m = re.search(r"cat >>" + re.escape(target) + r" <<'(\w+)'\n(.*?)\n\1\n", text, re.S)
-    assert m, f"user-data does not append to {target}"
-    return m.group(2)
+def set_keys(text: str, target: str) -> dict[str, str]:
+    """KEY -> VALUE of the ``set_key TARGET KEY 'VALUE'`` lines of the boot script."""
+    found = re.findall(r"^set_key " + re.escape(target) + r" (\w+) '([^']*)'$", text, re.M)
+    assert found, f"the boot script does not set anything in {target}"
+    return dict(found)
 
 
 # --- scheduler -------------------------------------------------------------------
@@ -91,7 +93,7 @@ def test_environments_output_the_scheduler_config(env):
 
 def test_hostd_environment_is_complete_at_boot():
     baked = env_lines((AMI / "files" / "hostd.env").read_text())
-    added = env_lines(heredoc(USER_DATA.read_text(), "/etc/berth/hostd.env"))
+    added = set_keys(USER_DATA.read_text(), "/etc/berth/hostd.env")
     assert not set(baked) & set(added), "user-data must not repeat what the AMI sets"
     assert set(baked) | set(added) == HOSTD_ENV
 
@@ -99,33 +101,101 @@ def test_hostd_environment_is_complete_at_boot():
 def test_user_data_writes_the_token_where_hostd_reads_it():
     token_file = env_lines((AMI / "files" / "hostd.env").read_text())["BERTH_HOST_TOKEN_FILE"]
     text = USER_DATA.read_text()
-    assert f"mv -f {token_file}.new {token_file}" in text
-    assert "chmod 0600" in text
+    assert f"token_file={token_file}\n" in text
+    assert 'mv -f "$token_file.new" "$token_file"' in text and 'chmod 0600 "$token_file.new"' in text
     unit = (AMI / "files" / "berth-hostd.service").read_text()
     assert "$$BERTH_HOST_TOKEN_FILE" in unit, "the unit must wait for the file named by BERTH_HOST_TOKEN_FILE"
 
 
 def test_user_data_sets_the_cluster():
-    body = heredoc(USER_DATA.read_text(), "/etc/ecs/ecs.config")
-    assert env_lines(body) == {"ECS_CLUSTER": "${cluster_name}"}
+    assert set_keys(USER_DATA.read_text(), "/etc/ecs/ecs.config") == {"ECS_CLUSTER": "${cluster_name}"}
+
+
+def test_user_data_runs_on_every_boot(module):
+    # Auto Scaling stops a warm-pool instance without waiting for user-data, and
+    # cloud-init runs user-data once: the script must run again at the next boot.
+    mime = (MODULES / "ecs_cluster" / "user-data.mime.tftpl").read_text()
+    assert "cloud_final_modules:\n  - [scripts-user, always]" in mime
+    assert "Content-Type: text/x-shellscript" in mime and "${script}" in mime
+    lt = module("ecs_cluster").resource("aws_launch_template", "host")
+    assert "user-data.mime.tftpl" in lt["user_data"] and "user-data.sh.tftpl" in lt["user_data"]
 
 
 def test_user_data_template_variables_are_all_passed(module):
     lt = module("ecs_cluster").resource("aws_launch_template", "host")
-    passed = set(re.findall(r"(\w+)\s*=", lt["user_data"].split("templatefile(", 1)[1]))
+    inner = lt["user_data"].split("user-data.sh.tftpl", 1)[1]
+    passed = set(re.findall(r"(\w+)\s*=", inner))
     used = set(re.findall(r"(?<!\$)\$\{(\w+)\}", USER_DATA.read_text()))
     assert used <= passed, f"template variables not passed: {used - passed}"
 
 
+def render_user_data(root: Path | None = None) -> str:
+    text = re.sub(r"(?<!\$)\$\{(\w+)\}", lambda m: f"rendered-{m.group(1)}", USER_DATA.read_text())
+    text = text.replace("$${", "${")
+    if root is not None:
+        text = text.replace(" /etc/", f" {root}/etc/").replace("=/etc/", f"={root}/etc/")
+        code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        assert not any(re.search(r"(^|[\s='\"])/etc/", line) for line in code), "a path escaped the scratch root"
+    return text
+
+
 def test_user_data_renders_to_a_clean_script(tmp_path):
-    text = USER_DATA.read_text()
-    rendered = re.sub(r"(?<!\$)\$\{(\w+)\}", lambda m: f"rendered-{m.group(1)}", text).replace("$${", "${")
     script = tmp_path / "user-data.sh"
-    script.write_text(rendered)
+    script.write_text(render_user_data())
     subprocess.run(["bash", "-n", str(script)], check=True)
     if shutil.which("shellcheck"):
         result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
+
+
+def boot(root: Path, token: str | None) -> subprocess.CompletedProcess[str]:
+    """Run the rendered boot script against files under root, with a stand-in
+    aws CLI that answers the secret (or fails, when token is None)."""
+    bin_dir = root / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    aws = bin_dir / "aws"
+    aws.write_text("#!/bin/sh\n" + (f"printf '%s\\n' '{token}'\n" if token else "exit 255\n"))
+    aws.chmod(0o755)
+    sleep = bin_dir / "sleep"
+    sleep.write_text("#!/bin/sh\nexit 0\n")
+    sleep.chmod(0o755)
+    script = root / "boot.sh"
+    script.write_text(render_user_data(root))
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=False)
+
+
+@pytest.fixture
+def host_root(tmp_path) -> Path:
+    (tmp_path / "etc/ecs").mkdir(parents=True)
+    (tmp_path / "etc/berth").mkdir(mode=0o700)
+    shutil.copy(AMI / "files" / "hostd.env", tmp_path / "etc/berth/hostd.env")
+    (tmp_path / "etc/ecs/ecs.config").write_text("ECS_ENABLE_TASK_ENI=true\n")
+    return tmp_path
+
+
+def test_boot_script_is_idempotent_across_boots(host_root):
+    for token in ("first-token", "rotated-token"):
+        result = boot(host_root, token)
+        assert result.returncode == 0, result.stderr
+    hostd = env_lines((host_root / "etc/berth/hostd.env").read_text())
+    assert hostd["BERTH_SCHEDULER_URL"] == "rendered-scheduler_url"
+    assert (host_root / "etc/berth/hostd.env").read_text().count("BERTH_ECS_CLUSTER=") == 1
+    ecs = (host_root / "etc/ecs/ecs.config").read_text()
+    assert ecs.count("ECS_CLUSTER=") == 1 and "ECS_ENABLE_TASK_ENI=true" in ecs
+    token = host_root / "etc/berth/host-token"
+    assert token.read_text().strip() == "rotated-token", "a later boot picks up a rotated token"
+    assert oct(token.stat().st_mode & 0o777) == "0o600"
+
+
+def test_boot_script_fails_closed_without_a_token(host_root):
+    result = boot(host_root, None)
+    assert result.returncode != 0 and "will not take workspaces" in result.stderr
+    assert not (host_root / "etc/berth/host-token").exists()
+    # With a token from an earlier boot, a failed fetch keeps it.
+    assert boot(host_root, "first-token").returncode == 0
+    result = boot(host_root, None)
+    assert result.returncode == 0 and "keeping the host token" in result.stderr
 
 
 def test_placement_attribute_is_what_the_ami_sets(module):

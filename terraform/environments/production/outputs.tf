@@ -14,7 +14,7 @@ output "scheduler_url" {
 }
 
 output "hostd_environment" {
-  description = "What the launch template's user-data adds to /etc/berth/hostd.env at first boot (the AMI holds the rest)."
+  description = "What the launch template's user-data adds to /etc/berth/hostd.env at boot (the AMI holds the rest)."
   value       = module.berth.hostd_environment
 }
 

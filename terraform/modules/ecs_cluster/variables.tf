@@ -29,7 +29,7 @@ variable "hosts_security_group_id" {
 }
 
 variable "host_token_secret_arn" {
-  description = "Secret the hosts read their token from at first boot."
+  description = "Secret the hosts read their token from at every boot."
   type        = string
 }
 

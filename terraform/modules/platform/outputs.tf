@@ -17,7 +17,7 @@ output "scheduler_url" {
 }
 
 output "hostd_environment" {
-  description = "What the launch template's user-data adds to /etc/berth/hostd.env at first boot (the AMI holds the rest)."
+  description = "What the launch template's user-data adds to /etc/berth/hostd.env at boot (the AMI holds the rest)."
   value = {
     BERTH_SCHEDULER_URL = local.scheduler_url
     BERTH_ECS_CLUSTER   = module.ecs_cluster.cluster_name
