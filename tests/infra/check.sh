@@ -6,8 +6,10 @@
 #   3. packer fmt/validate -syntax-only  (where packer is installed: Debian's)
 #   4. checkov over each environment and the GitHub workflows; any failed
 #      check fails the run (skips are listed, with reasons, in the repository)
-#   5. pytest over tests/infra: the HCL security assertions and the
-#      provisioning test that runs ami/scripts/provision.sh on a scratch root
+#   5. pytest over tests/infra: the HCL security assertions, the contract
+#      between ami/, terraform/ and the Rust side, the provisioning test that
+#      runs ami/scripts/provision.sh on a scratch root, and the mutation tests
+#      that remove each protection in a copy and expect its check to fail
 #
 # Installs what it needs on a fresh Debian machine, idempotently: apt packages
 # (shellcheck; packer if the archive has it) and two pinned Python venvs under
