@@ -124,7 +124,8 @@ install_file 0644 "${files}/ecs-agent-berth.conf" /etc/systemd/system/ecs.servic
 install_file 0644 "${inputs}/workspace.json" /etc/docker/seccomp/workspace.json
 
 daemon="${root}/etc/docker/daemon.json"
-if [[ -f "$daemon" ]] && ! cmp -s "$daemon" "${files}/daemon.json" && [[ ! -e "${daemon}.pre-berth" ]]; then
+same_content() { [[ "$(sha256sum <"$1")" == "$(sha256sum <"$2")" ]]; }
+if [[ -f "$daemon" ]] && ! same_content "$daemon" "${files}/daemon.json" && [[ ! -e "${daemon}.pre-berth" ]]; then
     # Keep whatever the base image had, for a person to compare; ours replaces it.
     mv "$daemon" "${daemon}.pre-berth"
     log "moved the base image's /etc/docker/daemon.json to daemon.json.pre-berth"

@@ -53,6 +53,11 @@ output "alb_dns_name" {
   value       = module.berth.alb_dns_name
 }
 
+output "alb_zone_id" {
+  description = "Hosted zone of the ALB, for an alias record."
+  value       = module.berth.alb_zone_id
+}
+
 output "redis_url" {
   description = "BERTH_STATE."
   value       = module.berth.redis_url

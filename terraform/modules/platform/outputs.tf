@@ -59,6 +59,11 @@ output "alb_dns_name" {
   value       = module.backend.alb_dns_name
 }
 
+output "alb_zone_id" {
+  description = "Hosted zone of the ALB, for an alias record."
+  value       = module.backend.alb_zone_id
+}
+
 output "redis_url" {
   description = "BERTH_STATE."
   value       = module.data.redis_url
