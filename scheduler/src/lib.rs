@@ -13,6 +13,7 @@ pub mod api;
 pub mod clients;
 pub mod dev;
 pub mod placement;
+pub mod redis_store;
 pub mod store;
 
 use std::{
@@ -93,7 +94,12 @@ struct Inner {
     /// Slots being started for each pool.
     refilling: Mutex<HashMap<String, usize>>,
     counters: Counters,
+    /// Names this process in the leader lease.
+    replica_id: String,
 }
+
+/// How long the reconcilers' lease lasts without renewal.
+pub const LEADER_LEASE: Duration = Duration::from_secs(5);
 
 impl Scheduler {
     pub fn new(config: Config, store: Store) -> Self {
@@ -106,6 +112,7 @@ impl Scheduler {
                 starting: Mutex::default(),
                 refilling: Mutex::default(),
                 counters: Counters::default(),
+                replica_id: format!("r-{}", short_id()),
             }),
         }
     }
@@ -540,18 +547,52 @@ impl Scheduler {
             .unwrap_or(0)
     }
 
-    /// Runs the reconcilers every `every` until `stop` fires.
+    /// Runs the reconcilers every `every` while this replica holds the leader lease,
+    /// until `stop` fires. The lease lasts [`LEADER_LEASE`]; a leader that stops
+    /// renewing it is replaced by another replica within that time.
     pub fn spawn_reconcilers(&self, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
+            let mut leading = None;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => me.reconcile().await,
+                    _ = tick.tick() => {}
                     _ = stop.changed() => break,
+                }
+                let epoch = match me
+                    .inner
+                    .store
+                    .lead(&me.inner.replica_id, ms(LEADER_LEASE))
+                    .await
+                {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot renew the leader lease");
+                        None
+                    }
+                };
+                if epoch != leading {
+                    match epoch {
+                        Some(e) => {
+                            tracing::info!(replica = %me.inner.replica_id, epoch = e, "leading the reconcilers")
+                        }
+                        None => {
+                            tracing::info!(replica = %me.inner.replica_id, "following; another replica leads")
+                        }
+                    }
+                    leading = epoch;
+                }
+                if leading.is_some() {
+                    me.reconcile().await;
                 }
             }
         });
+    }
+
+    /// This replica's id in the leader lease.
+    pub fn replica_id(&self) -> &str {
+        &self.inner.replica_id
     }
 }
 

