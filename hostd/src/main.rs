@@ -39,7 +39,9 @@ struct Args {
     workspace_image: String,
     #[arg(long, env = "BERTH_PROXY_IMAGE")]
     proxy_image: String,
-    /// Seccomp profile (Docker JSON) for workspace containers.
+    /// Seccomp profile (Docker JSON) for workspace containers: a file, or
+    /// `docker-default` for the daemon's own default. Without it, Berth's workspace
+    /// profile (seccomp/workspace.json, built in) is used.
     #[arg(long, env = "BERTH_SECCOMP_PROFILE")]
     seccomp_profile: Option<std::path::PathBuf>,
     #[arg(long, env = "BERTH_MEMORY_LIMIT_MIB", default_value_t = 512)]
@@ -97,12 +99,18 @@ async fn main() -> std::process::ExitCode {
         return config_error("the host token must be at least 16 characters");
     }
     let seccomp_profile = match args.seccomp_profile {
+        Some(p) if p.as_os_str() == "docker-default" => None,
         Some(p) => match std::fs::read_to_string(&p) {
             Ok(s) => Some(s),
             Err(e) => return config_error(&format!("cannot read {}: {e}", p.display())),
         },
-        None => None,
+        None => Some(berth_seccomp::WORKSPACE_PROFILE_JSON.to_owned()),
     };
+    if let Some(profile) = &seccomp_profile
+        && let Err(e) = serde_json::from_str::<serde_json::Value>(profile)
+    {
+        return config_error(&format!("the seccomp profile is not JSON: {e}"));
+    }
     let host_id = args.host_id.unwrap_or_else(|| {
         let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("local-{}", name.trim())

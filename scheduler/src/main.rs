@@ -48,7 +48,8 @@ enum Command {
         /// Warm workspaces to keep ready.
         #[arg(long, default_value_t = 3)]
         pool: usize,
-        /// Seccomp profile (Docker JSON) for workspace containers.
+        /// Seccomp profile (Docker JSON) for workspace containers, or `docker-default`;
+        /// without it hostd applies Berth's workspace profile.
         #[arg(long, env = "BERTH_SECCOMP_PROFILE")]
         seccomp_profile: Option<std::path::PathBuf>,
     },

@@ -35,7 +35,8 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             pool: 2,
-            seccomp_profile: None,
+            // The same profile hostd applies by default.
+            seccomp_profile: Some(berth_seccomp::WORKSPACE_PROFILE_JSON.to_owned()),
             branch_limit: 50,
             state_url: None,
         }

@@ -199,12 +199,17 @@ async fn workspace_container_is_hardened() {
     let hc = c.host_config.unwrap();
     assert_eq!(hc.cap_drop, Some(vec!["ALL".to_owned()]));
     assert!(hc.cap_add.unwrap_or_default().is_empty());
-    assert!(
-        hc.security_opt
-            .unwrap_or_default()
-            .iter()
-            .any(|o| o == "no-new-privileges:true")
-    );
+    let security_opt = hc.security_opt.unwrap_or_default();
+    assert!(security_opt.iter().any(|o| o == "no-new-privileges:true"));
+    // Berth's own profile, not the daemon's default, is applied.
+    let profile = security_opt
+        .iter()
+        .find_map(|o| o.strip_prefix("seccomp="))
+        .expect("a seccomp profile is set");
+    let ours: serde_json::Value =
+        serde_json::from_str(berth_seccomp::WORKSPACE_PROFILE_JSON).unwrap();
+    let applied: serde_json::Value = serde_json::from_str(profile).unwrap();
+    assert_eq!(applied, ours);
     assert_eq!(hc.readonly_rootfs, Some(true));
     assert_eq!(hc.pids_limit, Some(128));
     assert_eq!(hc.memory, Some(256 * 1024 * 1024));
