@@ -1,73 +1,44 @@
-//! The credential-proxy: the workspace's only way out.
+//! The credential-proxy: the workspace's only door out, holding the secrets.
 //!
-//! It shares the workspace's network namespace and listens on :8080. Routes from a
-//! path prefix to an allowlisted upstream, with credentials injected, come with the
-//! proxy's own issue; until a route is configured every request other than
-//! `/health` and `/metrics` is refused with `403 route_not_allowed`, which is the
-//! safe default for a door out.
+//! It shares the workspace's network namespace and listens on :8080. Requests are
+//! routed by path prefix to allowlisted HTTPS upstreams, with the workspace's own
+//! credentials stripped and the route's credential injected (a bearer token, a
+//! header, or an AWS SigV4 signature). Upstream names are resolved and checked by
+//! the proxy itself and connected to by checked address only, so loopback,
+//! private, link-local and metadata addresses stay out of reach however DNS
+//! answers. With no routes configured every request other than `/health` and
+//! `/metrics` is refused with `403 route_not_allowed`.
+//!
+//! Modules, in the order a request meets them: [`server`] (connection limits),
+//! [`proxy`] (gates, rewrite, forward), [`route`], [`headers`], [`sign`],
+//! [`secrets`], [`upstream`] and [`net`] (where a socket may go), [`body`]
+//! (streaming, audit), [`metrics`], [`error`]; [`config`] feeds them all.
 #![forbid(unsafe_code)]
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod metrics;
+pub mod net;
+pub mod proxy;
+pub mod route;
+pub mod secrets;
+pub mod server;
+pub mod sign;
+pub mod upstream;
 
-use axum::{
-    Router,
-    extract::State,
-    http::{StatusCode, Uri},
-    response::{IntoResponse, Response},
-    routing::get,
-};
-use berth_wire::ErrorBody;
+pub use config::{Config, ConfigError};
+pub use proxy::Proxy;
+pub use server::serve;
 
-/// Counters exposed on `/metrics`.
-#[derive(Clone, Default)]
-pub struct ProxyState {
-    refused: Arc<AtomicU64>,
-}
-
-/// The proxy's routes.
-pub fn router(state: ProxyState) -> Router {
-    Router::new()
-        .route(
-            "/health",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/metrics", get(metrics))
-        .fallback(refuse)
-        .with_state(state)
-}
-
-async fn metrics(State(state): State<ProxyState>) -> String {
-    format!(
-        "# HELP berth_proxy_refused_total Requests refused because no route allows them.\n\
-         # TYPE berth_proxy_refused_total counter\n\
-         berth_proxy_refused_total {}\n",
-        state.refused.load(Ordering::Relaxed)
-    )
-}
-
-async fn refuse(State(state): State<ProxyState>, uri: Uri) -> Response {
-    state.refused.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(path = uri.path(), status = 403, "refused: no route");
-    (
-        StatusCode::FORBIDDEN,
-        axum::Json(ErrorBody::new(
-            "route_not_allowed",
-            "no configured route allows this request",
-        )),
-    )
-        .into_response()
-}
-
-/// Serves the proxy on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: ProxyState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+/// Loads the AWS configuration from the standard chain of the proxy's own
+/// container (environment, web identity, ECS container credentials, IMDS), with
+/// the region of the Secrets Manager settings when given.
+pub async fn load_aws(config: &Config) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(r) = &config.secrets_manager.region {
+        loader = loader.region(aws_config::Region::new(r.clone()));
+    }
+    loader.load().await
 }
