@@ -61,6 +61,8 @@ pub enum DockerError {
     },
     #[error("unknown template `{0}`")]
     UnknownTemplate(String),
+    #[error("cannot install hostd's own seccomp filter: {0}")]
+    SelfSeccomp(#[source] berth_seccomp::hostd::HostdFilterError),
 }
 
 /// hostd's handle on the local Docker engine.

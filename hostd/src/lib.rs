@@ -55,6 +55,9 @@ pub struct Config {
     /// Remove every container and network this hostd made when it stops.
     pub cleanup_on_exit: bool,
     pub extra_labels: HashMap<String, String>,
+    /// hostd's own seccomp filter, installed on every thread once hostd has started;
+    /// `None` for in-process use (tests), where it would confine the host process.
+    pub self_seccomp: Option<berth_seccomp::HostdFilterMode>,
 }
 
 /// Errors of hostd's HTTP API, each with one status and one stable code.
@@ -410,7 +413,14 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DockerError> {
     let cleanup = config.cleanup_on_exit;
+    let self_seccomp = config.self_seccomp;
     let hostd = Hostd::start(config).await?;
+    if let Some(mode) = self_seccomp {
+        // Everything that needs more than the filter allows (binding, the first Docker
+        // connection) is done; from here on a call outside the list kills hostd.
+        berth_seccomp::hostd::apply_hostd_filter_in(mode).map_err(DockerError::SelfSeccomp)?;
+        tracing::info!(?mode, "hostd's own seccomp filter installed");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     hostd.spawn_loops(stop_rx);
     let served = axum::serve(listener, router(hostd.clone()))

@@ -55,6 +55,13 @@ struct Args {
     /// Remove every container and network this hostd made when it stops (local use).
     #[arg(long)]
     cleanup_on_exit: bool,
+    /// hostd's own seccomp filter after start-up: `enforce` (a call outside the
+    /// allow-list kills hostd), `audit` (logged only), or `off`.
+    #[arg(long, env = "BERTH_HOSTD_SECCOMP", default_value = "enforce")]
+    self_seccomp: String,
+    /// Extra label (`key=value`) on every container and network; repeatable.
+    #[arg(long = "label")]
+    labels: Vec<String>,
     /// Log as JSON lines.
     #[arg(long, env = "BERTH_LOG_JSON")]
     log_json: bool,
@@ -111,6 +118,25 @@ async fn main() -> std::process::ExitCode {
     {
         return config_error(&format!("the seccomp profile is not JSON: {e}"));
     }
+    let self_seccomp = match args.self_seccomp.as_str() {
+        "enforce" => Some(berth_seccomp::HostdFilterMode::Enforce),
+        "audit" => Some(berth_seccomp::HostdFilterMode::Audit),
+        "off" => None,
+        other => {
+            return config_error(&format!(
+                "--self-seccomp `{other}` is not one of enforce, audit, off"
+            ));
+        }
+    };
+    let mut extra_labels = HashMap::new();
+    for l in &args.labels {
+        match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                extra_labels.insert(k.to_owned(), v.to_owned());
+            }
+            _ => return config_error(&format!("--label `{l}` is not key=value")),
+        }
+    }
     let host_id = args.host_id.unwrap_or_else(|| {
         let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("local-{}", name.trim())
@@ -139,7 +165,8 @@ async fn main() -> std::process::ExitCode {
             seccomp_profile,
         }],
         cleanup_on_exit: args.cleanup_on_exit,
-        extra_labels: HashMap::new(),
+        extra_labels,
+        self_seccomp,
     };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,

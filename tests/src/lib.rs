@@ -47,3 +47,35 @@ pub fn bin_dir() -> std::path::PathBuf {
         .expect("test binary lives in target/<profile>/deps")
         .to_path_buf()
 }
+
+/// After DELETE, nothing at the workspace's old address serves it: either nothing
+/// answers, or (Docker reuses addresses) a different, unclaimed slot does, and the
+/// old token is refused there.
+pub async fn assert_workspace_gone(http: &reqwest::Client, ws: &berth_wire::Workspace) {
+    let health = http
+        .get(format!("{}/health", ws.agent_url))
+        .timeout(std::time::Duration::from_secs(2))
+        .send()
+        .await;
+    let Ok(resp) = health else { return };
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    assert_ne!(
+        body["workspace_id"].as_str(),
+        Some(ws.id.as_str()),
+        "the deleted workspace still answers at {}",
+        ws.agent_url
+    );
+    let exec = http
+        .post(format!("{}/v1/exec", ws.agent_url))
+        .bearer_auth(&ws.token)
+        .json(&serde_json::json!({"cmd": ["true"]}))
+        .send()
+        .await
+        .expect("the slot now at that address answers");
+    assert!(
+        exec.status().is_client_error(),
+        "the deleted workspace's token still works at {}: {}",
+        ws.agent_url,
+        exec.status()
+    );
+}

@@ -82,6 +82,9 @@ impl LocalBerth {
                 crate::docker::TEST_RUN.to_owned(),
                 crate::docker::run_id().to_owned(),
             )]),
+            // In-process: a filter would confine the test process itself. The real
+            // binary runs with it on in tests/tests/hostd_binary.rs.
+            self_seccomp: None,
         };
         let config = Config {
             pools: [("default".to_owned(), opts.pool)].into(),

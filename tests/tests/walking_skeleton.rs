@@ -153,16 +153,8 @@ async fn acquire_exec_reacquire_release() {
     assert_eq!(gone.status(), 404);
     let body: Value = gone.json().await.unwrap();
     assert_eq!(body["error"]["code"], "workspace_not_found");
-    // The agent is gone with its container.
-    assert!(
-        berth
-            .http
-            .get(format!("{}/health", ws.agent_url))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .is_err()
-    );
+    // The workspace is gone with its containers.
+    berth_tests::assert_workspace_gone(&berth.http, &ws).await;
 
     let host = berth.host_id.clone();
     berth.stop().await;
