@@ -19,6 +19,10 @@ pub struct LocalBerth {
     state_url: Option<String>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Config new hosts are cloned from.
+    hostd_base: berth_hostd::Config,
+    /// Running hostds: (host id, task).
+    hosts: Vec<(String, tokio::task::JoinHandle<()>)>,
 }
 
 /// Options for [`LocalBerth::start_with`].
@@ -99,6 +103,8 @@ impl LocalBerth {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let mut rx1 = stop_rx.clone();
         let mut rx2 = stop_rx;
+        let hostd_base = hostd_config.clone();
+        let host_id_for_list = host_id.clone();
         let hostd_task = tokio::spawn(async move {
             berth_hostd::run(hostd_config, hostd_listener, async move {
                 let _ = rx1.changed().await;
@@ -126,8 +132,40 @@ impl LocalBerth {
                 .build()
                 .unwrap(),
             stop,
-            tasks: vec![hostd_task, sched_task],
+            tasks: vec![sched_task],
+            hostd_base,
+            hosts: vec![(host_id_for_list, hostd_task)],
         }
+    }
+
+    /// Starts one more hostd (another "machine") reporting to the scheduler; returns
+    /// its host id.
+    pub async fn add_host(&mut self) -> String {
+        let host_id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = self.hostd_base.clone();
+        config.host_id = host_id.clone();
+        config.advertise_url = format!("http://{}", listener.local_addr().unwrap());
+        let mut rx = self.stop.subscribe();
+        let task = tokio::spawn(async move {
+            berth_hostd::run(config, listener, async move {
+                let _ = rx.changed().await;
+            })
+            .await
+            .expect("hostd runs");
+        });
+        self.hosts.push((host_id.clone(), task));
+        host_id
+    }
+
+    /// Simulates a host dying: its hostd stops at once (no goodbye, no cleanup, no
+    /// more heartbeats) and its containers vanish.
+    pub fn kill_host(&mut self, host_id: &str) {
+        if let Some(pos) = self.hosts.iter().position(|(id, _)| id == host_id) {
+            let (_, task) = self.hosts.remove(pos);
+            task.abort();
+        }
+        crate::docker::remove_labelled(berth_wire::labels::HOST, host_id);
     }
 
     /// Waits until the default pool holds `n` ready slots.
@@ -175,6 +213,9 @@ impl LocalBerth {
     /// Stops both services; hostd removes every container and network it made.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
+        for (_, t) in self.hosts.drain(..) {
+            let _ = t.await;
+        }
         for t in self.tasks.drain(..) {
             let _ = t.await;
         }
@@ -184,9 +225,12 @@ impl LocalBerth {
 impl Drop for LocalBerth {
     fn drop(&mut self) {
         if !self.tasks.is_empty() {
-            // A test failed before stop(): remove what this host made, synchronously.
+            // A test failed before stop(): remove what the hosts made, synchronously.
             let _ = self.stop.send(true);
             crate::docker::remove_labelled(berth_wire::labels::HOST, &self.host_id);
+            for (id, _) in &self.hosts {
+                crate::docker::remove_labelled(berth_wire::labels::HOST, id);
+            }
         }
     }
 }
