@@ -103,6 +103,26 @@ impl MotoServer {
             .build();
         aws_sdk_ecs::Client::from_conf(config)
     }
+
+    /// A Secrets Manager client bound to this moto, built like [`Self::ecs`]:
+    /// service config only, static credentials, fixed region, no retries.
+    pub fn secretsmanager(&self) -> aws_sdk_secretsmanager::Client {
+        use aws_sdk_secretsmanager::config;
+        let config = config::Config::builder()
+            .behavior_version(config::BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .region(config::Region::new("us-east-1"))
+            .credentials_provider(config::Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "berth-tests",
+            ))
+            .retry_config(config::retry::RetryConfig::disabled())
+            .build();
+        aws_sdk_secretsmanager::Client::from_conf(config)
+    }
 }
 
 impl Drop for MotoServer {
