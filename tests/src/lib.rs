@@ -7,10 +7,13 @@
 //! - [`docker`]: everything a run creates carries `berth.test-run=<run id>`; a run id
 //!   names a process (pid and start time), so leftovers of a crashed run are found
 //!   and removed by the next one ([`docker::sweep_leftovers`]).
+//! - [`agent::AgentClient`]: runs commands and file operations through a real
+//!   workspace's agent and collects what they produced.
 //! - [`system::LocalBerth`]: hostd (docker runtime) and the scheduler (in memory),
 //!   in this process, on free ports — the same code path as `scheduler dev`.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod docker;
 pub mod moto;
 pub mod redis_server;

@@ -182,7 +182,7 @@ pub struct ClaimRequest {
     pub env: std::collections::BTreeMap<String, String>,
 }
 
-/// `POST /v1/exec` on the agent.
+/// `POST /v1/exec` on the agent, and the first message of a `GET /v1/exec/ws` session.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
@@ -194,15 +194,34 @@ pub struct ExecRequest {
     pub shell: Option<String>,
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// Working directory: absolute, or relative to the workspace root.
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Kill the command's whole process group after this long (`timed_out` in `exit`).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Written to the command's stdin, which is then closed.
     #[serde(default)]
     pub stdin: Option<String>,
+    /// Forward at most this many bytes of stdout + stderr; the rest is read and
+    /// dropped, and a `truncated` event says so.
+    #[serde(default)]
+    pub max_output_bytes: Option<u64>,
+    /// WebSocket sessions only: run the command on a pseudo-terminal of this size.
+    #[serde(default)]
+    pub pty: Option<PtySize>,
 }
 
-/// One line of the agent's exec stream (newline-delimited JSON).
+/// Rows and columns of a pseudo-terminal.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// One line of the agent's exec stream (newline-delimited JSON), or one text
+/// message of a WebSocket session.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum ExecEvent {
@@ -219,13 +238,144 @@ pub enum ExecEvent {
         #[serde(default, skip_serializing_if = "is_false")]
         base64: bool,
     },
+    /// Output reached the request's `max_output_bytes`; later output is dropped.
+    Truncated {
+        limit_bytes: u64,
+    },
     Exit {
         code: Option<i32>,
         signal: Option<i32>,
         duration_ms: u64,
         #[serde(default)]
         timed_out: bool,
+        /// Some output was dropped because of `max_output_bytes`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        truncated: bool,
     },
+    /// WebSocket sessions only: the session could not start or a message was refused.
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+/// A client's message in a WebSocket exec session (after the first, which is an
+/// [`ExecRequest`]). Binary frames are raw stdin bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SessionMessage {
+    Stdin {
+        data: String,
+        #[serde(default)]
+        base64: bool,
+    },
+    /// Close stdin (on a pty: send end-of-file, `^D`).
+    CloseStdin,
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    /// Signal the command's process group, e.g. `"SIGINT"`, `"INT"` or `"2"`.
+    Signal {
+        signal: String,
+    },
+}
+
+/// `POST /v1/processes/{pid}/signal`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    /// `"SIGTERM"`, `"TERM"` or `"15"`.
+    pub signal: String,
+    /// Signal the whole process group (default) or only the command's own process.
+    #[serde(default = "default_true")]
+    pub group: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One command the agent started and that is still running (`GET /v1/processes`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub argv: Vec<String>,
+    /// Unix milliseconds.
+    pub started_at_ms: u64,
+    pub pty: bool,
+}
+
+/// `GET /v1/processes`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessList {
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// What the agent is doing, for reapers that must not kill running work.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Activity {
+    /// Exec streams and WebSocket sessions with a client attached.
+    pub attached_streams: u64,
+    /// Commands the agent started that are still running.
+    pub running_commands: u64,
+    /// Every live process in the workspace except the agent (includes detached ones).
+    pub processes: u64,
+    /// Unix milliseconds of the last authenticated request, if any.
+    pub last_request_ms: Option<u64>,
+}
+
+/// `GET /health` on the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentHealth {
+    pub status: String,
+    pub workspace_id: Option<String>,
+    pub activity: Activity,
+}
+
+/// Kind of a directory entry in [`FileEntry`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// One entry of `GET /v1/files/list`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileEntry {
+    pub name: String,
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits, e.g. `0o644` (420).
+    pub mode: u32,
+    /// Unix milliseconds.
+    pub modified_ms: i64,
+}
+
+/// `GET /v1/files/list`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileList {
+    pub path: String,
+    pub entries: Vec<FileEntry>,
+    /// More entries exist than the agent's listing limit.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// `POST /v1/files/mkdir`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MkdirRequest {
+    pub path: String,
+    /// Create missing parents, and succeed if the directory exists.
+    #[serde(default)]
+    pub parents: bool,
+    /// Octal permission bits as a string, e.g. `"755"`.
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -243,6 +393,7 @@ mod tests {
             signal: None,
             duration_ms: 3,
             timed_out: false,
+            truncated: false,
         })
         .unwrap();
         assert_eq!(
