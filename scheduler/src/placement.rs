@@ -43,27 +43,34 @@ impl std::str::FromStr for Strategy {
 
 /// Picks a host for a slot needing `memory_mib`, or `None` if no host fits.
 pub fn choose(hosts: &[HostView], memory_mib: u64, strategy: Strategy) -> Option<&HostView> {
-    let fits = hosts.iter().filter(|h| {
+    choose_index(hosts, memory_mib, strategy).map(|i| &hosts[i])
+}
+
+/// Like [`choose`], but the index of the chosen host in `hosts`.
+pub fn choose_index(hosts: &[HostView], memory_mib: u64, strategy: Strategy) -> Option<usize> {
+    let fits = hosts.iter().enumerate().filter(|(_, h)| {
         h.healthy
             && h.compliant
             && !h.draining
             && h.branches_free > 0
             && h.memory_free_mib >= memory_mib
     });
-    // Ties break on host id so that decisions are deterministic.
-    let key = |h: &&HostView| {
-        (
-            h.branches_free,
-            h.memory_free_mib,
-            std::cmp::Reverse(h.host_id.clone()),
-        )
+    // Emptier first; ties break on host id (smaller wins) so decisions are deterministic.
+    let emptier = |a: &HostView, b: &HostView| {
+        (a.branches_free, a.memory_free_mib)
+            .cmp(&(b.branches_free, b.memory_free_mib))
+            .then_with(|| b.host_id.cmp(&a.host_id))
+    };
+    let fuller = |a: &HostView, b: &HostView| {
+        (a.branches_free, a.memory_free_mib)
+            .cmp(&(b.branches_free, b.memory_free_mib))
+            .then_with(|| a.host_id.cmp(&b.host_id))
     };
     match strategy {
-        Strategy::Spread => fits.max_by_key(key),
-        Strategy::BinPack => {
-            fits.min_by_key(|h| (h.branches_free, h.memory_free_mib, h.host_id.clone()))
-        }
+        Strategy::Spread => fits.max_by(|(_, a), (_, b)| emptier(a, b)),
+        Strategy::BinPack => fits.min_by(|(_, a), (_, b)| fuller(a, b)),
     }
+    .map(|(i, _)| i)
 }
 
 #[cfg(test)]
