@@ -16,7 +16,7 @@ struct Args {
     /// and /metrics answer and everything else is refused.
     #[arg(long, env = "BERTH_PROXY_CONFIG")]
     config: Option<std::path::PathBuf>,
-    /// Log format.
+    /// Log format. The level comes from `BERTH_LOG` (error, warn, info, debug, trace).
     #[arg(long, env = "BERTH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
     /// Worker threads; 1 runs everything on one thread (the sidecar default).
@@ -26,10 +26,14 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into());
+    // A plain level (not EnvFilter): its regex machinery would cost idle memory
+    // in every sidecar.
+    let level = std::env::var("BERTH_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if args.log_format == "json" {

@@ -612,3 +612,50 @@ attack_test!(health_and_metrics_hold_no_secret, |bed| {
     let v: serde_json::Value = serde_json::from_slice(&h.body).unwrap();
     assert_eq!(v["secrets"]["mcp"]["state"], "fresh");
 });
+
+// One audit line per request: route, method, upstream, status, bytes, latency,
+// workspace — and no credential or query value.
+attack_test!(
+    audit_lines_name_the_request_but_hold_no_secret_or_query_value,
+    |bed| {
+        let r = bed.send(
+            "POST",
+            "/mcp/audited?api_key=query-secret-value",
+            &[("Authorization", "Bearer client-secret-value")],
+            b"0123456789",
+        );
+        assert_eq!(r.status, 200);
+        let before = bed.up.count();
+        let r = bed.get("/nowhere?token=query-secret-value", &[]);
+        bed.assert_refused(&r, 403, Some("route_not_allowed"), before);
+        std::thread::sleep(Duration::from_millis(200));
+        let log = bed.proxy.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("path=/mcp/audited"))
+            .unwrap_or_else(|| panic!("no audit line:\n{log}"));
+        for part in [
+            "audit",
+            "workspace_id=ws-attack",
+            "route=mcp",
+            "method=POST",
+            "upstream_host=api.allowed.test",
+            "status=200",
+            "bytes_in=10",
+            "latency_ms=",
+            "completed=true",
+        ] {
+            assert!(line.contains(part), "{part} missing: {line}");
+        }
+        assert!(
+            log.lines().any(|l| l.contains("path=/nowhere")
+                && l.contains("code=\"route_not_allowed\"")
+                || l.contains("path=/nowhere") && l.contains("code=route_not_allowed")),
+            "{log}"
+        );
+        assert!(
+            !log.contains("query-secret-value") && !log.contains("client-secret-value"),
+            "{log}"
+        );
+    }
+);
