@@ -96,11 +96,11 @@ impl Proxy {
                 tunnels.insert((h.to_ascii_lowercase(), p), policy);
             }
         }
-        let tls = crate::upstream::client_tls(&config.tls)?;
+        let roots = crate::upstream::load_roots(&config.tls)?;
         let connector = Connector::new(
             targets,
             resolver.clone(),
-            tls,
+            roots,
             config.limits.upstream_connect_timeout(),
             metrics.upstream_connects.clone(),
         );

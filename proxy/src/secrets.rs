@@ -232,13 +232,13 @@ impl SecretStore {
             out.secret_string
                 .ok_or_else(|| FetchError::NotString { name: name.into() })?
         } else if let Some(path) = &c.file {
-            tokio::fs::read_to_string(path)
-                .await
-                .map_err(|source| FetchError::File {
-                    name: name.into(),
-                    path: path.clone(),
-                    source,
-                })?
+            // A small local file: read in place rather than on the blocking
+            // pool, which would start a thread in every idle sidecar.
+            std::fs::read_to_string(path).map_err(|source| FetchError::File {
+                name: name.into(),
+                path: path.clone(),
+                source,
+            })?
         } else {
             return Err(FetchError::Empty { name: name.into() });
         };

@@ -39,8 +39,9 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Builds the rustls client configuration (aws-lc-rs provider, HTTP/1.1 ALPN).
-pub fn client_tls(cfg: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+/// Reads the trusted roots (checked at start-up, so a bad CA file is a
+/// configuration error).
+pub fn load_roots(cfg: &TlsConfig) -> Result<rustls::RootCertStore, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     if cfg.roots == RootStore::Webpki {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -68,6 +69,13 @@ pub fn client_tls(cfg: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, TlsSetup
     if roots.is_empty() {
         return Err(TlsSetupError::NoRoots);
     }
+    Ok(roots)
+}
+
+/// Builds the rustls client configuration (aws-lc-rs provider, HTTP/1.1 ALPN).
+pub fn client_tls(
+    roots: rustls::RootCertStore,
+) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -88,7 +96,9 @@ struct ConnectorInner {
     /// `(host, port)` → what the host may resolve to.
     targets: HashMap<(String, u16), AddressPolicy>,
     resolver: SharedResolver,
-    tls: tokio_rustls::TlsConnector,
+    /// Built on the first connection: a warm, idle sidecar never pays for it.
+    tls: std::sync::OnceLock<tokio_rustls::TlsConnector>,
+    roots: rustls::RootCertStore,
     timeout: std::time::Duration,
     /// Connection attempts actually made (after the checks passed).
     pub attempts: Arc<AtomicU64>,
@@ -98,7 +108,7 @@ impl Connector {
     pub fn new(
         targets: HashMap<(String, u16), AddressPolicy>,
         resolver: SharedResolver,
-        tls: Arc<rustls::ClientConfig>,
+        roots: rustls::RootCertStore,
         timeout: std::time::Duration,
         attempts: Arc<AtomicU64>,
     ) -> Self {
@@ -106,7 +116,8 @@ impl Connector {
             inner: Arc::new(ConnectorInner {
                 targets,
                 resolver,
-                tls: tokio_rustls::TlsConnector::from(tls),
+                tls: std::sync::OnceLock::new(),
+                roots,
                 timeout,
                 attempts,
             }),
@@ -134,9 +145,21 @@ impl Connector {
                 host: host.clone(),
                 source: std::io::Error::other(e),
             })?;
-            inner
-                .tls
-                .connect(name, tcp)
+            let tls = match inner.tls.get() {
+                Some(t) => t.clone(),
+                None => {
+                    let config =
+                        client_tls(inner.roots.clone()).map_err(|e| ConnectError::Tls {
+                            host: host.clone(),
+                            source: std::io::Error::other(e.to_string()),
+                        })?;
+                    inner
+                        .tls
+                        .get_or_init(|| tokio_rustls::TlsConnector::from(config))
+                        .clone()
+                }
+            };
+            tls.connect(name, tcp)
                 .await
                 .map_err(|source| ConnectError::Tls {
                     host: host.clone(),

@@ -514,4 +514,18 @@ fn bad_configuration_exits_64_naming_the_field() {
         err.contains("routes[0].upstream") && err.contains("https"),
         "{err}"
     );
+    // A CA file that cannot be read is a configuration error too, found at start.
+    std::fs::write(
+        &path,
+        "[tls]\nroots = \"none\"\nextra_ca_files = [\"/nonexistent/ca.pem\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(proxy_binary())
+        .arg("--config")
+        .arg(&path)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ca.pem"));
 }
