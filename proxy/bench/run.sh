@@ -132,13 +132,15 @@ BERTH_LOG=info $CPU_SERVER "$PROXY_BIN" --config proxy.toml 2> proxy.log &
 PROXY_PID=$!
 PIDS+=($PROXY_PID)
 
+# Wait for the listeners without connecting to them, so that the idle figure is
+# the proxy before its first connection (a warm slot's proxy).
 for port in 18443 18081 18082; do
     for _ in $(seq 100); do
-        if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then break; fi
+        if ss -ltnH "sport = :$port" | grep -q .; then break; fi
         sleep 0.05
     done
 done
-sleep 0.5
+sleep 1
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 IDLE_RSS=$(rss_kib "$PROXY_PID")
 
@@ -202,6 +204,6 @@ Command: proxy/bench/run.sh $DURATION $CONNS   (wrk -t1 -c$CONNS -d${DURATION}s 
 | credential-proxy (1 thread) | ${RPS[proxy]} | ${P50[proxy]} | ${P99[proxy]} | $(added "${P50[proxy]}" "${P50[direct]}") | $(added "${P99[proxy]}" "${P99[direct]}") |
 
 credential-proxy / nginx req/s: **${RATIO}×**
-credential-proxy RSS: idle $((IDLE_RSS)) KiB, after load $((LOADED_RSS)) KiB
+credential-proxy RSS: idle (before its first connection) $((IDLE_RSS)) KiB, after load $((LOADED_RSS)) KiB
 ${ERRORS:+wrk reported: $ERRORS}
 EOF
