@@ -398,8 +398,11 @@ impl DockerRuntime {
                 .await
             {
                 Ok(()) => removed += 1,
+                // Already gone, or being removed by someone else (a test's cleanup,
+                // an operator): either way it is going.
                 Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
+                    status_code: 404 | 409,
+                    ..
                 }) => {}
                 Err(source) => {
                     return Err(DockerError::Engine {

@@ -63,8 +63,9 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
 
     say("building images from our binaries (rebuilt only when a binary changes)…");
     let started = Instant::now();
-    let agent = bin_dir.join("workspace-agent");
-    let proxy = bin_dir.join("credential-proxy");
+    let image_dir = image_bin_dir(&bin_dir);
+    let agent = image_dir.join("workspace-agent");
+    let proxy = image_dir.join("credential-proxy");
     let (ws_image, proxy_image) = tokio::task::spawn_blocking(move || {
         let ws = berth_hostd::image::ensure_image(&berth_hostd::image::workspace_spec(&agent))?;
         let px = berth_hostd::image::ensure_image(&berth_hostd::image::proxy_spec(&proxy))?;
@@ -166,31 +167,52 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
     Ok(())
 }
 
-/// When started through `cargo run`, builds hostd, the agent and the proxy with the
-/// same profile, so one command is enough on a fresh clone.
+/// When started through `cargo run`, builds hostd with the same profile, and the
+/// agent and the proxy with the `image` profile (small in memory: one of each sits in
+/// every warm slot), so one command is enough on a fresh clone.
 fn build_siblings(bin_dir: &Path) -> Result<(), DevError> {
     let Ok(cargo) = std::env::var("CARGO") else {
         return Ok(());
     };
-    say("building hostd, workspace-agent and credential-proxy…");
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args([
+    say("building hostd…");
+    let mut hostd = std::process::Command::new(&cargo);
+    hostd.args(["build", "--bin", "hostd"]);
+    if bin_dir.ends_with("release") {
+        hostd.arg("--release");
+    }
+    run_cargo(&mut hostd)?;
+    say("building workspace-agent and credential-proxy for the images (profile `image`)…");
+    run_cargo(std::process::Command::new(&cargo).args([
         "build",
-        "--bin",
-        "hostd",
+        "--profile",
+        "image",
         "--bin",
         "workspace-agent",
         "--bin",
         "credential-proxy",
-    ]);
-    if bin_dir.ends_with("release") {
-        cmd.arg("--release");
-    }
+    ]))
+}
+
+fn run_cargo(cmd: &mut std::process::Command) -> Result<(), DevError> {
     let status = cmd.status().map_err(|_| DevError::Build(-1))?;
     if !status.success() {
         return Err(DevError::Build(status.code().unwrap_or(-1)));
     }
     Ok(())
+}
+
+/// Where the binaries for the images are: `target/image/` when built with the
+/// `image` profile, else next to this binary.
+fn image_bin_dir(bin_dir: &Path) -> PathBuf {
+    let image = bin_dir.parent().map(|t| t.join("image"));
+    match image {
+        Some(dir)
+            if dir.join("workspace-agent").exists() && dir.join("credential-proxy").exists() =>
+        {
+            dir
+        }
+        _ => bin_dir.to_path_buf(),
+    }
 }
 
 /// The workspace image needs Debian's static busybox for its shell and coreutils.
