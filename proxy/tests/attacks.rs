@@ -659,3 +659,44 @@ attack_test!(
         );
     }
 );
+
+// 11. Exhaustion: connections beyond max_connections are closed at once, and the
+// proxy serves again as soon as one is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_closed() {
+    use std::io::{Read, Write};
+    let mut bed = Bed::start_full("", &[("BERTH_PROXY_MAX_CONNECTIONS", "4")]).await;
+    std::thread::sleep(Duration::from_millis(100));
+    let held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(bed.addr()).unwrap();
+            s.write_all(b"GET /mcp/held HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = std::net::TcpStream::connect(bed.addr()).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let _ = extra.write_all(b"GET /mcp/x HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let n = extra.read(&mut buf).unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "the fifth connection was served: {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        bed.proxy
+            .metric("berth_proxy_connections_rejected_total")
+            .unwrap()
+            >= 1.0
+    );
+    bed.assert_serving();
+    bed.assert_log_clean();
+}

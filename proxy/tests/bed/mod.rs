@@ -30,6 +30,11 @@ impl Bed {
 
     /// Starts everything; `extra` is appended to the configuration.
     pub async fn start_with(extra: &str) -> Bed {
+        Self::start_full(extra, &[]).await
+    }
+
+    /// Starts with extra configuration and environment overrides.
+    pub async fn start_full(extra: &str, env: &[(&str, &str)]) -> Bed {
         let ca = TestCa::new().expect("ca");
         let up = EchoUpstream::start(&ca, &["api.allowed.test", "mirror.allowed.test"])
             .await
@@ -45,7 +50,7 @@ impl Bed {
         let proxy = ProxyProcess::start(
             std::path::Path::new(env!("CARGO_BIN_EXE_credential-proxy")),
             &config,
-            &[],
+            env,
         )
         .expect("proxy starts");
         let bed = Bed {
