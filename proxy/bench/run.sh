@@ -4,6 +4,7 @@
 # local HTTPS upstream, measured by the same load generator in the same run.
 #
 #   proxy/bench/run.sh [seconds per run, default 10] [connections, default 16]
+#   BERTH_PROXY_PROFILE=image proxy/bench/run.sh   # the build the images carry
 #
 # Needs: nginx (nginx-light is enough: proxy and ssl modules), wrk, openssl.
 # Everything listens on 127.0.0.1. Prints a Markdown table for docs/BENCHMARKS.md.
@@ -32,9 +33,10 @@ for tool in nginx wrk openssl; do
 done
 NGINX=$(command -v nginx)
 
-echo "building the release proxy…" >&2
-(cd "$ROOT" && cargo build --release -q -p berth-proxy --bin credential-proxy)
-PROXY_BIN=$TARGET/release/credential-proxy
+PROFILE=${BERTH_PROXY_PROFILE:-release}
+echo "building the proxy ($PROFILE profile)…" >&2
+(cd "$ROOT" && cargo build --profile "$PROFILE" -q -p berth-proxy --bin credential-proxy)
+PROXY_BIN=$TARGET/$PROFILE/credential-proxy
 
 # --- a CA and the upstream's certificate ---
 cd "$WORK"
@@ -128,7 +130,7 @@ auth = "bearer"
 secret = "token"
 allow_private_upstream = ["127.0.0.1/32"]
 EOF
-BERTH_LOG=info $CPU_SERVER "$PROXY_BIN" --config proxy.toml 2> proxy.log &
+BERTH_LOG=${BERTH_LOG:-info} $CPU_SERVER "$PROXY_BIN" --config proxy.toml 2> proxy.log &
 PROXY_PID=$!
 PIDS+=($PROXY_PID)
 
@@ -195,7 +197,7 @@ ERRORS=$(grep -h -E 'Non-2xx|Socket errors' wrk-*.txt || true)
 cat <<EOF
 
 Machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), load average before: $(cut -d' ' -f1-3 /proc/loadavg)
-Command: proxy/bench/run.sh $DURATION $CONNS   (wrk -t1 -c$CONNS -d${DURATION}s --latency, 2 rounds, averaged)
+Command: BERTH_PROXY_PROFILE=$PROFILE proxy/bench/run.sh $DURATION $CONNS   (wrk -t1 -c$CONNS -d${DURATION}s --latency, 2 rounds, averaged)
 
 | path | req/s | p50 µs | p99 µs | added p50 µs | added p99 µs |
 | --- | ---: | ---: | ---: | ---: | ---: |
