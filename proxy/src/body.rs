@@ -122,9 +122,68 @@ pub struct Audit {
     pub completed: bool,
 }
 
+/// When set (text logs), audit lines are formatted here and written to stderr
+/// in one call, bypassing `tracing`'s formatter, which costs about 10 % of
+/// throughput at one line per request. JSON logs keep going through `tracing`.
+static DIRECT_TEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Switches audit lines to the direct text writer.
+pub fn audit_direct_text(on: bool) {
+    DIRECT_TEXT.store(on, Ordering::Relaxed);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for `t` (UTC), without a date library.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
 impl Audit {
     /// Writes the line (target `audit`).
     pub fn emit(&self) {
+        if DIRECT_TEXT.load(Ordering::Relaxed) {
+            if !tracing::enabled!(target: "audit", tracing::Level::INFO) {
+                return;
+            }
+            use std::fmt::Write as _;
+            use std::io::Write as _;
+            let mut line = rfc3339(std::time::SystemTime::now());
+            let _ = writeln!(
+                line,
+                "  INFO audit: request workspace_id={} route={} method={} upstream_host={} path={} status={} code={} bytes_in={} bytes_out={} latency_ms={:.3} completed={}",
+                self.workspace_id,
+                self.route,
+                self.method,
+                self.upstream_host,
+                self.path,
+                self.status,
+                self.code,
+                self.bytes_in.load(Ordering::Relaxed),
+                self.bytes_out,
+                self.start.elapsed().as_secs_f64() * 1000.0,
+                self.completed,
+            );
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            return;
+        }
         tracing::info!(
             target: "audit",
             workspace_id = %self.workspace_id,
@@ -330,6 +389,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_795_446_543_915_235);
+        assert_eq!(rfc3339(t), "2026-11-23T15:09:03.915235Z");
+        assert_eq!(
+            rfc3339(std::time::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000000Z"
+        );
+    }
 
     #[tokio::test]
     async fn credentials_are_redacted_across_frame_boundaries() {

@@ -40,6 +40,7 @@ fn main() -> std::process::ExitCode {
         fmt.json().init();
     } else {
         fmt.init();
+        berth_proxy::body::audit_direct_text(true);
     }
     let config =
         match berth_proxy::Config::load(args.config.as_deref(), &berth_proxy::config::SystemEnv) {
