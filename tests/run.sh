@@ -64,4 +64,18 @@ fi
 
 # --- the suite ----------------------------------------------------------------
 step "cargo test (unit, crate and whole-system tests)"
-cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$BERTH_CACHE_DIR/last-test.log"
+log="$BERTH_CACHE_DIR/last-test.log"
+set +e
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo's own last line is a doc-test
+# binary's, usually "0 passed").
+awk '/^test result:/ {
+       for (i = 1; i <= NF; i++) {
+         if ($(i + 1) ~ /^passed;/) passed += $i
+         if ($(i + 1) ~ /^failed;/) failed += $i
+       }
+     }
+     END { printf "\nberth: %d passed, %d failed\n", passed, failed }' "$log"
+exit "$status"
