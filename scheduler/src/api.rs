@@ -242,14 +242,13 @@ async fn host_report(
 
 async fn list_hosts(State(s): State<Scheduler>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_api(&s, &headers)?;
-    let views = s.host_views().await?;
-    let hosts: Vec<_> = s
-        .store()
-        .hosts()
-        .await?
+    let records = s.store().hosts().await?;
+    let views = s.views_of(&records);
+    let hosts: Vec<_> = records
         .into_iter()
-        .map(|h| {
-            let view = views.iter().find(|v| v.host_id == h.report.host_id);
+        .zip(&views)
+        .map(|(h, view)| {
+            let view = Some(view);
             serde_json::json!({
                 "host_id": h.report.host_id,
                 "hostd_url": h.report.hostd_url,

@@ -27,7 +27,7 @@ use std::{
 
 use berth_wire::{ClaimRequest, CreateSlot, CreateWorkspace, Source, Workspace};
 use placement::{HostView, Strategy};
-use store::{Acquired, Store, StoreError, WarmSlot, WorkspaceRecord, WorkspaceStatus};
+use store::{Acquired, HostRecord, Store, StoreError, WarmSlot, WorkspaceRecord, WorkspaceStatus};
 
 pub use api::{ApiError, router};
 
@@ -129,31 +129,19 @@ impl Scheduler {
         &self.inner.counters
     }
 
-    /// Hosts whose heartbeat has expired.
-    async fn dead_hosts(&self) -> Result<Vec<String>, StoreError> {
-        let now = now_ms();
-        let ttl = ms(self.inner.config.host_ttl);
-        Ok(self
-            .inner
-            .store
-            .hosts()
-            .await?
-            .into_iter()
-            .filter(|h| now.saturating_sub(h.last_seen_ms) > ttl)
-            .map(|h| h.report.host_id)
-            .collect())
+    /// Whether a host's last heartbeat is recent enough (the one liveness rule).
+    fn alive(&self, h: &HostRecord, now_ms: u64) -> bool {
+        now_ms.saturating_sub(h.last_seen_ms) <= ms(self.inner.config.host_ttl)
     }
 
-    async fn host_alive(&self, host_id: &str) -> Result<bool, StoreError> {
+    /// Hosts whose heartbeat has expired, among `hosts`.
+    fn dead_among(&self, hosts: &[HostRecord]) -> Vec<String> {
         let now = now_ms();
-        let ttl = ms(self.inner.config.host_ttl);
-        Ok(self
-            .inner
-            .store
-            .hosts()
-            .await?
+        hosts
             .iter()
-            .any(|h| h.report.host_id == host_id && now.saturating_sub(h.last_seen_ms) <= ttl))
+            .filter(|h| !self.alive(h, now))
+            .map(|h| h.report.host_id.clone())
+            .collect()
     }
 
     async fn hostd_url(&self, host_id: &str) -> Result<Option<String>, StoreError> {
@@ -169,8 +157,12 @@ impl Scheduler {
 
     /// Placement's view of the fleet, counting slots this process is starting.
     pub async fn host_views(&self) -> Result<Vec<HostView>, StoreError> {
+        Ok(self.views_of(&self.inner.store.hosts().await?))
+    }
+
+    /// Placement's view of `hosts`, in the same order.
+    pub(crate) fn views_of(&self, hosts: &[HostRecord]) -> Vec<HostView> {
         let now = now_ms();
-        let ttl = ms(self.inner.config.host_ttl);
         let starting = self
             .inner
             .starting
@@ -178,18 +170,14 @@ impl Scheduler {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let per_slot = self.inner.config.slot_memory_mib;
-        Ok(self
-            .inner
-            .store
-            .hosts()
-            .await?
-            .into_iter()
+        hosts
+            .iter()
             .map(|h| {
                 let r = &h.report;
                 let pending = starting.get(&r.host_id).copied().unwrap_or(0);
                 HostView {
                     host_id: r.host_id.clone(),
-                    healthy: now.saturating_sub(h.last_seen_ms) <= ttl,
+                    healthy: self.alive(h, now),
                     compliant: r.compliant,
                     draining: h.draining || r.draining,
                     branches_free: r.branch_limit.saturating_sub(r.branches_used + pending),
@@ -198,21 +186,21 @@ impl Scheduler {
                         .saturating_sub(r.memory_reserved_mib + u64::from(pending) * per_slot),
                 }
             })
-            .collect())
+            .collect()
     }
 
     /// Starts one slot of `template` on the best host; returns the host's hostd URL
     /// with the slot.
     async fn start_slot(&self, template: &str) -> Result<WarmSlot, ApiError> {
-        let views = self.host_views().await?;
-        let host = placement::choose(
-            &views,
+        let hosts = self.inner.store.hosts().await?;
+        let chosen = placement::choose_index(
+            &self.views_of(&hosts),
             self.inner.config.slot_memory_mib,
             self.inner.config.strategy,
         )
-        .map(|h| h.host_id.clone())
         .ok_or(ApiError::NoCapacity)?;
-        let hostd_url = self.hostd_url(&host).await?.ok_or(ApiError::NoCapacity)?;
+        let host = hosts[chosen].report.host_id.clone();
+        let hostd_url = hosts[chosen].report.hostd_url.clone();
         let slot_id = format!("s-{}", short_id());
         self.bump_starting(&host, 1);
         let result = self
@@ -290,15 +278,21 @@ impl Scheduler {
             if std::time::Instant::now() > deadline {
                 return Err(ApiError::NoCapacity);
             }
+            // One read of the fleet per attempt: whether the conversation's host lives,
+            // and which hosts' warm slots must not be handed out.
+            let hosts = self.inner.store.hosts().await?;
+            let dead = self.dead_among(&hosts);
             if let Some(existing) = self
                 .inner
                 .store
                 .workspace_for_conversation(&req.conversation_id)
                 .await?
             {
-                if !existing.workspace.host_id.is_empty()
-                    && !self.host_alive(&existing.workspace.host_id).await?
-                {
+                let host = &existing.workspace.host_id;
+                let host_lives = hosts
+                    .iter()
+                    .any(|h| &h.report.host_id == host && !dead.contains(host));
+                if !host.is_empty() && !host_lives {
                     // Its host died: forget it and hand out a new one, saying so.
                     tracing::warn!(workspace_id = %existing.workspace.id, host_id = %existing.workspace.host_id,
                         conversation_id = %req.conversation_id, "workspace lost with its host; replacing");
@@ -338,7 +332,6 @@ impl Scheduler {
                 slot_id: String::new(),
                 status: WorkspaceStatus::Claiming,
             };
-            let dead = self.dead_hosts().await?;
             let (slot, source) = match self.inner.store.acquire(&candidate, &dead).await? {
                 Acquired::Existing(_) => continue,
                 Acquired::Warm(slot) => (slot, Source::Warm),
@@ -465,7 +458,8 @@ impl Scheduler {
     }
 
     async fn reap_dead_hosts(&self) -> Result<(), StoreError> {
-        for host in self.dead_hosts().await? {
+        let hosts = self.inner.store.hosts().await?;
+        for host in self.dead_among(&hosts) {
             let gone = self.inner.store.take_warm_on_host(&host).await?;
             if !gone.is_empty() {
                 tracing::warn!(host_id = %host, slots = gone.len(), "host heartbeat expired; its warm slots left the pools");
