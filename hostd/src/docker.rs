@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use berth_wire::{SlotInfo, SlotState, labels, ports};
+use berth_wire::{SlotInfo, SlotState, labels, ports, uids};
 use bollard::{
     Docker,
     models::{
@@ -59,10 +59,36 @@ pub enum DockerError {
         agent_url: String,
         waited_ms: u64,
     },
+    #[error("slot {slot_id}: lock-down could not be proven: {reason}")]
+    Lockdown { slot_id: String, reason: String },
     #[error("unknown template `{0}`")]
     UnknownTemplate(String),
     #[error("cannot install hostd's own seccomp filter: {0}")]
     SelfSeccomp(#[source] berth_seccomp::hostd::HostdFilterError),
+}
+
+/// The container whose first process owns a slot's network namespace: the proxy,
+/// which the workspace container joins.
+pub fn netns_owner(slot_id: &str) -> String {
+    format!("berth-{slot_id}-proxy")
+}
+
+/// The workspace container's environment: where the agent listens, and the proxy as
+/// every ordinary tool's HTTP(S) proxy (the egress lock refuses anything else).
+pub fn workspace_env(slot_id: &str) -> Vec<String> {
+    let proxy = format!("http://127.0.0.1:{}", ports::PROXY);
+    let no_proxy = "localhost,127.0.0.1,::1";
+    vec![
+        format!("BERTH_AGENT_LISTEN=0.0.0.0:{}", ports::AGENT),
+        "BERTH_AGENT_ROOT=/workspace".into(),
+        format!("BERTH_SLOT_ID={slot_id}"),
+        format!("HTTPS_PROXY={proxy}"),
+        format!("HTTP_PROXY={proxy}"),
+        format!("https_proxy={proxy}"),
+        format!("http_proxy={proxy}"),
+        format!("NO_PROXY={no_proxy}"),
+        format!("no_proxy={no_proxy}"),
+    ]
 }
 
 /// hostd's handle on the local Docker engine.
@@ -159,12 +185,22 @@ impl DockerRuntime {
     }
 
     /// Creates and starts one slot, and waits until its agent answers `/health`.
-    pub async fn create_slot(
+    ///
+    /// `lock` is called with the pid that owns the slot's network namespace (the
+    /// proxy's) after the proxy starts and before the workspace container exists, so
+    /// no workspace code ever runs outside the egress lock; an error from it fails
+    /// the slot.
+    pub async fn create_slot<F, Fut>(
         &self,
         slot_id: &str,
         t: &SlotTemplate,
-    ) -> Result<SlotInfo, DockerError> {
-        let result = self.try_create_slot(slot_id, t).await;
+        lock: F,
+    ) -> Result<SlotInfo, DockerError>
+    where
+        F: FnOnce(i64) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let result = self.try_create_slot(slot_id, t, lock).await;
         if result.is_err() {
             // Leave nothing half-made behind.
             let _ = self.destroy_slot(slot_id).await;
@@ -172,11 +208,16 @@ impl DockerRuntime {
         result
     }
 
-    async fn try_create_slot(
+    async fn try_create_slot<F, Fut>(
         &self,
         slot_id: &str,
         t: &SlotTemplate,
-    ) -> Result<SlotInfo, DockerError> {
+        lock: F,
+    ) -> Result<SlotInfo, DockerError>
+    where
+        F: FnOnce(i64) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
         let engine = |op| {
             move |source| DockerError::Engine {
                 op,
@@ -184,10 +225,10 @@ impl DockerRuntime {
                 source,
             }
         };
-        let proxy_name = format!("berth-{slot_id}-proxy");
+        let proxy_name = netns_owner(slot_id);
         let proxy = ContainerCreateBody {
             image: Some(t.proxy_image.clone()),
-            user: Some("65534:65534".into()),
+            user: Some(format!("{0}:{0}", uids::PROXY)),
             labels: Some(self.labels(slot_id, &t.name, "proxy")),
             host_config: Some(HostConfig {
                 network_mode: Some(self.network.clone()),
@@ -227,6 +268,15 @@ impl DockerRuntime {
             .inspect_container(&created.id, None)
             .await
             .map_err(engine("inspect proxy"))?;
+        let pid = inspect
+            .state
+            .as_ref()
+            .and_then(|s| s.pid)
+            .filter(|p| *p > 0)
+            .ok_or_else(|| DockerError::Lockdown {
+                slot_id: slot_id.into(),
+                reason: "the proxy container has no running process".into(),
+            })?;
         let ip = inspect
             .network_settings
             .and_then(|n| n.networks)
@@ -238,19 +288,20 @@ impl DockerRuntime {
                 network: self.network.clone(),
             })?;
 
+        lock(pid).await.map_err(|reason| DockerError::Lockdown {
+            slot_id: slot_id.into(),
+            reason,
+        })?;
+
         let mut security_opt = vec!["no-new-privileges:true".to_owned()];
         if let Some(profile) = &t.seccomp_profile {
             security_opt.push(format!("seccomp={profile}"));
         }
         let workspace = ContainerCreateBody {
             image: Some(t.workspace_image.clone()),
-            user: Some("1000:1000".into()),
+            user: Some(format!("{0}:{0}", uids::WORKSPACE)),
             labels: Some(self.labels(slot_id, &t.name, "workspace")),
-            env: Some(vec![
-                format!("BERTH_AGENT_LISTEN=0.0.0.0:{}", ports::AGENT),
-                "BERTH_AGENT_ROOT=/workspace".into(),
-                format!("BERTH_SLOT_ID={slot_id}"),
-            ]),
+            env: Some(workspace_env(slot_id)),
             host_config: Some(HostConfig {
                 network_mode: Some(format!("container:{}", created.id)),
                 cap_drop: Some(vec!["ALL".into()]),
@@ -305,6 +356,9 @@ impl DockerRuntime {
             agent_url,
             state: SlotState::Ready,
             memory_mib: t.memory_reservation_mib,
+            reason: None,
+            rules_verified_at_ms: None,
+            created_at_ms: crate::now_ms(),
         })
     }
 
@@ -451,6 +505,13 @@ impl DockerRuntime {
                     agent_url: format!("http://{ip}:{}", ports::AGENT),
                     state: SlotState::Starting,
                     memory_mib: 0,
+                    reason: Some("found after a hostd restart; rules not yet re-verified".into()),
+                    rules_verified_at_ms: None,
+                    created_at_ms: c
+                        .created
+                        .and_then(|s| u64::try_from(s).ok())
+                        .map(|s| s * 1000)
+                        .unwrap_or_else(crate::now_ms),
                 })
             })
             .collect())

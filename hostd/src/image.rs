@@ -121,7 +121,7 @@ pub fn workspace_spec(agent_binary: &Path) -> ImageSpec {
     }
 }
 
-/// The standard proxy image: proxy only, user 65534 (nobody).
+/// The standard proxy image: proxy only, user [`berth_wire::uids::PROXY`].
 pub fn proxy_spec(proxy_binary: &Path) -> ImageSpec {
     ImageSpec {
         repo: PROXY_REPO.into(),
@@ -131,7 +131,7 @@ pub fn proxy_spec(proxy_binary: &Path) -> ImageSpec {
         )],
         with_busybox: false,
         dirs: vec!["/tmp".into()],
-        user: "65534:65534".into(),
+        user: format!("{0}:{0}", berth_wire::uids::PROXY),
         entrypoint: vec!["/usr/local/bin/credential-proxy".into()],
     }
 }
@@ -218,12 +218,12 @@ fn build_context(
         let etc = rootfs.join("etc");
         std::fs::write(
             etc.join("passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nworkspace:x:1000:1000:workspace:/workspace:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+            "root:x:0:0:root:/root:/bin/sh\nworkspace:x:1000:1000:workspace:/workspace:/bin/sh\nproxy:x:2000:2000:credential-proxy:/:/bin/false\nnobody:x:65534:65534:nobody:/:/bin/false\n",
         )
         .map_err(ctx)?;
         std::fs::write(
             etc.join("group"),
-            "root:x:0:\nworkspace:x:1000:\nnogroup:x:65534:\n",
+            "root:x:0:\nworkspace:x:1000:\nproxy:x:2000:\nnogroup:x:65534:\n",
         )
         .map_err(ctx)?;
         // /usr/bin/env is where scripts look for interpreters.
@@ -266,7 +266,7 @@ mod tests {
         let spec = proxy_spec(Path::new("/x/credential-proxy"));
         let df = dockerfile(&spec);
         assert!(df.starts_with("FROM scratch\n"), "{df}");
-        assert!(df.contains("USER 65534:65534\n"), "{df}");
+        assert!(df.contains("USER 2000:2000\n"), "{df}");
         assert!(
             df.contains(r#"ENTRYPOINT ["/usr/local/bin/credential-proxy"]"#),
             "{df}"

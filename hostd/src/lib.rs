@@ -6,14 +6,29 @@
 //! shared-kernel container needs (seccomp, the metadata block, per-task egress
 //! rules). hostd does those things on each host and reports to the scheduler:
 //!
-//! - a heartbeat every [`HEARTBEAT_EVERY`] with a [`HostReport`] (capacity, slots);
+//! - a heartbeat every [`HEARTBEAT_EVERY`] with a [`HostReport`] (capacity, slots,
+//!   policy checks), on a task of its own so slow checks never delay it;
 //! - in the docker runtime, the slot API that creates and destroys warm slots;
+//! - enforcement, every [`Config::check_every`]: each slot's egress lock read back and
+//!   repaired, the host's metadata blocks, the container audit;
 //! - a status endpoint for on-call: `/` (HTML), `/status` (JSON), `/metrics`, `/healthz`.
+//!
+//! Modules, in the order a slot's life meets them:
+//! [`docker`] creates the slot's containers; [`netfilter`] writes the rules that lock
+//! its namespace and [`privileged`] loads and reads them (the one place hostd uses its
+//! privileges); [`enforce`] proves them, audits containers ([`audit`]) and keeps the
+//! journal; [`status`] shows all of it to on-call; [`capacity`] says what the host
+//! holds; [`image`] builds the local images the docker runtime runs.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod capacity;
 pub mod docker;
+pub mod enforce;
 pub mod image;
+pub mod netfilter;
+pub mod privileged;
+pub mod status;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -29,14 +44,23 @@ use axum::{
     response::{Html, IntoResponse, Response},
     routing::{delete, get, post},
 };
-use berth_wire::{CreateSlot, ErrorBody, HostReport, SlotInfo, SlotState};
+use berth_wire::{CreateSlot, ErrorBody, HostReport, PolicyCheck, SlotInfo, SlotState, labels};
+use futures_util::StreamExt;
 
 pub use docker::{DockerError, DockerRuntime, SlotTemplate};
+use enforce::{Enforcer, Journal};
+pub use netfilter::EgressPolicy;
+pub use privileged::Netns;
+use privileged::{HostPrivileged, Privileged};
 
 /// How often hostd reports to the scheduler.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// How often ready slots' agents are health-checked.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(5);
+/// Default period of the enforcement pass (rules read back, containers audited).
+pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Health probes and rule checks in flight at once.
+const PROBES_AT_ONCE: usize = 16;
 
 /// hostd's configuration, resolved by the binary from flags and environment.
 #[derive(Debug, Clone)]
@@ -58,6 +82,14 @@ pub struct Config {
     /// hostd's own seccomp filter, installed on every thread once hostd has started;
     /// `None` for in-process use (tests), where it would confine the host process.
     pub self_seccomp: Option<berth_seccomp::HostdFilterMode>,
+    /// Where the host's metadata blocks go: the host's own namespace in production,
+    /// a namespace a test made, or `None` to leave the host's firewall alone (tests
+    /// running many hostds in one process; the status page says so).
+    pub host_rules: Option<Netns>,
+    /// What each slot's egress lock lets through.
+    pub egress: EgressPolicy,
+    /// Period of the enforcement pass.
+    pub check_every: Duration,
 }
 
 /// Errors of hostd's HTTP API, each with one status and one stable code.
@@ -101,14 +133,32 @@ impl IntoResponse for ApiError {
 pub struct Hostd {
     config: Arc<Config>,
     runtime: DockerRuntime,
+    enforcer: Enforcer,
     slots: Arc<Mutex<BTreeMap<String, SlotInfo>>>,
+    /// The last result of every policy check, by name.
+    checks: Arc<Mutex<BTreeMap<String, PolicyCheck>>>,
+    /// Each template's seccomp profile, parsed once, for the audit.
+    profiles: Arc<HashMap<String, Option<serde_json::Value>>>,
     http: reqwest::Client,
 }
 
 impl Hostd {
-    /// Connects to the runtime and rebuilds the slot inventory from what it finds.
+    /// Connects to the runtime, rebuilds the slot inventory from what it finds, and
+    /// runs a first enforcement pass (so rediscovered slots are re-verified before
+    /// any of them is reported ready).
     pub async fn start(config: Config) -> Result<Self, DockerError> {
         let runtime = DockerRuntime::connect(&config.host_id, config.extra_labels.clone()).await?;
+        let privileged: Arc<dyn Privileged> =
+            Arc::new(HostPrivileged::new(runtime.docker().clone()));
+        Self::start_with(config, runtime, privileged).await
+    }
+
+    /// [`Hostd::start`] with the privileged calls given (tests pass a recording fake).
+    pub async fn start_with(
+        config: Config,
+        runtime: DockerRuntime,
+        privileged: Arc<dyn Privileged>,
+    ) -> Result<Self, DockerError> {
         let found = runtime.inventory().await?;
         if !found.is_empty() {
             tracing::info!(
@@ -117,28 +167,72 @@ impl Hostd {
             );
         }
         let slots = found.into_iter().map(|s| (s.slot_id.clone(), s)).collect();
-        Ok(Self {
+        let mut profiles = HashMap::new();
+        for t in &config.templates {
+            let parsed = match &t.seccomp_profile {
+                Some(text) => Some(serde_json::from_str(text).map_err(|e| {
+                    DockerError::UnknownTemplate(format!("{}: seccomp profile is not JSON: {e}", t.name))
+                })?),
+                None => None,
+            };
+            profiles.insert(t.name.clone(), parsed);
+        }
+        let enforcer = Enforcer {
+            privileged,
+            egress: config.egress,
+            host: netfilter::HostPolicy::default(),
+            journal: Journal::default(),
+        };
+        let hostd = Self {
             config: Arc::new(config),
             runtime,
+            enforcer,
             slots: Arc::new(Mutex::new(slots)),
+            checks: Arc::new(Mutex::new(BTreeMap::new())),
+            profiles: Arc::new(profiles),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
-        })
+        };
+        hostd.enforce().await;
+        hostd.check_health().await;
+        Ok(hostd)
     }
 
     pub fn runtime(&self) -> &DockerRuntime {
         &self.runtime
     }
 
+    pub fn journal(&self) -> &Journal {
+        &self.enforcer.journal
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SlotInfo>> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record_checks(&self, results: impl IntoIterator<Item = PolicyCheck>) {
+        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        for c in results {
+            checks.insert(c.name.clone(), c);
+        }
     }
 
     /// The report sent on every heartbeat and served on `/status`.
     pub fn report(&self) -> HostReport {
         let slots: Vec<SlotInfo> = self.slots().values().cloned().collect();
+        let checks: Vec<PolicyCheck> = self
+            .checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         HostReport {
             host_id: self.config.host_id.clone(),
             runtime: "docker".into(),
@@ -149,7 +243,9 @@ impl Hostd {
             memory_total_mib: capacity::memory_total_mib(),
             memory_reserved_mib: slots.iter().map(|s| s.memory_mib).sum(),
             draining: false,
-            compliant: true,
+            // No check has run yet: nothing is proven, so not compliant.
+            compliant: !checks.is_empty() && checks.iter().all(|c| c.ok),
+            checks,
             slots,
             reported_at_ms: now_ms(),
         }
@@ -161,14 +257,7 @@ impl Hostd {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        let expected = self.config.token.as_bytes();
-        let ok = presented.len() == expected.len()
-            && presented
-                .bytes()
-                .zip(expected)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if ok {
+        if berth_wire::secrets_equal(presented.as_bytes(), self.config.token.as_bytes()) {
             Ok(())
         } else {
             Err(ApiError::Unauthorized)
@@ -176,7 +265,8 @@ impl Hostd {
     }
 
     /// Creates a slot from a template, counting it against the host's limit while
-    /// it starts.
+    /// it starts. The slot's egress lock is applied and proven before its workspace
+    /// container starts; a slot whose lock cannot be proven is removed and refused.
     pub async fn create_slot(&self, req: CreateSlot) -> Result<SlotInfo, ApiError> {
         let template = self
             .config
@@ -206,17 +296,35 @@ impl Hostd {
                     agent_url: String::new(),
                     state: SlotState::Starting,
                     memory_mib: template.memory_reservation_mib,
+                    reason: None,
+                    rules_verified_at_ms: None,
+                    created_at_ms: now_ms(),
                 },
             );
         }
-        match self.runtime.create_slot(&req.slot_id, &template).await {
-            Ok(info) => {
+        let enforcer = self.enforcer.clone();
+        let lock = |pid| async move {
+            enforcer
+                .lock_slot(&Netns::of_pid(pid))
+                .await
+                .map(|_| ())
+        };
+        match self.runtime.create_slot(&req.slot_id, &template, lock).await {
+            Ok(mut info) => {
+                info.rules_verified_at_ms = Some(now_ms());
                 self.slots().insert(info.slot_id.clone(), info.clone());
-                tracing::info!(slot_id = %info.slot_id, agent_url = %info.agent_url, "slot ready");
+                tracing::info!(slot_id = %info.slot_id, agent_url = %info.agent_url, "slot ready, egress locked");
                 Ok(info)
             }
             Err(e) => {
                 self.slots().remove(&req.slot_id);
+                if let DockerError::Lockdown { reason, .. } = &e {
+                    self.journal().event(
+                        "slot_withdrawn",
+                        Some(&req.slot_id),
+                        format!("refused at start, its lock-down could not be proven: {reason}"),
+                    );
+                }
                 Err(e.into())
             }
         }
@@ -246,45 +354,194 @@ impl Hostd {
         }
     }
 
-    /// Marks slots whose agent stopped answering as unhealthy, and recovers
-    /// rediscovered slots whose agent answers.
+    /// Probes every slot's agent (a bounded number at once): a slot is ready when its
+    /// agent answers and its rules were proven; withdrawn slots stay withdrawn.
     async fn check_health(&self) {
         let candidates: Vec<(String, String)> = self
             .slots()
             .values()
-            .filter(|s| !s.agent_url.is_empty())
+            .filter(|s| !s.agent_url.is_empty() && s.state != SlotState::Withdrawn)
             .map(|s| (s.slot_id.clone(), s.agent_url.clone()))
             .collect();
-        for (slot_id, url) in candidates {
-            let healthy = self.runtime.agent_healthy(&url).await;
-            if let Some(s) = self.slots().get_mut(&slot_id) {
-                let next = if healthy {
-                    SlotState::Ready
-                } else {
-                    SlotState::Unhealthy
-                };
-                if s.state != next {
-                    tracing::warn!(%slot_id, from = ?s.state, to = ?next, "slot health changed");
-                    s.state = next;
+        let results: Vec<(String, bool)> = futures_util::stream::iter(candidates)
+            .map(|(slot_id, url)| async move {
+                let healthy = self.runtime.agent_healthy(&url).await;
+                (slot_id, healthy)
+            })
+            .buffer_unordered(PROBES_AT_ONCE)
+            .collect()
+            .await;
+        let mut slots = self.slots();
+        for (slot_id, healthy) in results {
+            let Some(s) = slots.get_mut(&slot_id) else {
+                continue;
+            };
+            let next = match (healthy, s.rules_verified_at_ms.is_some()) {
+                _ if s.state == SlotState::Withdrawn => continue,
+                (true, true) => SlotState::Ready,
+                (true, false) => SlotState::Starting,
+                (false, _) => SlotState::Unhealthy,
+            };
+            if s.state != next {
+                tracing::warn!(%slot_id, from = ?s.state, to = ?next, "slot health changed");
+                s.state = next;
+                if next == SlotState::Ready {
+                    s.reason = None;
+                } else if next == SlotState::Unhealthy {
+                    s.reason = Some("its agent does not answer /health".into());
                 }
             }
         }
     }
 
-    /// Background loops: heartbeat and health checks, until `stop` fires.
-    pub fn spawn_loops(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
-            let mut health = tokio::time::interval(HEALTH_EVERY);
-            loop {
-                tokio::select! {
-                    _ = beat.tick() => {
-                        if let Some(url) = me.config.scheduler_url.clone() {
-                            me.heartbeat(&url).await;
+    fn withdraw(&self, slot_id: &str, reason: String) {
+        let mut slots = self.slots();
+        if let Some(s) = slots.get_mut(slot_id)
+            && s.state != SlotState::Withdrawn
+        {
+            s.state = SlotState::Withdrawn;
+            s.reason = Some(reason.clone());
+            drop(slots);
+            self.journal()
+                .event("slot_withdrawn", Some(slot_id), format!("withdrawn: {reason}"));
+        }
+    }
+
+    /// One enforcement pass: host rules, every slot's egress lock, the container audit.
+    pub async fn enforce(&self) {
+        if let Some(netns) = &self.config.host_rules {
+            let checks = self.enforcer.check_host_rules(netns).await;
+            self.record_checks(checks);
+        }
+        self.check_slot_rules().await;
+        let profiles = self.profiles.clone();
+        let (audit, stopped) = self
+            .enforcer
+            .audit_containers(&format!("{}={}", labels::HOST, self.config.host_id), |l| {
+                let role = l.get(labels::ROLE).map(String::as_str);
+                let template = l.get(labels::TEMPLATE).map(String::as_str).unwrap_or("");
+                if role == Some("proxy") {
+                    audit::Expectations {
+                        seccomp_profile: None,
+                        joins_netns: false,
+                    }
+                } else {
+                    // Workspaces, and anything else claiming to be ours: the strictest.
+                    audit::Expectations {
+                        seccomp_profile: profiles.get(template).cloned().flatten(),
+                        joins_netns: true,
+                    }
+                }
+            })
+            .await;
+        for s in stopped {
+            if let Some(slot_id) = s.slot_id {
+                self.withdraw(&slot_id, format!("container {} stopped by the audit: {}", s.container, s.reason));
+            }
+        }
+        self.record_checks([audit]);
+    }
+
+    /// Reads back every slot's egress lock, repairing drift; withdraws slots whose
+    /// lock cannot be proven.
+    async fn check_slot_rules(&self) {
+        let candidates: Vec<(String, bool)> = self
+            .slots()
+            .values()
+            .filter(|s| !s.agent_url.is_empty() && s.state != SlotState::Withdrawn)
+            .map(|s| (s.slot_id.clone(), s.rules_verified_at_ms.is_some()))
+            .collect();
+        let total = candidates.len();
+        let results: Vec<(String, bool, Result<enforce::Locked, String>)> =
+            futures_util::stream::iter(candidates)
+                .map(|(slot_id, verified_before)| async move {
+                    let result = self.lock_existing(&slot_id).await;
+                    (slot_id, verified_before, result)
+                })
+                .buffer_unordered(PROBES_AT_ONCE)
+                .collect()
+                .await;
+        let mut repaired = 0;
+        let mut failed = Vec::new();
+        for (slot_id, verified_before, result) in results {
+            match result {
+                Ok(locked) => {
+                    if !locked.repaired.is_empty() {
+                        repaired += 1;
+                        let what = locked.repaired.join("; ");
+                        if verified_before {
+                            self.journal().event(
+                                "rules_reapplied",
+                                Some(&slot_id),
+                                format!("egress lock restored: {what}"),
+                            );
+                        } else {
+                            self.journal().event(
+                                "rules_applied",
+                                Some(&slot_id),
+                                format!("egress lock applied to a rediscovered slot: {what}"),
+                            );
                         }
                     }
+                    if let Some(s) = self.slots().get_mut(&slot_id) {
+                        s.rules_verified_at_ms = Some(now_ms());
+                    }
+                }
+                Err(reason) => {
+                    failed.push(format!("{slot_id}: {reason}"));
+                    self.withdraw(&slot_id, format!("egress lock cannot be proven: {reason}"));
+                }
+            }
+        }
+        let detail = if failed.is_empty() {
+            format!("{total} slots' egress locks read back and matched; {repaired} repaired this pass")
+        } else {
+            format!("{} of {total} slots withdrawn: {}", failed.len(), failed.join("; "))
+        };
+        let check = self.enforcer.check("slot_rules", failed.is_empty(), detail);
+        self.record_checks([check]);
+    }
+
+    /// Finds the process owning a slot's namespace and locks that namespace.
+    async fn lock_existing(&self, slot_id: &str) -> Result<enforce::Locked, String> {
+        let owner = docker::netns_owner(slot_id);
+        let facts = self
+            .enforcer
+            .privileged
+            .inspect_container(&owner)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !facts.running || facts.pid <= 0 {
+            return Err(format!("{owner}, which owns its network namespace, is not running"));
+        }
+        self.enforcer.lock_slot(&Netns::of_pid(facts.pid)).await
+    }
+
+    /// Background loops until `stop` fires: heartbeats on a task of their own (a slow
+    /// health or enforcement pass can never delay them), and health and enforcement.
+    pub fn spawn_loops(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        if let Some(url) = self.config.scheduler_url.clone() {
+            let me = self.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = beat.tick() => me.heartbeat(&url).await,
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+        }
+        let me = self.clone();
+        let mut stop = stop;
+        tokio::spawn(async move {
+            let mut health = tokio::time::interval(HEALTH_EVERY);
+            let mut enforce = tokio::time::interval(me.config.check_every);
+            loop {
+                tokio::select! {
                     _ = health.tick() => me.check_health().await,
+                    _ = enforce.tick() => me.enforce().await,
                     _ = stop.changed() => break,
                 }
             }
@@ -311,7 +568,21 @@ pub fn router(hostd: Hostd) -> Router {
 }
 
 async fn status_json(State(h): State<Hostd>) -> impl IntoResponse {
-    axum::Json(h.report())
+    axum::Json(h.status_view())
+}
+
+impl Hostd {
+    /// Everything the status endpoints show.
+    pub fn status_view(&self) -> status::StatusView {
+        status::StatusView {
+            report: self.report(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            host_rules: self.config.host_rules.as_ref().map(|n| n.to_string()),
+            egress: self.config.egress,
+            events: self.journal().events(),
+            counters: self.journal().counters(),
+        }
+    }
 }
 
 async fn create_slot(
@@ -339,62 +610,11 @@ async fn destroy_slot(
 }
 
 async fn metrics(State(h): State<Hostd>) -> String {
-    let r = h.report();
-    let count = |st: SlotState| r.slots.iter().filter(|s| s.state == st).count();
-    format!(
-        "# HELP berth_hostd_slots Slots on this host by state.\n# TYPE berth_hostd_slots gauge\n\
-         berth_hostd_slots{{state=\"starting\"}} {}\nberth_hostd_slots{{state=\"ready\"}} {}\n\
-         berth_hostd_slots{{state=\"unhealthy\"}} {}\n\
-         # HELP berth_hostd_branch_limit Slots (awsvpc tasks) this host may run.\n\
-         # TYPE berth_hostd_branch_limit gauge\nberth_hostd_branch_limit {}\n\
-         # HELP berth_hostd_memory_reserved_mib Memory reserved by slots.\n\
-         # TYPE berth_hostd_memory_reserved_mib gauge\nberth_hostd_memory_reserved_mib {}\n",
-        count(SlotState::Starting),
-        count(SlotState::Ready),
-        count(SlotState::Unhealthy),
-        r.branch_limit,
-        r.memory_reserved_mib,
-    )
+    status::metrics(&h.report(), &h.journal().counters())
 }
 
 async fn status_page(State(h): State<Hostd>) -> Html<String> {
-    let r = h.report();
-    let rows: String = r
-        .slots
-        .iter()
-        .map(|s| {
-            format!(
-                "<tr><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td></tr>",
-                esc(&s.slot_id),
-                esc(&s.template),
-                s.state,
-                esc(&s.agent_url)
-            )
-        })
-        .collect();
-    Html(format!(
-        "<!doctype html><html><head><meta charset=utf-8><title>hostd {id}</title>\
-         <meta http-equiv=refresh content=5></head><body>\
-         <h1>hostd {id}</h1><p>runtime {rt} · instance {it} · slots {used}/{limit} · \
-         memory reserved {res} of {tot} MiB · compliant {comp}</p>\
-         <table border=1 cellpadding=4><tr><th>slot</th><th>template</th><th>state</th>\
-         <th>agent</th></tr>{rows}</table></body></html>",
-        id = esc(&r.host_id),
-        rt = r.runtime,
-        it = esc(&r.instance_type),
-        used = r.branches_used,
-        limit = r.branch_limit,
-        res = r.memory_reserved_mib,
-        tot = r.memory_total_mib,
-        comp = r.compliant,
-    ))
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    Html(status::page(&h.status_view()))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -431,6 +651,9 @@ pub async fn run(
         tracing::error!(error = %e, "hostd server stopped");
     }
     if cleanup {
+        if let Some(netns) = &hostd.config.host_rules {
+            hostd.enforcer.remove_host_rules(netns).await;
+        }
         let n = hostd.runtime.destroy_all().await?;
         tracing::info!(
             containers = n,

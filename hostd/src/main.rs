@@ -59,6 +59,18 @@ struct Args {
     /// allow-list kills hostd), `audit` (logged only), or `off`.
     #[arg(long, env = "BERTH_HOSTD_SECCOMP", default_value = "enforce")]
     self_seccomp: String,
+    /// Where the host's metadata blocks (DOCKER-USER, the ECS credential path) are
+    /// applied: `host` (this machine's firewall), `off`, or a network namespace file
+    /// such as /run/netns/NAME.
+    #[arg(long, env = "BERTH_HOST_RULES", default_value = "host")]
+    host_rules: String,
+    /// Let the proxy's uid (only) reach the ECS credential endpoint, for proxies that
+    /// sign with the task's own credentials.
+    #[arg(long, env = "BERTH_PROXY_TASK_CREDENTIALS")]
+    proxy_task_credentials: bool,
+    /// Seconds between enforcement passes (rules read back, containers audited).
+    #[arg(long, env = "BERTH_CHECK_EVERY_SECS", default_value_t = 5)]
+    check_every_secs: u64,
     /// Extra label (`key=value`) on every container and network; repeatable.
     #[arg(long = "label")]
     labels: Vec<String>,
@@ -137,6 +149,19 @@ async fn main() -> std::process::ExitCode {
             _ => return config_error(&format!("--label `{l}` is not key=value")),
         }
     }
+    let host_rules = match args.host_rules.as_str() {
+        "host" => Some(berth_hostd::Netns::Host),
+        "off" => None,
+        path if path.starts_with('/') => Some(berth_hostd::Netns::Path(path.into())),
+        other => {
+            return config_error(&format!(
+                "--host-rules `{other}` is not `host`, `off` or a namespace file path"
+            ));
+        }
+    };
+    if args.check_every_secs == 0 {
+        return config_error("--check-every-secs must be at least 1");
+    }
     let host_id = args.host_id.unwrap_or_else(|| {
         let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("local-{}", name.trim())
@@ -167,6 +192,12 @@ async fn main() -> std::process::ExitCode {
         cleanup_on_exit: args.cleanup_on_exit,
         extra_labels,
         self_seccomp,
+        host_rules,
+        egress: berth_hostd::EgressPolicy {
+            proxy_task_credentials: args.proxy_task_credentials,
+            ..berth_hostd::EgressPolicy::default()
+        },
+        check_every: std::time::Duration::from_secs(args.check_every_secs),
     };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,

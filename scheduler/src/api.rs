@@ -118,11 +118,7 @@ fn bearer(headers: &HeaderMap) -> &str {
 }
 
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    berth_wire::secrets_equal(a.as_bytes(), b.as_bytes())
 }
 
 /// Checks the backend's token, when one is configured.
@@ -416,12 +412,7 @@ async fn fleet_page(State(s): State<Scheduler>) -> Result<Html<String>, ApiError
     )))
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+use berth_wire::html_escape as esc;
 
 async fn openapi() -> impl IntoResponse {
     (

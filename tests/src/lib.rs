@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod docker;
 pub mod moto;
+pub mod netns;
 pub mod redis_server;
 pub mod system;
 

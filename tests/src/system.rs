@@ -89,6 +89,12 @@ impl LocalBerth {
             // In-process: a filter would confine the test process itself. The real
             // binary runs with it on in tests/tests/hostd_binary.rs.
             self_seccomp: None,
+            // Many hostds share this machine in one test process: the host's own
+            // firewall is left alone here (tests/tests/lockdown.rs applies host rules
+            // in a namespace of its own).
+            host_rules: None,
+            egress: berth_hostd::EgressPolicy::default(),
+            check_every: Duration::from_secs(1),
         };
         let config = Config {
             pools: [("default".to_owned(), opts.pool)].into(),

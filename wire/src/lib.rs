@@ -19,6 +19,16 @@ pub mod ports {
     pub const PROXY: u16 = 8080;
 }
 
+/// The uids of a workspace task's two containers. hostd's egress rules tell them
+/// apart by these (netfilter's owner match), so they must never be the same: only
+/// the proxy's uid may reach the outside.
+pub mod uids {
+    /// The workspace container (the agent and every command it runs).
+    pub const WORKSPACE: u32 = 1000;
+    /// The credential-proxy container; a uid of its own, used by nothing else.
+    pub const PROXY: u32 = 2000;
+}
+
 /// Docker labels every Berth container and network carries, so that state can be
 /// rebuilt from the engine and leftovers found after a crash.
 pub mod labels {
@@ -70,6 +80,28 @@ impl ErrorBody {
         self.error.field = Some(field.to_owned());
         self
     }
+}
+
+/// Compares two secrets in time that depends only on their lengths, so a caller
+/// cannot learn a token byte by byte from response times.
+pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Escapes text for HTML element content and double-quoted attributes.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 // === scheduler API ===
@@ -135,11 +167,39 @@ pub struct HostReport {
     pub memory_total_mib: u64,
     pub memory_reserved_mib: u64,
     pub draining: bool,
-    /// Policy checks are all passing.
+    /// Every host check in [`HostReport::checks`] passes.
     pub compliant: bool,
     pub slots: Vec<SlotInfo>,
     /// Unix milliseconds when the report was made.
     pub reported_at_ms: u64,
+    /// The host's policy checks, each with its last result.
+    #[serde(default)]
+    pub checks: Vec<PolicyCheck>,
+}
+
+/// One of hostd's policy checks and its last result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyCheck {
+    /// Stable name, e.g. `host_rules_v4`; `docs/OPERATIONS.md` explains each.
+    pub name: String,
+    pub ok: bool,
+    /// What was found: the reason when failing, what was verified when passing.
+    pub detail: String,
+    /// Unix milliseconds of the last run.
+    pub checked_at_ms: u64,
+}
+
+/// Something hostd did or found that on-call should see (`/status` keeps the last 50).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostEvent {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// Stable kind, e.g. `rules_reapplied`, `container_stopped`, `slot_withdrawn`.
+    pub kind: String,
+    /// The slot or container concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    pub message: String,
 }
 
 /// `POST /v1/slots` on hostd: start one warm slot.
@@ -157,6 +217,8 @@ pub enum SlotState {
     Starting,
     Ready,
     Unhealthy,
+    /// Its lock-down could not be proven; never handed out (see `SlotInfo::reason`).
+    Withdrawn,
 }
 
 /// One slot (workspace task: agent + proxy) as hostd knows it.
@@ -168,6 +230,15 @@ pub struct SlotInfo {
     pub agent_url: String,
     pub state: SlotState,
     pub memory_mib: u64,
+    /// Why the slot is not ready, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Unix milliseconds of the last time its egress rules were read back and matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules_verified_at_ms: Option<u64>,
+    /// Unix milliseconds when hostd first saw the slot.
+    #[serde(default)]
+    pub created_at_ms: u64,
 }
 
 // === workspace-agent API ===
@@ -408,6 +479,19 @@ mod tests {
                 base64: false
             }
         );
+    }
+
+    #[test]
+    fn secrets_compare_by_content_and_length() {
+        assert!(secrets_equal(b"abc", b"abc"));
+        assert!(!secrets_equal(b"abc", b"abd"));
+        assert!(!secrets_equal(b"abc", b"abcd"));
+        assert!(secrets_equal(b"", b""));
+    }
+
+    #[test]
+    fn html_escape_covers_markup_and_quotes() {
+        assert_eq!(html_escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
     }
 
     #[test]
