@@ -251,6 +251,7 @@ pub(crate) fn spawn(
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("HOME", &state.inner.config.root)
+        .envs(&state.inner.config.base_env)
         .envs(&spec.env)
         .kill_on_drop(true);
     let master = match spec.pty {

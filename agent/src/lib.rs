@@ -56,7 +56,22 @@ pub struct Config {
     pub max_list_entries: usize,
     /// Most commands running at once.
     pub max_commands: usize,
+    /// Environment every command starts with, before the claim's and the request's
+    /// (the proxy settings hostd gives the container: see [`PASSED_ENV`]).
+    pub base_env: BTreeMap<String, String>,
 }
+
+/// Variables of the agent's own environment that every command inherits: where the
+/// credential-proxy is, so ordinary tools send their traffic through its allowlist.
+/// Nothing else of the agent's environment reaches a command.
+pub const PASSED_ENV: [&str; 6] = [
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "no_proxy",
+];
 
 impl Default for Config {
     fn default() -> Self {
@@ -66,6 +81,7 @@ impl Default for Config {
             max_file_bytes: 1024 * 1024 * 1024,
             max_list_entries: 10_000,
             max_commands: 64,
+            base_env: BTreeMap::new(),
         }
     }
 }

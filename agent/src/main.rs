@@ -74,6 +74,10 @@ async fn main() -> ExitCode {
         max_file_bytes: args.max_file_bytes,
         max_list_entries: args.max_list_entries,
         max_commands: args.max_commands,
+        base_env: berth_agent::PASSED_ENV
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+            .collect(),
     });
     match berth_agent::serve(listeners, state, berth_agent::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

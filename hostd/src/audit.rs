@@ -43,7 +43,17 @@ pub fn audit(c: &ContainerFacts, want: &Expectations) -> Vec<Finding> {
 
     let uid = c.user.split(':').next().unwrap_or("");
     if uid.is_empty() || uid == "0" || uid == "root" {
-        fail("non_root", format!("runs as user `{}`", if c.user.is_empty() { "(image default)" } else { c.user.as_str() }));
+        fail(
+            "non_root",
+            format!(
+                "runs as user `{}`",
+                if c.user.is_empty() {
+                    "(image default)"
+                } else {
+                    c.user.as_str()
+                }
+            ),
+        );
     }
     if c.privileged {
         fail("not_privileged", "privileged: true".into());
@@ -54,11 +64,9 @@ pub fn audit(c: &ContainerFacts, want: &Expectations) -> Vec<Finding> {
     if !c.cap_add.is_empty() {
         fail("no_cap_add", format!("CapAdd is {:?}", c.cap_add));
     }
-    if !c
-        .security_opt
-        .iter()
-        .any(|o| o == "no-new-privileges" || o == "no-new-privileges:true" || o == "no-new-privileges=true")
-    {
+    if !c.security_opt.iter().any(|o| {
+        o == "no-new-privileges" || o == "no-new-privileges:true" || o == "no-new-privileges=true"
+    }) {
         fail("no_new_privileges", "no-new-privileges is not set".into());
     }
     if !c.readonly_rootfs {
@@ -68,15 +76,24 @@ pub fn audit(c: &ContainerFacts, want: &Expectations) -> Vec<Finding> {
         Seccomp::Unconfined => fail("seccomp", "seccomp=unconfined".into()),
         Seccomp::Daemon => {
             if want.seccomp_profile.is_some() {
-                fail("seccomp", "runs with the daemon's default profile, not Berth's".into());
+                fail(
+                    "seccomp",
+                    "runs with the daemon's default profile, not Berth's".into(),
+                );
             }
         }
         Seccomp::Given(text) => {
             if let Some(expected) = &want.seccomp_profile {
                 match serde_json::from_str::<serde_json::Value>(text) {
                     Ok(v) if &v == expected => {}
-                    Ok(_) => fail("seccomp", "carries a seccomp profile that is not Berth's".into()),
-                    Err(_) => fail("seccomp", "carries a seccomp profile that is not JSON".into()),
+                    Ok(_) => fail(
+                        "seccomp",
+                        "carries a seccomp profile that is not Berth's".into(),
+                    ),
+                    Err(_) => fail(
+                        "seccomp",
+                        "carries a seccomp profile that is not JSON".into(),
+                    ),
                 }
             }
         }
@@ -107,11 +124,20 @@ pub fn audit(c: &ContainerFacts, want: &Expectations) -> Vec<Finding> {
         ("userns", &c.userns_mode),
     ] {
         if mode == "host" {
-            fail("no_host_namespaces", format!("shares the host's {what} namespace"));
+            fail(
+                "no_host_namespaces",
+                format!("shares the host's {what} namespace"),
+            );
         }
     }
     if want.joins_netns && !c.network_mode.starts_with("container:") {
-        fail("shares_task_netns", format!("network mode `{}`, not its proxy's namespace", c.network_mode));
+        fail(
+            "shares_task_netns",
+            format!(
+                "network mode `{}`, not its proxy's namespace",
+                c.network_mode
+            ),
+        );
     }
     out
 }
@@ -126,7 +152,10 @@ enum Seccomp<'a> {
 /// stores a given profile, `seccomp=unconfined`, or nothing: the daemon's default).
 fn seccomp_of(opts: &[String]) -> Seccomp<'_> {
     for o in opts {
-        if let Some(v) = o.strip_prefix("seccomp=").or_else(|| o.strip_prefix("seccomp:")) {
+        if let Some(v) = o
+            .strip_prefix("seccomp=")
+            .or_else(|| o.strip_prefix("seccomp:"))
+        {
             return if v == "unconfined" {
                 Seccomp::Unconfined
             } else {
@@ -194,23 +223,62 @@ mod tests {
 
     #[test]
     fn each_weakening_fails_its_own_check() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut ContainerFacts)>)> = vec![
+        type Weaken = Box<dyn Fn(&mut ContainerFacts)>;
+        let cases: Vec<(&str, Weaken)> = vec![
             ("non_root", Box::new(|c| c.user = "0:0".into())),
             ("non_root", Box::new(|c| c.user = String::new())),
             ("not_privileged", Box::new(|c| c.privileged = true)),
-            ("cap_drop_all", Box::new(|c| c.cap_drop = vec!["NET_RAW".into()])),
-            ("no_cap_add", Box::new(|c| c.cap_add = vec!["SYS_ADMIN".into()])),
-            ("no_new_privileges", Box::new(|c| c.security_opt.retain(|o| !o.starts_with("no-new")))),
+            (
+                "cap_drop_all",
+                Box::new(|c| c.cap_drop = vec!["NET_RAW".into()]),
+            ),
+            (
+                "no_cap_add",
+                Box::new(|c| c.cap_add = vec!["SYS_ADMIN".into()]),
+            ),
+            (
+                "no_new_privileges",
+                Box::new(|c| c.security_opt.retain(|o| !o.starts_with("no-new"))),
+            ),
             ("readonly_rootfs", Box::new(|c| c.readonly_rootfs = false)),
-            ("seccomp", Box::new(|c| c.security_opt = vec!["no-new-privileges:true".into(), "seccomp=unconfined".into()])),
-            ("seccomp", Box::new(|c| c.security_opt = vec!["no-new-privileges:true".into()])),
-            ("seccomp", Box::new(|c| c.security_opt = vec!["no-new-privileges:true".into(), "seccomp={\"defaultAction\":\"SCMP_ACT_ALLOW\"}".into()])),
+            (
+                "seccomp",
+                Box::new(|c| {
+                    c.security_opt =
+                        vec!["no-new-privileges:true".into(), "seccomp=unconfined".into()]
+                }),
+            ),
+            (
+                "seccomp",
+                Box::new(|c| c.security_opt = vec!["no-new-privileges:true".into()]),
+            ),
+            (
+                "seccomp",
+                Box::new(|c| {
+                    c.security_opt = vec![
+                        "no-new-privileges:true".into(),
+                        "seccomp={\"defaultAction\":\"SCMP_ACT_ALLOW\"}".into(),
+                    ]
+                }),
+            ),
             ("pids_limit", Box::new(|c| c.pids_limit = None)),
             ("memory_limit", Box::new(|c| c.memory_limit = 0)),
-            ("no_host_mounts", Box::new(|c| c.mounts.push(("bind".into(), "/var/run/docker.sock".into())))),
+            (
+                "no_host_mounts",
+                Box::new(|c| {
+                    c.mounts
+                        .push(("bind".into(), "/var/run/docker.sock".into()))
+                }),
+            ),
             ("no_devices", Box::new(|c| c.devices = 1)),
-            ("no_host_namespaces", Box::new(|c| c.pid_mode = "host".into())),
-            ("shares_task_netns", Box::new(|c| c.network_mode = "bridge".into())),
+            (
+                "no_host_namespaces",
+                Box::new(|c| c.pid_mode = "host".into()),
+            ),
+            (
+                "shares_task_netns",
+                Box::new(|c| c.network_mode = "bridge".into()),
+            ),
         ];
         for (expected, weaken) in cases {
             let mut c = good();
@@ -238,6 +306,9 @@ mod tests {
         c.cap_add = vec!["NET_ADMIN".into()];
         c.readonly_rootfs = false;
         let s = summary(&audit(&c, &want()));
-        assert!(s.contains("no_cap_add: CapAdd is [\"NET_ADMIN\"]") && s.contains("readonly_rootfs"), "{s}");
+        assert!(
+            s.contains("no_cap_add: CapAdd is [\"NET_ADMIN\"]") && s.contains("readonly_rootfs"),
+            "{s}"
+        );
     }
 }

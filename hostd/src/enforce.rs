@@ -104,7 +104,10 @@ pub struct Enforcer {
 }
 
 fn describe(d: &[Drift]) -> String {
-    d.iter().map(Drift::to_string).collect::<Vec<_>>().join("; ")
+    d.iter()
+        .map(Drift::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Enforcer {
@@ -126,8 +129,9 @@ impl Enforcer {
         if drifted.is_empty() {
             return Ok(None);
         }
-        if let Some(d @ Drift::NoHookChain { .. }) =
-            drifted.iter().find(|d| matches!(d, Drift::NoHookChain { .. }))
+        if let Some(d @ Drift::NoHookChain { .. }) = drifted
+            .iter()
+            .find(|d| matches!(d, Drift::NoHookChain { .. }))
         {
             return Err(d.to_string());
         }
@@ -177,7 +181,10 @@ impl Enforcer {
             let name = format!("host_rules_{}", family.name());
             let hooks: Vec<&str> = specs.iter().map(|s| s.hook).collect();
             let (ok, detail) = match self.hold(netns, family, &specs).await {
-                Ok(None) => (true, format!("metadata blocks in place ({})", hooks.join(", "))),
+                Ok(None) => (
+                    true,
+                    format!("metadata blocks in place ({})", hooks.join(", ")),
+                ),
                 Ok(Some(what)) => {
                     self.journal.event(
                         "rules_reapplied",
@@ -227,7 +234,11 @@ impl Enforcer {
             Ok(ids) => ids,
             Err(e) => {
                 return (
-                    self.check("container_audit", false, format!("cannot list containers: {e}")),
+                    self.check(
+                        "container_audit",
+                        false,
+                        format!("cannot list containers: {e}"),
+                    ),
                     Vec::new(),
                 );
             }
@@ -270,7 +281,9 @@ impl Enforcer {
                         reason,
                     });
                 }
-                Err(e) => unstoppable.push(format!("{}: {reason}; cannot stop it: {e}", facts.name)),
+                Err(e) => {
+                    unstoppable.push(format!("{}: {reason}; cannot stop it: {e}", facts.name))
+                }
             }
         }
         let detail = if unstoppable.is_empty() {
@@ -280,7 +293,11 @@ impl Enforcer {
                     .iter()
                     .map(|s| format!("{} ({})", s.container, s.reason))
                     .collect();
-                d.push_str(&format!("; stopped {}: {}", stopped.len(), names.join(", ")));
+                d.push_str(&format!(
+                    "; stopped {}: {}",
+                    stopped.len(),
+                    names.join(", ")
+                ));
             }
             d
         } else {
@@ -330,10 +347,20 @@ mod tests {
         let e = enforcer(&p);
         let locked = e.lock_slot(&slot_ns()).await.unwrap();
         assert_eq!(locked.repaired.len(), 2, "{locked:?}");
-        let applies = p.calls().iter().filter(|c| matches!(c, Call::Apply { .. })).count();
+        let applies = p
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Apply { .. }))
+            .count();
         assert_eq!(applies, 2);
-        assert!(p.table(&slot_ns(), Family::V4).contains("-A OUTPUT -j BERTH-EGRESS"));
-        assert!(p.table(&slot_ns(), Family::V6).contains("fd00:ec2::254/128"));
+        assert!(
+            p.table(&slot_ns(), Family::V4)
+                .contains("-A OUTPUT -j BERTH-EGRESS")
+        );
+        assert!(
+            p.table(&slot_ns(), Family::V6)
+                .contains("fd00:ec2::254/128")
+        );
     }
 
     #[tokio::test]
@@ -344,7 +371,11 @@ mod tests {
         p.clear_calls();
         let again = e.lock_slot(&slot_ns()).await.unwrap();
         assert!(again.repaired.is_empty());
-        assert!(p.calls().iter().all(|c| matches!(c, Call::Read { .. })), "{:?}", p.calls());
+        assert!(
+            p.calls().iter().all(|c| matches!(c, Call::Read { .. })),
+            "{:?}",
+            p.calls()
+        );
     }
 
     #[tokio::test]
@@ -361,9 +392,17 @@ mod tests {
         p.set_table(&slot_ns(), Family::V4, &flushed);
         let locked = e.lock_slot(&slot_ns()).await.unwrap();
         assert_eq!(locked.repaired.len(), 1);
-        assert!(locked.repaired[0].starts_with("v4: BERTH-EGRESS: 9 missing"), "{locked:?}");
+        assert!(
+            locked.repaired[0].starts_with("v4: BERTH-EGRESS: 9 missing"),
+            "{locked:?}"
+        );
         // The hook was intact, so no second jump was inserted.
-        assert_eq!(p.table(&slot_ns(), Family::V4).matches("-A OUTPUT -j BERTH-EGRESS").count(), 1);
+        assert_eq!(
+            p.table(&slot_ns(), Family::V4)
+                .matches("-A OUTPUT -j BERTH-EGRESS")
+                .count(),
+            1
+        );
     }
 
     #[tokio::test]
@@ -379,14 +418,26 @@ mod tests {
         let p = RecordingPrivileged::new();
         let e = enforcer(&p);
         let checks = e.check_host_rules(&Netns::Host).await;
-        assert!(!checks[0].ok && checks[0].detail.contains("DOCKER-USER does not exist"), "{checks:?}");
-        assert!(checks[1].ok, "IPv6 hooks FORWARD when Docker has no IPv6 DOCKER-USER");
+        assert!(
+            !checks[0].ok && checks[0].detail.contains("DOCKER-USER does not exist"),
+            "{checks:?}"
+        );
+        assert!(
+            checks[1].ok,
+            "IPv6 hooks FORWARD when Docker has no IPv6 DOCKER-USER"
+        );
         p.set_table(&Netns::Host, Family::V4, "*filter\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\nCOMMIT\n");
         let checks = e.check_host_rules(&Netns::Host).await;
         assert!(checks[0].ok, "{checks:?}");
         let v4 = p.table(&Netns::Host, Family::V4);
-        assert!(v4.contains("-A DOCKER-USER -j BERTH-HOST\n-A DOCKER-USER -j RETURN\n"), "{v4}");
-        assert_eq!(e.journal.counters().get("check_failures:host_rules_v4"), Some(&1));
+        assert!(
+            v4.contains("-A DOCKER-USER -j BERTH-HOST\n-A DOCKER-USER -j RETURN\n"),
+            "{v4}"
+        );
+        assert_eq!(
+            e.journal.counters().get("check_failures:host_rules_v4"),
+            Some(&1)
+        );
     }
 
     #[tokio::test]
@@ -395,7 +446,11 @@ mod tests {
         let good = ContainerFacts {
             id: "good".into(),
             name: "berth-s1-ws".into(),
-            labels: [(labels::HOST.to_owned(), "h1".to_owned()), (labels::SLOT.to_owned(), "s1".to_owned())].into(),
+            labels: [
+                (labels::HOST.to_owned(), "h1".to_owned()),
+                (labels::SLOT.to_owned(), "s1".to_owned()),
+            ]
+            .into(),
             running: true,
             pid: 10,
             user: "1000:1000".into(),
@@ -416,7 +471,10 @@ mod tests {
         p.add_container(bad);
         let e = enforcer(&p);
         let (check, stopped) = e
-            .audit_containers("berth.host=h1", |_| Expectations { seccomp_profile: None, joins_netns: true })
+            .audit_containers("berth.host=h1", |_| Expectations {
+                seccomp_profile: None,
+                joins_netns: true,
+            })
             .await;
         assert!(check.ok, "{check:?}");
         assert_eq!(stopped.len(), 1);
@@ -428,7 +486,10 @@ mod tests {
         assert_eq!(ev[0].subject.as_deref(), Some("intruder"));
         // Stopped containers are not audited again.
         let (_, again) = e
-            .audit_containers("berth.host=h1", |_| Expectations { seccomp_profile: None, joins_netns: true })
+            .audit_containers("berth.host=h1", |_| Expectations {
+                seccomp_profile: None,
+                joins_netns: true,
+            })
             .await;
         assert!(again.is_empty());
     }

@@ -171,7 +171,10 @@ impl Hostd {
         for t in &config.templates {
             let parsed = match &t.seccomp_profile {
                 Some(text) => Some(serde_json::from_str(text).map_err(|e| {
-                    DockerError::UnknownTemplate(format!("{}: seccomp profile is not JSON: {e}", t.name))
+                    DockerError::UnknownTemplate(format!(
+                        "{}: seccomp profile is not JSON: {e}",
+                        t.name
+                    ))
                 })?),
                 None => None,
             };
@@ -303,13 +306,12 @@ impl Hostd {
             );
         }
         let enforcer = self.enforcer.clone();
-        let lock = |pid| async move {
-            enforcer
-                .lock_slot(&Netns::of_pid(pid))
-                .await
-                .map(|_| ())
-        };
-        match self.runtime.create_slot(&req.slot_id, &template, lock).await {
+        let lock = |pid| async move { enforcer.lock_slot(&Netns::of_pid(pid)).await.map(|_| ()) };
+        match self
+            .runtime
+            .create_slot(&req.slot_id, &template, lock)
+            .await
+        {
             Ok(mut info) => {
                 info.rules_verified_at_ms = Some(now_ms());
                 self.slots().insert(info.slot_id.clone(), info.clone());
@@ -402,8 +404,11 @@ impl Hostd {
             s.state = SlotState::Withdrawn;
             s.reason = Some(reason.clone());
             drop(slots);
-            self.journal()
-                .event("slot_withdrawn", Some(slot_id), format!("withdrawn: {reason}"));
+            self.journal().event(
+                "slot_withdrawn",
+                Some(slot_id),
+                format!("withdrawn: {reason}"),
+            );
         }
     }
 
@@ -436,7 +441,13 @@ impl Hostd {
             .await;
         for s in stopped {
             if let Some(slot_id) = s.slot_id {
-                self.withdraw(&slot_id, format!("container {} stopped by the audit: {}", s.container, s.reason));
+                self.withdraw(
+                    &slot_id,
+                    format!(
+                        "container {} stopped by the audit: {}",
+                        s.container, s.reason
+                    ),
+                );
             }
         }
         self.record_checks([audit]);
@@ -494,9 +505,15 @@ impl Hostd {
             }
         }
         let detail = if failed.is_empty() {
-            format!("{total} slots' egress locks read back and matched; {repaired} repaired this pass")
+            format!(
+                "{total} slots' egress locks read back and matched; {repaired} repaired this pass"
+            )
         } else {
-            format!("{} of {total} slots withdrawn: {}", failed.len(), failed.join("; "))
+            format!(
+                "{} of {total} slots withdrawn: {}",
+                failed.len(),
+                failed.join("; ")
+            )
         };
         let check = self.enforcer.check("slot_rules", failed.is_empty(), detail);
         self.record_checks([check]);
@@ -512,7 +529,9 @@ impl Hostd {
             .await
             .map_err(|e| e.to_string())?;
         if !facts.running || facts.pid <= 0 {
-            return Err(format!("{owner}, which owns its network namespace, is not running"));
+            return Err(format!(
+                "{owner}, which owns its network namespace, is not running"
+            ));
         }
         self.enforcer.lock_slot(&Netns::of_pid(facts.pid)).await
     }

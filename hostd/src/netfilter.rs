@@ -105,7 +105,10 @@ pub enum Drift {
     /// The hook chain itself is absent (e.g. no `DOCKER-USER`).
     NoHookChain { hook: &'static str },
     /// The hook does not jump to our chain first.
-    HookMissing { chain: &'static str, hook: &'static str },
+    HookMissing {
+        chain: &'static str,
+        hook: &'static str,
+    },
     /// Our chain's rules differ: what is missing and what is extra.
     Rules {
         chain: &'static str,
@@ -167,7 +170,9 @@ pub fn egress_spec(p: &EgressPolicy, family: Family) -> ChainSpec {
                 ));
             }
             rules.push(format!("-d {ECS_CREDENTIALS}/32 {rej}"));
-            rules.push(format!("-d {DOCKER_DNS}/32 -m owner --uid-owner {ws} {rej}"));
+            rules.push(format!(
+                "-d {DOCKER_DNS}/32 -m owner --uid-owner {ws} {rej}"
+            ));
         }
         Family::V6 => {
             rules.push(format!("-d {IMDS_V6}/128 {rej}"));
@@ -183,7 +188,7 @@ pub fn egress_spec(p: &EgressPolicy, family: Family) -> ChainSpec {
     rules.push("-o lo -j ACCEPT".into());
     rules.push("-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".into());
     rules.push(format!("-m owner --uid-owner {proxy} -j ACCEPT"));
-    rules.push(rej.trim_start_matches(' ').to_owned());
+    rules.push(rej.to_owned());
     ChainSpec {
         chain: EGRESS_CHAIN,
         hook: "OUTPUT",
@@ -242,9 +247,11 @@ fn chain_lines<'a>(saved: &'a str, chain: &str) -> Vec<&'a str> {
 
 /// Whether `saved` declares chain `chain`.
 pub fn has_chain(saved: &str, chain: &str) -> bool {
-    saved
-        .lines()
-        .any(|l| l.strip_prefix(':').and_then(|c| c.split_whitespace().next()) == Some(chain))
+    saved.lines().any(|l| {
+        l.strip_prefix(':')
+            .and_then(|c| c.split_whitespace().next())
+            == Some(chain)
+    })
 }
 
 /// How `saved` differs from `specs` (empty: it matches).
@@ -339,7 +346,9 @@ mod tests {
         "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
 
     fn saved_with(specs: &[ChainSpec]) -> String {
-        let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+        let mut s = String::from(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
+        );
         for spec in specs {
             s.push_str(&format!(":{} - [0:0]\n", spec.chain));
         }
@@ -356,14 +365,40 @@ mod tests {
     #[test]
     fn egress_refuses_metadata_first_and_ends_with_a_reject() {
         let spec = egress_spec(&EgressPolicy::default(), Family::V4);
-        assert_eq!(spec.rules[0], "-d 169.254.169.254/32 -j REJECT --reject-with icmp-admin-prohibited");
+        assert_eq!(
+            spec.rules[0],
+            "-d 169.254.169.254/32 -j REJECT --reject-with icmp-admin-prohibited"
+        );
         assert!(spec.rules[1].starts_with("-d 169.254.170.2/32 -j REJECT"));
-        assert_eq!(spec.rules.last().unwrap(), "-j REJECT --reject-with icmp-admin-prohibited");
-        let lo = spec.rules.iter().position(|r| r == "-o lo -j ACCEPT").unwrap();
-        let dns = spec.rules.iter().position(|r| r.contains("--dport 53")).unwrap();
-        assert!(dns < lo, "DNS refusal must precede the loopback accept (127.0.0.11 is loopback)");
-        assert!(spec.rules.iter().any(|r| r == "-m owner --uid-owner 2000 -j ACCEPT"));
-        assert!(!spec.rules.iter().any(|r| r.contains("--uid-owner 1000 -j ACCEPT")));
+        assert_eq!(
+            spec.rules.last().unwrap(),
+            "-j REJECT --reject-with icmp-admin-prohibited"
+        );
+        let lo = spec
+            .rules
+            .iter()
+            .position(|r| r == "-o lo -j ACCEPT")
+            .unwrap();
+        let dns = spec
+            .rules
+            .iter()
+            .position(|r| r.contains("--dport 53"))
+            .unwrap();
+        assert!(
+            dns < lo,
+            "DNS refusal must precede the loopback accept (127.0.0.11 is loopback)"
+        );
+        assert!(
+            spec.rules
+                .iter()
+                .any(|r| r == "-m owner --uid-owner 2000 -j ACCEPT")
+        );
+        assert!(
+            !spec
+                .rules
+                .iter()
+                .any(|r| r.contains("--uid-owner 1000 -j ACCEPT"))
+        );
     }
 
     #[test]
@@ -373,17 +408,36 @@ mod tests {
             ..EgressPolicy::default()
         };
         let spec = egress_spec(&p, Family::V4);
-        let allow = spec.rules.iter().position(|r| r == "-d 169.254.170.2/32 -m owner --uid-owner 2000 -j ACCEPT").unwrap();
-        let deny = spec.rules.iter().position(|r| r.starts_with("-d 169.254.170.2/32 -j REJECT")).unwrap();
+        let allow = spec
+            .rules
+            .iter()
+            .position(|r| r == "-d 169.254.170.2/32 -m owner --uid-owner 2000 -j ACCEPT")
+            .unwrap();
+        let deny = spec
+            .rules
+            .iter()
+            .position(|r| r.starts_with("-d 169.254.170.2/32 -j REJECT"))
+            .unwrap();
         assert!(allow < deny);
-        assert!(!egress_spec(&EgressPolicy::default(), Family::V4).rules.iter().any(|r| r.contains("170.2/32 -m owner")));
+        assert!(
+            !egress_spec(&EgressPolicy::default(), Family::V4)
+                .rules
+                .iter()
+                .any(|r| r.contains("170.2/32 -m owner"))
+        );
     }
 
     #[test]
     fn ipv6_lock_covers_imds_and_nat64() {
         let spec = egress_spec(&EgressPolicy::default(), Family::V6);
-        assert_eq!(spec.rules[0], "-d fd00:ec2::254/128 -j REJECT --reject-with icmp6-adm-prohibited");
-        assert_eq!(spec.rules[1], "-d 64:ff9b::a9fe:a9fe/128 -j REJECT --reject-with icmp6-adm-prohibited");
+        assert_eq!(
+            spec.rules[0],
+            "-d fd00:ec2::254/128 -j REJECT --reject-with icmp6-adm-prohibited"
+        );
+        assert_eq!(
+            spec.rules[1],
+            "-d 64:ff9b::a9fe:a9fe/128 -j REJECT --reject-with icmp6-adm-prohibited"
+        );
         assert!(!spec.rules.iter().any(|r| r.contains("127.0.0.11")));
     }
 
@@ -391,9 +445,15 @@ mod tests {
     fn empty_table_drifts_and_restore_inserts_the_hook() {
         let specs = [egress_spec(&EgressPolicy::default(), Family::V4)];
         let d = drift(EMPTY, &specs);
-        assert!(d.contains(&Drift::HookMissing { chain: EGRESS_CHAIN, hook: "OUTPUT" }));
+        assert!(d.contains(&Drift::HookMissing {
+            chain: EGRESS_CHAIN,
+            hook: "OUTPUT"
+        }));
         let text = restore_text(EMPTY, &specs);
-        assert!(text.contains(":BERTH-EGRESS - [0:0]\n-I OUTPUT 1 -j BERTH-EGRESS\n"), "{text}");
+        assert!(
+            text.contains(":BERTH-EGRESS - [0:0]\n-I OUTPUT 1 -j BERTH-EGRESS\n"),
+            "{text}"
+        );
         assert!(text.ends_with("COMMIT\n"));
     }
 
@@ -415,7 +475,12 @@ mod tests {
         let d = drift(&saved, &specs);
         assert_eq!(d.len(), 1);
         let msg = d[0].to_string();
-        assert!(msg.contains("1 missing") && msg.contains("1 unexpected") && msg.contains("uid-owner 1000"), "{msg}");
+        assert!(
+            msg.contains("1 missing")
+                && msg.contains("1 unexpected")
+                && msg.contains("uid-owner 1000"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -425,37 +490,72 @@ mod tests {
             "-A OUTPUT -j BERTH-EGRESS\n",
             "-A OUTPUT -j ACCEPT\n-A OUTPUT -j BERTH-EGRESS\n",
         );
-        assert_eq!(drift(&saved, &specs), vec![Drift::HookMissing { chain: EGRESS_CHAIN, hook: "OUTPUT" }]);
+        assert_eq!(
+            drift(&saved, &specs),
+            vec![Drift::HookMissing {
+                chain: EGRESS_CHAIN,
+                hook: "OUTPUT"
+            }]
+        );
     }
 
     #[test]
     fn host_rules_need_docker_user_and_never_declare_it() {
         let specs = host_specs(&HostPolicy::default(), Family::V4, false);
-        assert_eq!(drift(EMPTY, &specs), vec![Drift::NoHookChain { hook: "DOCKER-USER" }]);
-        let with_docker = EMPTY.replace("COMMIT", ":DOCKER-USER - [0:0]\n-A DOCKER-USER -j RETURN\nCOMMIT");
+        assert_eq!(
+            drift(EMPTY, &specs),
+            vec![Drift::NoHookChain {
+                hook: "DOCKER-USER"
+            }]
+        );
+        let with_docker = EMPTY.replace(
+            "COMMIT",
+            ":DOCKER-USER - [0:0]\n-A DOCKER-USER -j RETURN\nCOMMIT",
+        );
         let text = restore_text(&with_docker, &specs);
-        assert!(!text.contains(":DOCKER-USER"), "declaring DOCKER-USER under --noflush would empty it");
+        assert!(
+            !text.contains(":DOCKER-USER"),
+            "declaring DOCKER-USER under --noflush would empty it"
+        );
         assert!(text.contains("-I DOCKER-USER 1 -j BERTH-HOST\n"));
     }
 
     #[test]
     fn ipv6_host_rules_hook_forward_without_docker_user() {
-        assert_eq!(host_specs(&HostPolicy::default(), Family::V6, false)[0].hook, "FORWARD");
-        assert_eq!(host_specs(&HostPolicy::default(), Family::V6, true)[0].hook, "DOCKER-USER");
+        assert_eq!(
+            host_specs(&HostPolicy::default(), Family::V6, false)[0].hook,
+            "FORWARD"
+        );
+        assert_eq!(
+            host_specs(&HostPolicy::default(), Family::V6, true)[0].hook,
+            "DOCKER-USER"
+        );
     }
 
     #[test]
     fn ecs_credential_dnat_is_refused_off_loopback() {
-        let specs = host_specs(&HostPolicy { block_credential_dnat: true }, Family::V4, false);
+        let specs = host_specs(
+            &HostPolicy {
+                block_credential_dnat: true,
+            },
+            Family::V4,
+            false,
+        );
         assert_eq!(specs[1].chain, HOST_INPUT_CHAIN);
-        assert_eq!(specs[1].rules[0], "-d 127.0.0.1/32 ! -i lo -p tcp -m tcp --dport 51679 -j DROP");
+        assert_eq!(
+            specs[1].rules[0],
+            "-d 127.0.0.1/32 ! -i lo -p tcp -m tcp --dport 51679 -j DROP"
+        );
     }
 
     #[test]
     fn removal_unhooks_and_deletes_our_chains_only() {
         let specs = [egress_spec(&EgressPolicy::default(), Family::V4)];
         let text = removal_text(&saved_with(&specs), &specs).unwrap();
-        assert_eq!(text, "*filter\n-D OUTPUT -j BERTH-EGRESS\n-F BERTH-EGRESS\n-X BERTH-EGRESS\nCOMMIT\n");
+        assert_eq!(
+            text,
+            "*filter\n-D OUTPUT -j BERTH-EGRESS\n-F BERTH-EGRESS\n-X BERTH-EGRESS\nCOMMIT\n"
+        );
         assert!(removal_text(EMPTY, &specs).is_none());
     }
 }

@@ -251,7 +251,12 @@ fn enter(netns: &Netns) -> Result<(), PrivError> {
         .map_err(|e| fail(format!("setns: {e}")))
 }
 
-fn run_tool(netns: &Netns, bin: &str, args: &[&str], stdin: Option<&str>) -> Result<String, PrivError> {
+fn run_tool(
+    netns: &Netns,
+    bin: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, PrivError> {
     let command = format!("{bin} {}", args.join(" "));
     let fail = |detail: String| PrivError::Command {
         command: command.clone(),
@@ -411,7 +416,11 @@ fn facts_of(c: bollard::models::ContainerInspectResponse) -> ContainerFacts {
     let state = c.state.unwrap_or_default();
     ContainerFacts {
         id: c.id.unwrap_or_default(),
-        name: c.name.unwrap_or_default().trim_start_matches('/').to_owned(),
+        name: c
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
         labels: config.labels.unwrap_or_default().into_iter().collect(),
         running: state.running.unwrap_or(false),
         pid: state.pid.unwrap_or(0),
@@ -480,7 +489,11 @@ fn parse_routes_v4(text: &str) -> Vec<Route> {
 
 /// `/proc/net/ipv6_route`: dest, plen, src, plen, next hop, metric, refs, use, flags, dev.
 fn parse_routes_v6(text: &str) -> Vec<Route> {
-    let addr = |hex: &str| u128::from_str_radix(hex, 16).ok().map(std::net::Ipv6Addr::from);
+    let addr = |hex: &str| {
+        u128::from_str_radix(hex, 16)
+            .ok()
+            .map(std::net::Ipv6Addr::from)
+    };
     text.lines()
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -766,9 +779,15 @@ mod tests {
             "*filter\n:BERTH - [0:0]\n-I OUTPUT 1 -j BERTH\n-A BERTH -j ACCEPT\nCOMMIT\n",
         );
         assert!(first.contains("-A OUTPUT -j BERTH\n"));
-        let second = restore_noflush(&first, "*filter\n:BERTH - [0:0]\n-A BERTH -j DROP\nCOMMIT\n");
+        let second = restore_noflush(
+            &first,
+            "*filter\n:BERTH - [0:0]\n-A BERTH -j DROP\nCOMMIT\n",
+        );
         assert!(second.contains("-A OUTPUT -j BERTH\n"), "{second}");
         assert!(second.contains("-A BERTH -j DROP\n"));
-        assert!(!second.contains("-A BERTH -j ACCEPT\n"), "declared chain is emptied");
+        assert!(
+            !second.contains("-A BERTH -j ACCEPT\n"),
+            "declared chain is emptied"
+        );
     }
 }

@@ -47,8 +47,14 @@ fn ago(now_ms: u64, then_ms: u64) -> String {
 }
 
 fn bar(label: &str, used: u64, total: u64, unit: &str) -> String {
-    let pct = if total == 0 { 100 } else { (used * 100 / total).min(100) };
-    let colour = if pct >= 90 { "#c0392b" } else if pct >= 70 { "#d68910" } else { "#2e86c1" };
+    let pct = (used * 100).checked_div(total).unwrap_or(100).min(100);
+    let colour = if pct >= 90 {
+        "#c0392b"
+    } else if pct >= 70 {
+        "#d68910"
+    } else {
+        "#2e86c1"
+    };
     format!(
         "<div class=cap><span class=l>{label}</span><span class=bar><span style=\"width:{pct}%;background:{colour}\"></span></span>\
          <span>{used} of {total}{unit} ({pct}%)</span></div>"
@@ -72,13 +78,20 @@ pub fn page(v: &StatusView) -> String {
     let verdict = if r.checks.is_empty() {
         "<p class=\"verdict bad\">NOT COMPLIANT: no check has run yet</p>".to_owned()
     } else if failing.is_empty() {
-        format!("<p class=\"verdict ok\">COMPLIANT: all {} checks pass</p>", r.checks.len())
+        format!(
+            "<p class=\"verdict ok\">COMPLIANT: all {} checks pass</p>",
+            r.checks.len()
+        )
     } else {
         format!(
             "<p class=\"verdict bad\">NOT COMPLIANT: {} of {} checks failing ({}); the scheduler places nothing here</p>",
             failing.len(),
             r.checks.len(),
-            esc(&failing.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "))
+            esc(&failing
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "))
         )
     };
     let checks: String = r
@@ -160,11 +173,25 @@ pub fn page(v: &StatusView) -> String {
         rt = esc(&r.runtime),
         it = esc(&r.instance_type),
         url = esc(&r.hostd_url),
-        branches = bar("branches", u64::from(r.branches_used), u64::from(r.branch_limit), ""),
-        memory = bar("memory reserved", r.memory_reserved_mib, r.memory_total_mib, " MiB"),
+        branches = bar(
+            "branches",
+            u64::from(r.branches_used),
+            u64::from(r.branch_limit),
+            ""
+        ),
+        memory = bar(
+            "memory reserved",
+            r.memory_reserved_mib,
+            r.memory_total_mib,
+            " MiB"
+        ),
         wu = v.egress.workspace_uid,
         pu = v.egress.proxy_uid,
-        cred = if v.egress.proxy_task_credentials { "open" } else { "closed" },
+        cred = if v.egress.proxy_task_credentials {
+            "open"
+        } else {
+            "closed"
+        },
         n = r.slots.len(),
     )
 }
@@ -173,10 +200,20 @@ pub fn page(v: &StatusView) -> String {
 /// the journal's counters.
 pub fn metrics(r: &HostReport, counters: &BTreeMap<String, u64>) -> String {
     let mut out = String::new();
-    out.push_str("# HELP berth_hostd_slots Slots on this host by state.\n# TYPE berth_hostd_slots gauge\n");
-    for st in [SlotState::Starting, SlotState::Ready, SlotState::Unhealthy, SlotState::Withdrawn] {
+    out.push_str(
+        "# HELP berth_hostd_slots Slots on this host by state.\n# TYPE berth_hostd_slots gauge\n",
+    );
+    for st in [
+        SlotState::Starting,
+        SlotState::Ready,
+        SlotState::Unhealthy,
+        SlotState::Withdrawn,
+    ] {
         let n = r.slots.iter().filter(|s| s.state == st).count();
-        out.push_str(&format!("berth_hostd_slots{{state=\"{}\"}} {n}\n", state_name(st)));
+        out.push_str(&format!(
+            "berth_hostd_slots{{state=\"{}\"}} {n}\n",
+            state_name(st)
+        ));
     }
     out.push_str(&format!(
         "# HELP berth_hostd_branch_limit Slots (awsvpc tasks) this host may run.\n# TYPE berth_hostd_branch_limit gauge\n\
@@ -191,24 +228,45 @@ pub fn metrics(r: &HostReport, counters: &BTreeMap<String, u64>) -> String {
         u8::from(r.compliant),
     ));
     for c in &r.checks {
-        out.push_str(&format!("berth_hostd_check_ok{{check=\"{}\"}} {}\n", c.name, u8::from(c.ok)));
+        out.push_str(&format!(
+            "berth_hostd_check_ok{{check=\"{}\"}} {}\n",
+            c.name,
+            u8::from(c.ok)
+        ));
     }
     out.push_str("# HELP berth_hostd_check_failures_total Failed runs of each policy check.\n# TYPE berth_hostd_check_failures_total counter\n");
     for c in &r.checks {
-        let n = counters.get(&format!("check_failures:{}", c.name)).copied().unwrap_or(0);
-        out.push_str(&format!("berth_hostd_check_failures_total{{check=\"{}\"}} {n}\n", c.name));
+        let n = counters
+            .get(&format!("check_failures:{}", c.name))
+            .copied()
+            .unwrap_or(0);
+        out.push_str(&format!(
+            "berth_hostd_check_failures_total{{check=\"{}\"}} {n}\n",
+            c.name
+        ));
     }
     out.push_str("# HELP berth_hostd_audit_failures_total Containers failing each audit check.\n# TYPE berth_hostd_audit_failures_total counter\n");
     for (k, n) in counters {
         if let Some(check) = k.strip_prefix("audit_failures:") {
-            out.push_str(&format!("berth_hostd_audit_failures_total{{check=\"{check}\"}} {n}\n"));
+            out.push_str(&format!(
+                "berth_hostd_audit_failures_total{{check=\"{check}\"}} {n}\n"
+            ));
         }
     }
     for (kind, help) in [
-        ("rules_reapplied", "Egress or host rules found altered or missing and restored."),
-        ("rules_applied", "Egress locks applied to slots found after a restart."),
+        (
+            "rules_reapplied",
+            "Egress or host rules found altered or missing and restored.",
+        ),
+        (
+            "rules_applied",
+            "Egress locks applied to slots found after a restart.",
+        ),
         ("container_stopped", "Containers stopped by the audit."),
-        ("slot_withdrawn", "Slots withdrawn because their lock-down could not be proven."),
+        (
+            "slot_withdrawn",
+            "Slots withdrawn because their lock-down could not be proven.",
+        ),
     ] {
         let n = counters.get(kind).copied().unwrap_or(0);
         out.push_str(&format!(
@@ -249,22 +307,44 @@ mod tests {
                 }],
                 reported_at_ms: 10_000,
                 checks: vec![
-                    PolicyCheck { name: "slot_rules".into(), ok: false, detail: "1 of 1 slots withdrawn".into(), checked_at_ms: 9_000 },
-                    PolicyCheck { name: "container_audit".into(), ok: true, detail: "2 running containers audited".into(), checked_at_ms: 9_000 },
+                    PolicyCheck {
+                        name: "slot_rules".into(),
+                        ok: false,
+                        detail: "1 of 1 slots withdrawn".into(),
+                        checked_at_ms: 9_000,
+                    },
+                    PolicyCheck {
+                        name: "container_audit".into(),
+                        ok: true,
+                        detail: "2 running containers audited".into(),
+                        checked_at_ms: 9_000,
+                    },
                 ],
             },
             version: "0.1.0".into(),
             host_rules: None,
             egress: EgressPolicy::default(),
-            events: vec![HostEvent { at_ms: 9_500, kind: "slot_withdrawn".into(), subject: Some("s1".into()), message: "withdrawn".into() }],
-            counters: [("check_failures:slot_rules".to_owned(), 3), ("audit_failures:no_cap_add".to_owned(), 1)].into(),
+            events: vec![HostEvent {
+                at_ms: 9_500,
+                kind: "slot_withdrawn".into(),
+                subject: Some("s1".into()),
+                message: "withdrawn".into(),
+            }],
+            counters: [
+                ("check_failures:slot_rules".to_owned(), 3),
+                ("audit_failures:no_cap_add".to_owned(), 1),
+            ]
+            .into(),
         }
     }
 
     #[test]
     fn the_page_says_what_fails_and_why_escaped() {
         let html = page(&view());
-        assert!(html.contains("NOT COMPLIANT: 1 of 2 checks failing (slot_rules)"), "{html}");
+        assert!(
+            html.contains("NOT COMPLIANT: 1 of 2 checks failing (slot_rules)"),
+            "{html}"
+        );
         assert!(html.contains("<td>FAIL</td><td>1 of 1 slots withdrawn</td>"));
         assert!(html.contains("hostd h&lt;1&gt;"));
         assert!(html.contains("egress lock cannot be proven: &lt;x&gt;"));

@@ -334,7 +334,21 @@ impl Scheduler {
             };
             let (slot, source) = match self.inner.store.acquire(&candidate, &dead).await? {
                 Acquired::Existing(_) => continue,
-                Acquired::Warm(slot) => (slot, Source::Warm),
+                Acquired::Warm(slot) => {
+                    if let Some(why) = not_ready_reason(&hosts, &slot) {
+                        // hostd withdrew it (its lock-down could not be proven) or its
+                        // agent stopped answering since it joined the pool.
+                        tracing::warn!(slot_id = %slot.slot_id, host_id = %slot.host_id, reason = %why,
+                            "warm slot no longer ready on its host; discarding it");
+                        self.inner
+                            .store
+                            .remove_workspace(&candidate.workspace.id)
+                            .await?;
+                        self.discard_slot(&slot.host_id, &slot.slot_id).await;
+                        continue;
+                    }
+                    (slot, Source::Warm)
+                }
                 Acquired::Cold => match self.start_slot(&template).await {
                     Ok(slot) => (slot, Source::Cold),
                     Err(e) => {
@@ -652,4 +666,22 @@ pub async fn run(
         .await;
     let _ = stop_tx.send(true);
     result
+}
+
+/// Why the host's latest report says `slot` must not be handed out, if it does.
+fn not_ready_reason(hosts: &[HostRecord], slot: &WarmSlot) -> Option<String> {
+    let info = hosts
+        .iter()
+        .find(|h| h.report.host_id == slot.host_id)?
+        .report
+        .slots
+        .iter()
+        .find(|s| s.slot_id == slot.slot_id)?;
+    match info.state {
+        berth_wire::SlotState::Ready => None,
+        other => Some(format!(
+            "{other:?}: {}",
+            info.reason.as_deref().unwrap_or("no reason given")
+        )),
+    }
 }

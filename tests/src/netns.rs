@@ -84,12 +84,18 @@ impl TestNetns {
     /// fake listener's replies must not be addressed to the metadata address itself,
     /// where the namespace's own OUTPUT rules would judge them.
     pub fn connects_as(&self, uid: u32, addr: &str, port: u16) -> bool {
-        let source = if addr.contains(':') { "::1" } else { "127.0.0.1" };
+        let source = if addr.contains(':') {
+            "::1"
+        } else {
+            "127.0.0.1"
+        };
         let script = format!(
             "import os,socket,sys\nos.setgroups([]); os.setgid({uid}); os.setuid({uid})\n\
              try:\n    socket.create_connection(('{addr}', {port}), timeout=2, source_address=('{source}', 0)).close()\nexcept OSError as e:\n    print(e, file=sys.stderr); sys.exit(1)\n"
         );
-        self.exec(&["/usr/bin/python3", "-c", &script]).status.success()
+        self.exec(&["/usr/bin/python3", "-c", &script])
+            .status
+            .success()
     }
 
     /// A TCP listener inside on `addr:port` that accepts and closes connections until
@@ -104,14 +110,26 @@ impl TestNetns {
         );
         let name = self.name.clone();
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &name, "/usr/bin/python3", "-u", "-c", &script])
+            .args([
+                "netns",
+                "exec",
+                &name,
+                "/usr/bin/python3",
+                "-u",
+                "-c",
+                &script,
+            ])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start listener");
         let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
         let mut first = String::new();
         std::io::BufRead::read_line(&mut stdout, &mut first).expect("listener output");
-        assert_eq!(first.trim(), "listening", "listener on {addr}:{port} did not start");
+        assert_eq!(
+            first.trim(),
+            "listening",
+            "listener on {addr}:{port} did not start"
+        );
         std::thread::spawn(move || {
             let mut rest = String::new();
             let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);

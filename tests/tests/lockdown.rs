@@ -41,40 +41,77 @@ fn sh(cmd: &str) -> std::process::Output {
 async fn metadata_is_reachable_before_the_lock_and_refused_after_for_every_uid() {
     netns::sweep_leftovers();
     let ns = TestNetns::new();
-    ns.add_local_addresses(&[netfilter::IMDS_V4, netfilter::IMDS_V6, netfilter::ECS_CREDENTIALS]);
+    ns.add_local_addresses(&[
+        netfilter::IMDS_V4,
+        netfilter::IMDS_V6,
+        netfilter::ECS_CREDENTIALS,
+    ]);
     let listeners = [
         ns.listen(netfilter::IMDS_V4, 80, Duration::from_secs(30)),
         ns.listen(netfilter::IMDS_V6, 80, Duration::from_secs(30)),
         ns.listen(netfilter::ECS_CREDENTIALS, 80, Duration::from_secs(30)),
     ];
-    let targets = [netfilter::IMDS_V4, netfilter::IMDS_V6, netfilter::ECS_CREDENTIALS];
+    let targets = [
+        netfilter::IMDS_V4,
+        netfilter::IMDS_V6,
+        netfilter::ECS_CREDENTIALS,
+    ];
     // The control: without Berth's rules, both uids reach the fake listeners.
     for uid in [uids::WORKSPACE, uids::PROXY] {
         for t in targets {
-            assert!(ns.connects_as(uid, t, 80), "control: uid {uid} should reach {t} before the lock");
+            assert!(
+                ns.connects_as(uid, t, 80),
+                "control: uid {uid} should reach {t} before the lock"
+            );
         }
     }
     let e = enforcer(EgressPolicy::default()).await;
-    let locked = e.lock_slot(&Netns::Path(ns.path())).await.expect("lock applies");
-    assert_eq!(locked.repaired.len(), 2, "both families applied: {locked:?}");
+    let locked = e
+        .lock_slot(&Netns::Path(ns.path()))
+        .await
+        .expect("lock applies");
+    assert_eq!(
+        locked.repaired.len(),
+        2,
+        "both families applied: {locked:?}"
+    );
     for uid in [uids::WORKSPACE, uids::PROXY] {
         for t in targets {
-            assert!(!ns.connects_as(uid, t, 80), "uid {uid} reached {t} through the lock");
+            assert!(
+                !ns.connects_as(uid, t, 80),
+                "uid {uid} reached {t} through the lock"
+            );
         }
     }
     // Read back, the lock is exactly what was written (iptables-save's own form).
     for family in Family::BOTH {
-        let saved = e.privileged.read_rules(&Netns::Path(ns.path()), family).await.unwrap();
+        let saved = e
+            .privileged
+            .read_rules(&Netns::Path(ns.path()), family)
+            .await
+            .unwrap();
         let spec = netfilter::egress_spec(&EgressPolicy::default(), family);
-        assert!(netfilter::drift(&saved, &[spec]).is_empty(), "{family:?} read back differs:\n{saved}");
+        assert!(
+            netfilter::drift(&saved, &[spec]).is_empty(),
+            "{family:?} read back differs:\n{saved}"
+        );
     }
     // Applying again changes nothing and adds no second hook.
-    assert!(e.lock_slot(&Netns::Path(ns.path())).await.unwrap().repaired.is_empty());
+    assert!(
+        e.lock_slot(&Netns::Path(ns.path()))
+            .await
+            .unwrap()
+            .repaired
+            .is_empty()
+    );
     let v4 = ns.exec_ok(&["iptables-save", "-t", "filter"]);
     assert_eq!(v4.matches("-A OUTPUT -j BERTH-EGRESS").count(), 1, "{v4}");
     drop(ns);
     let accepted: usize = listeners.into_iter().map(|l| l.join().unwrap()).sum();
-    assert_eq!(accepted, 6, "only the six control connections were accepted");
+    assert_eq!(
+        accepted, 6,
+        "only the six control connections were accepted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +128,10 @@ async fn the_credential_switch_opens_the_endpoint_to_the_proxy_alone() {
     e.lock_slot(&Netns::Path(ns.path())).await.unwrap();
     assert!(ns.connects_as(uids::PROXY, netfilter::ECS_CREDENTIALS, 80));
     assert!(!ns.connects_as(uids::WORKSPACE, netfilter::ECS_CREDENTIALS, 80));
-    assert!(!ns.connects_as(uids::PROXY, netfilter::IMDS_V4, 80), "IMDS stays closed to the proxy");
+    assert!(
+        !ns.connects_as(uids::PROXY, netfilter::IMDS_V4, 80),
+        "IMDS stays closed to the proxy"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +141,12 @@ async fn host_rules_hook_docker_user_are_restored_and_removed_cleanly() {
     let bare = TestNetns::new();
     let checks = e.check_host_rules(&Netns::Path(bare.path())).await;
     let v4 = checks.iter().find(|c| c.name == "host_rules_v4").unwrap();
-    assert!(!v4.ok && v4.detail.contains("DOCKER-USER does not exist") && v4.detail.contains("nftables"), "{v4:?}");
+    assert!(
+        !v4.ok
+            && v4.detail.contains("DOCKER-USER does not exist")
+            && v4.detail.contains("nftables"),
+        "{v4:?}"
+    );
 
     // A namespace set up the way Docker sets up a host.
     let ns = TestNetns::new();
@@ -112,25 +157,42 @@ async fn host_rules_hook_docker_user_are_restored_and_removed_cleanly() {
     let checks = e.check_host_rules(&target).await;
     assert!(checks.iter().all(|c| c.ok), "{checks:?}");
     let v4 = ns.exec_ok(&["iptables-save", "-t", "filter"]);
-    assert!(v4.contains("-A DOCKER-USER -j BERTH-HOST\n-A DOCKER-USER -j RETURN\n"), "{v4}");
+    assert!(
+        v4.contains("-A DOCKER-USER -j BERTH-HOST\n-A DOCKER-USER -j RETURN\n"),
+        "{v4}"
+    );
     assert!(v4.contains("-A BERTH-HOST -d 169.254.169.254/32 -j DROP"));
     let v6 = ns.exec_ok(&["ip6tables-save", "-t", "filter"]);
-    assert!(v6.contains("-A FORWARD -j BERTH-HOST\n") && v6.contains("-A BERTH-HOST -d fd00:ec2::254/128 -j DROP"), "{v6}");
+    assert!(
+        v6.contains("-A FORWARD -j BERTH-HOST\n")
+            && v6.contains("-A BERTH-HOST -d fd00:ec2::254/128 -j DROP"),
+        "{v6}"
+    );
 
     // A firewall reload that drops our rules: restored by the next check, as an event.
     ns.exec_ok(&["iptables", "-F", "BERTH-HOST"]);
     ns.exec_ok(&["iptables", "-D", "DOCKER-USER", "-j", "BERTH-HOST"]);
     let checks = e.check_host_rules(&target).await;
     assert!(checks.iter().all(|c| c.ok), "{checks:?}");
-    assert!(ns.exec_ok(&["iptables-save", "-t", "filter"]).contains("-A DOCKER-USER -j BERTH-HOST\n"));
+    assert!(
+        ns.exec_ok(&["iptables-save", "-t", "filter"])
+            .contains("-A DOCKER-USER -j BERTH-HOST\n")
+    );
     let ev = e.journal.events();
-    assert!(ev.iter().any(|e| e.kind == "rules_reapplied" && e.message.contains("host rules restored")), "{ev:?}");
+    assert!(
+        ev.iter()
+            .any(|e| e.kind == "rules_reapplied" && e.message.contains("host rules restored")),
+        "{ev:?}"
+    );
 
     // Removal takes ours away and leaves Docker's chain as it was.
     e.remove_host_rules(&target).await;
     let v4 = ns.exec_ok(&["iptables-save", "-t", "filter"]);
     assert!(!v4.contains("BERTH"), "{v4}");
-    assert!(v4.contains("-A DOCKER-USER -j RETURN\n") && v4.contains("-A FORWARD -j DOCKER-USER\n"), "{v4}");
+    assert!(
+        v4.contains("-A DOCKER-USER -j RETURN\n") && v4.contains("-A FORWARD -j DOCKER-USER\n"),
+        "{v4}"
+    );
 }
 
 /// A listener on the gateway address of a Docker network this test creates (an
@@ -152,8 +214,12 @@ impl GatewayListener {
             docker::run_id()
         ));
         let gateway = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        assert!(out.status.success() && !gateway.is_empty(), "network: {out:?}");
-        let listener = std::net::TcpListener::bind((gateway.as_str(), 0)).expect("bind on the gateway");
+        assert!(
+            out.status.success() && !gateway.is_empty(),
+            "network: {out:?}"
+        );
+        let listener =
+            std::net::TcpListener::bind((gateway.as_str(), 0)).expect("bind on the gateway");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -170,7 +236,12 @@ impl GatewayListener {
                 }
             }
         });
-        Self { network, addr, accepted, stop }
+        Self {
+            network,
+            addr,
+            accepted,
+            stop,
+        }
     }
 
     fn accepted(&self) -> usize {
@@ -181,14 +252,25 @@ impl GatewayListener {
 impl Drop for GatewayListener {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = sh(&format!("docker network rm {} >/dev/null 2>&1", self.network));
+        let _ = sh(&format!(
+            "docker network rm {} >/dev/null 2>&1",
+            self.network
+        ));
     }
 }
 
 /// Runs `cmd` in the workspace container as `uid`, outside the agent (docker exec).
 fn exec_as(container: &str, uid: u32, cmd: &str) -> std::process::Output {
     Command::new("docker")
-        .args(["exec", "-u", &uid.to_string(), container, "/bin/sh", "-c", cmd])
+        .args([
+            "exec",
+            "-u",
+            &uid.to_string(),
+            container,
+            "/bin/sh",
+            "-c",
+            cmd,
+        ])
         .output()
         .expect("docker exec")
 }
@@ -207,7 +289,11 @@ async fn status(berth: &LocalBerth) -> Value {
 
 async fn workspace_can_connect(ws: &AgentClient, addr: std::net::SocketAddr) -> bool {
     let out = ws
-        .sh(&format!("timeout 5 nc {} {} </dev/null", addr.ip(), addr.port()))
+        .sh(&format!(
+            "timeout 5 nc {} {} </dev/null",
+            addr.ip(),
+            addr.port()
+        ))
         .await;
     out.code == Some(0)
 }
@@ -215,33 +301,83 @@ async fn workspace_can_connect(ws: &AgentClient, addr: std::net::SocketAddr) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_slot_is_locked_down_and_repaired_when_flushed() {
     let berth = LocalBerth::start(1).await;
-    assert!(berth.wait_pool(1, Duration::from_secs(60)).await, "pool never filled");
+    assert!(
+        berth.wait_pool(1, Duration::from_secs(60)).await,
+        "pool never filled"
+    );
     let gw = GatewayListener::new();
     let ws = acquire(&berth, "lockdown-real").await;
     let container = ws.container().await;
     let proxy_container = container.replace("-ws", "-proxy");
 
     // The workspace's uid reaches nothing outside, and cannot resolve names.
-    assert!(!workspace_can_connect(&ws, gw.addr).await, "workspace uid reached {}", gw.addr);
-    let dns = ws.sh(&format!("timeout 5 nslookup {proxy_container} 127.0.0.11")).await;
-    assert_ne!(dns.code, Some(0), "workspace uid resolved through Docker's DNS: {}", dns.stdout_text());
+    assert!(
+        !workspace_can_connect(&ws, gw.addr).await,
+        "workspace uid reached {}",
+        gw.addr
+    );
+    let dns = ws
+        .sh(&format!("timeout 5 nslookup {proxy_container} 127.0.0.11"))
+        .await;
+    assert_ne!(
+        dns.code,
+        Some(0),
+        "workspace uid resolved through Docker's DNS: {}",
+        dns.stdout_text()
+    );
     // It reaches the proxy on loopback, and ordinary tools are pointed at it.
-    let health = ws.sh("timeout 5 wget -q -O - http://127.0.0.1:8080/health").await;
-    assert_eq!(health.code, Some(0), "proxy on loopback: {}", health.stderr_text());
+    let health = ws
+        .sh("timeout 5 wget -Y off -q -O - http://127.0.0.1:8080/health")
+        .await;
+    assert_eq!(
+        health.code,
+        Some(0),
+        "proxy on loopback: {}",
+        health.stderr_text()
+    );
+    // Without `-Y off`, wget goes through the proxy (HTTP_PROXY), whose policy
+    // refuses a loopback upstream.
+    let via_proxy = ws
+        .sh("timeout 5 wget -q -O - http://127.0.0.1:8080/health")
+        .await;
+    assert!(via_proxy.stderr_text().contains("403"), "{via_proxy:?}");
     let env = ws.sh("env").await.stdout_text();
-    assert!(env.contains("HTTPS_PROXY=http://127.0.0.1:8080\n") && env.contains("NO_PROXY=localhost,127.0.0.1,::1\n"), "{env}");
+    assert!(
+        env.contains("HTTPS_PROXY=http://127.0.0.1:8080\n")
+            && env.contains("NO_PROXY=localhost,127.0.0.1,::1\n"),
+        "{env}"
+    );
     assert_eq!(gw.accepted(), 0);
 
     // The proxy's uid, in the same namespace, reaches the same listener and resolves.
-    let out = exec_as(&container, uids::PROXY, &format!("timeout 5 nc {} {} </dev/null", gw.addr.ip(), gw.addr.port()));
+    let out = exec_as(
+        &container,
+        uids::PROXY,
+        &format!(
+            "timeout 5 nc {} {} </dev/null",
+            gw.addr.ip(),
+            gw.addr.port()
+        ),
+    );
     assert!(out.status.success(), "proxy uid: {out:?}");
-    assert!(berth_tests::wait_until(Duration::from_secs(5), || gw.accepted() == 1), "listener saw {}", gw.accepted());
-    let out = exec_as(&container, uids::PROXY, &format!("timeout 5 nslookup {proxy_container} 127.0.0.11"));
+    assert!(
+        berth_tests::wait_until(Duration::from_secs(5), || gw.accepted() == 1),
+        "listener saw {}",
+        gw.accepted()
+    );
+    let out = exec_as(
+        &container,
+        uids::PROXY,
+        &format!("timeout 5 nslookup {proxy_container} 127.0.0.11"),
+    );
     assert!(out.status.success(), "proxy uid resolves: {out:?}");
 
     // Someone flushes the slot's chain by hand: hostd restores it within its period.
     let pid = String::from_utf8_lossy(
-        &sh(&format!("docker inspect -f '{{{{.State.Pid}}}}' {proxy_container}")).stdout,
+        &sh(&format!(
+            "docker inspect -f '{{{{.State.Pid}}}}' {proxy_container}"
+        ))
+        .stdout,
     )
     .trim()
     .to_owned();
@@ -250,7 +386,12 @@ async fn a_real_slot_is_locked_down_and_repaired_when_flushed() {
     let mut restored = false;
     for _ in 0..50 {
         let s = status(&berth).await;
-        if s["events"].as_array().unwrap().iter().any(|e| e["kind"] == "rules_reapplied") {
+        if s["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "rules_reapplied")
+        {
             restored = true;
             break;
         }
@@ -259,13 +400,27 @@ async fn a_real_slot_is_locked_down_and_repaired_when_flushed() {
     assert!(restored, "no rules_reapplied event after the flush");
     let chain = sh(&format!("nsenter -t {pid} -n iptables -S BERTH-EGRESS"));
     assert!(String::from_utf8_lossy(&chain.stdout).contains("--uid-owner 2000 -j ACCEPT"));
-    assert!(!workspace_can_connect(&ws, gw.addr).await, "after repair, the workspace uid is locked again");
+    assert!(
+        !workspace_can_connect(&ws, gw.addr).await,
+        "after repair, the workspace uid is locked again"
+    );
     // The service kept serving throughout.
     assert_eq!(ws.sh("echo still-here").await.stdout_text(), "still-here\n");
     let s = status(&berth).await;
     assert_eq!(s["compliant"], true, "{s}");
-    let metrics = berth.http.get(format!("{}/metrics", berth.hostd_url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("berth_hostd_rules_reapplied_total 1\n"), "{metrics}");
+    let metrics = berth
+        .http
+        .get(format!("{}/metrics", berth.hostd_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("berth_hostd_rules_reapplied_total 1\n"),
+        "{metrics}"
+    );
     drop(gw);
     berth.stop().await;
 }
@@ -275,8 +430,14 @@ async fn a_weakened_workspace_container_is_stopped_and_shown() {
     let berth = LocalBerth::start(0).await;
     let (ws_image, _) = docker::images().clone();
     let mut names = Vec::new();
-    for (suffix, flag) in [("capadd", "--cap-add NET_ADMIN --read-only"), ("writable", "")] {
-        let name = format!("berth-rogue-{suffix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    for (suffix, flag) in [
+        ("capadd", "--cap-add NET_ADMIN --read-only"),
+        ("writable", ""),
+    ] {
+        let name = format!(
+            "berth-rogue-{suffix}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
         let out = sh(&format!(
             "docker run -d --name {name} --label berth.managed=1 --label berth.host={host} \
              --label berth.role=workspace --label berth.slot={name} --label {run_key}={run} \
@@ -289,14 +450,37 @@ async fn a_weakened_workspace_container_is_stopped_and_shown() {
         assert!(out.status.success(), "{out:?}");
         names.push(name);
     }
-    let running = |n: &str| String::from_utf8_lossy(&sh(&format!("docker inspect -f '{{{{.State.Running}}}}' {n}")).stdout).trim() == "true";
+    let running = |n: &str| {
+        String::from_utf8_lossy(
+            &sh(&format!("docker inspect -f '{{{{.State.Running}}}}' {n}")).stdout,
+        )
+        .trim()
+            == "true"
+    };
     assert!(
-        berth_tests::wait_until(Duration::from_secs(10), || names.iter().all(|n| !running(n))),
+        berth_tests::wait_until(Duration::from_secs(10), || names
+            .iter()
+            .all(|n| !running(n))),
         "the audit did not stop both"
     );
-    let page = berth.http.get(format!("{}/", berth.hostd_url)).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains(&names[0]) && page.contains("no_cap_add: CapAdd is"), "{page}");
-    assert!(page.contains(&names[1]) && page.contains("readonly_rootfs: the root filesystem is writable"), "{page}");
+    let page = berth
+        .http
+        .get(format!("{}/", berth.hostd_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&names[0]) && page.contains("no_cap_add: CapAdd is"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&names[1])
+            && page.contains("readonly_rootfs: the root filesystem is writable"),
+        "{page}"
+    );
     assert!(page.contains("container_stopped"));
     berth.stop().await;
     for n in names {
@@ -341,7 +525,10 @@ async fn a_restarted_hostd_finds_its_slots_and_reverifies_their_rules() {
     let _cleanup = Cleanup(host_id.clone());
     let first = berth_hostd::Hostd::start(config.clone()).await.unwrap();
     let slot = first
-        .create_slot(berth_wire::CreateSlot { slot_id: format!("{host_id}-a"), template: "default".into() })
+        .create_slot(berth_wire::CreateSlot {
+            slot_id: format!("{host_id}-a"),
+            template: "default".into(),
+        })
         .await
         .unwrap();
     assert_eq!(slot.state, berth_wire::SlotState::Ready);
@@ -350,8 +537,18 @@ async fn a_restarted_hostd_finds_its_slots_and_reverifies_their_rules() {
 
     // Someone removes the slot's rules while no hostd runs.
     let proxy = berth_hostd::docker::netns_owner(&slot.slot_id);
-    let pid = String::from_utf8_lossy(&sh(&format!("docker inspect -f '{{{{.State.Pid}}}}' {proxy}")).stdout).trim().to_owned();
-    assert!(sh(&format!("nsenter -t {pid} -n iptables -D OUTPUT -j BERTH-EGRESS")).status.success());
+    let pid = String::from_utf8_lossy(
+        &sh(&format!("docker inspect -f '{{{{.State.Pid}}}}' {proxy}")).stdout,
+    )
+    .trim()
+    .to_owned();
+    assert!(
+        sh(&format!(
+            "nsenter -t {pid} -n iptables -D OUTPUT -j BERTH-EGRESS"
+        ))
+        .status
+        .success()
+    );
 
     let second = berth_hostd::Hostd::start(config).await.unwrap();
     let report = second.report();
@@ -361,7 +558,12 @@ async fn a_restarted_hostd_finds_its_slots_and_reverifies_their_rules() {
     assert_eq!(found.state, berth_wire::SlotState::Ready, "{found:?}");
     assert!(found.rules_verified_at_ms.is_some());
     let ev = second.journal().events();
-    assert!(ev.iter().any(|e| e.kind == "rules_applied" && e.subject.as_deref() == Some(slot.slot_id.as_str())), "{ev:?}");
+    assert!(
+        ev.iter()
+            .any(|e| e.kind == "rules_applied"
+                && e.subject.as_deref() == Some(slot.slot_id.as_str())),
+        "{ev:?}"
+    );
     let saved = sh(&format!("nsenter -t {pid} -n iptables-save -t filter"));
     assert!(String::from_utf8_lossy(&saved.stdout).contains("-A OUTPUT -j BERTH-EGRESS"));
     second.runtime().destroy_all().await.unwrap();
