@@ -169,8 +169,9 @@ impl Enforcer {
     }
 
     /// Applies and proves the host rules in `netns` (the host's, or a test's); one
-    /// check per family. A repair is recorded as an event.
-    pub async fn check_host_rules(&self, netns: &Netns) -> Vec<PolicyCheck> {
+    /// check per family. Applying them is recorded as an event: `rules_applied` on
+    /// the `first` pass, `rules_reapplied` (a repair) after.
+    pub async fn check_host_rules(&self, netns: &Netns, first: bool) -> Vec<PolicyCheck> {
         let mut checks = Vec::new();
         let v6_docker_user = match self.privileged.read_rules(netns, Family::V6).await {
             Ok(saved) => netfilter::has_chain(&saved, "DOCKER-USER"),
@@ -186,12 +187,17 @@ impl Enforcer {
                     format!("metadata blocks in place ({})", hooks.join(", ")),
                 ),
                 Ok(Some(what)) => {
+                    let (kind, verb) = if first {
+                        ("rules_applied", "applied")
+                    } else {
+                        ("rules_reapplied", "restored")
+                    };
                     self.journal.event(
-                        "rules_reapplied",
+                        kind,
                         Some(&format!("host {}", family.name())),
-                        format!("host rules restored: {what}"),
+                        format!("host rules {verb}: {what}"),
                     );
-                    (true, format!("restored ({what}); metadata blocks in place"))
+                    (true, format!("{verb} ({what}); metadata blocks in place"))
                 }
                 Err(e) if e.contains("DOCKER-USER does not exist") => (
                     false,
@@ -417,7 +423,7 @@ mod tests {
     async fn host_rules_fail_without_docker_user_and_pass_with_it() {
         let p = RecordingPrivileged::new();
         let e = enforcer(&p);
-        let checks = e.check_host_rules(&Netns::Host).await;
+        let checks = e.check_host_rules(&Netns::Host, false).await;
         assert!(
             !checks[0].ok && checks[0].detail.contains("DOCKER-USER does not exist"),
             "{checks:?}"
@@ -427,7 +433,7 @@ mod tests {
             "IPv6 hooks FORWARD when Docker has no IPv6 DOCKER-USER"
         );
         p.set_table(&Netns::Host, Family::V4, "*filter\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\nCOMMIT\n");
-        let checks = e.check_host_rules(&Netns::Host).await;
+        let checks = e.check_host_rules(&Netns::Host, false).await;
         assert!(checks[0].ok, "{checks:?}");
         let v4 = p.table(&Netns::Host, Family::V4);
         assert!(

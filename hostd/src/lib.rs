@@ -415,7 +415,12 @@ impl Hostd {
     /// One enforcement pass: host rules, every slot's egress lock, the container audit.
     pub async fn enforce(&self) {
         if let Some(netns) = &self.config.host_rules {
-            let checks = self.enforcer.check_host_rules(netns).await;
+            let first = !self
+                .checks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key("host_rules_v4");
+            let checks = self.enforcer.check_host_rules(netns, first).await;
             self.record_checks(checks);
         }
         self.check_slot_rules().await;

@@ -99,7 +99,7 @@ pub fn page(v: &StatusView) -> String {
         .iter()
         .map(|c| {
             format!(
-                "<tr class={cls}><td>{name}</td><td>{res}</td><td>{detail}</td><td>{when}</td></tr>",
+                "<tr class={cls}><td>{name}</td><td class=res>{res}</td><td>{detail}</td><td>{when}</td></tr>",
                 cls = if c.ok { "ok" } else { "bad" },
                 name = esc(&c.name),
                 res = if c.ok { "pass" } else { "FAIL" },
@@ -154,7 +154,7 @@ pub fn page(v: &StatusView) -> String {
          <meta http-equiv=refresh content=5><style>\
          body{{font:14px/1.4 sans-serif;margin:1.5em;color:#222}}\
          table{{border-collapse:collapse;margin-bottom:1.5em}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}}\
-         tr.bad td{{background:#fdecea}}tr.ok td:nth-child(2){{color:#1e8449}}\
+         tr.bad td{{background:#fdecea}}tr.ok td.res{{color:#1e8449}}\
          .verdict{{font-size:18px;font-weight:bold;padding:6px 10px}}.verdict.ok{{background:#e9f7ef;color:#1e8449}}.verdict.bad{{background:#fdecea;color:#c0392b}}\
          .cap{{margin:4px 0}}.cap .l{{display:inline-block;width:9em}}.bar{{display:inline-block;width:300px;height:12px;background:#eee;margin-right:8px;vertical-align:middle}}\
          .bar span{{display:block;height:12px}}</style></head><body>\
@@ -345,7 +345,7 @@ mod tests {
             html.contains("NOT COMPLIANT: 1 of 2 checks failing (slot_rules)"),
             "{html}"
         );
-        assert!(html.contains("<td>FAIL</td><td>1 of 1 slots withdrawn</td>"));
+        assert!(html.contains("<td class=res>FAIL</td><td>1 of 1 slots withdrawn</td>"));
         assert!(html.contains("hostd h&lt;1&gt;"));
         assert!(html.contains("egress lock cannot be proven: &lt;x&gt;"));
         assert!(html.contains("<td>withdrawn</td><td>9 s ago</td><td>verified 1 s ago</td>"));

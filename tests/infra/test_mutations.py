@@ -31,7 +31,7 @@ MUTATIONS = [
     (
         "a workspace container runs as root",
         "terraform/modules/workspace/main.tf",
-        '    user                   = "65534:65534"\n',
+        '    user                   = "2000:2000"\n',
         '    user                   = "0:0"\n',
         "test_terraform_security.py::test_workspace_containers_are_hardened",
         "must run as non-root",

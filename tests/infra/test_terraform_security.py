@@ -49,7 +49,7 @@ def test_workspace_has_exactly_agent_and_proxy(module):
     assert set(containers) == {"workspace-agent", "credential-proxy"}
     agent, proxy = containers["workspace-agent"], containers["credential-proxy"]
     assert agent["user"] == "1000:1000"
-    assert proxy["user"] == "65534:65534"
+    assert proxy["user"] == "2000:2000"
     assert [p["containerPort"] for p in agent["portMappings"]] == [9000]
     # The proxy listens on the task's loopback only and publishes nothing.
     assert "portMappings" not in proxy

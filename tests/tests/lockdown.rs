@@ -139,7 +139,7 @@ async fn host_rules_hook_docker_user_are_restored_and_removed_cleanly() {
     let e = enforcer(EgressPolicy::default()).await;
     // An engine without DOCKER-USER (nftables backend) is a failing check, with why.
     let bare = TestNetns::new();
-    let checks = e.check_host_rules(&Netns::Path(bare.path())).await;
+    let checks = e.check_host_rules(&Netns::Path(bare.path()), true).await;
     let v4 = checks.iter().find(|c| c.name == "host_rules_v4").unwrap();
     assert!(
         !v4.ok
@@ -154,7 +154,7 @@ async fn host_rules_hook_docker_user_are_restored_and_removed_cleanly() {
     ns.exec_ok(&["iptables", "-A", "DOCKER-USER", "-j", "RETURN"]);
     ns.exec_ok(&["iptables", "-A", "FORWARD", "-j", "DOCKER-USER"]);
     let target = Netns::Path(ns.path());
-    let checks = e.check_host_rules(&target).await;
+    let checks = e.check_host_rules(&target, true).await;
     assert!(checks.iter().all(|c| c.ok), "{checks:?}");
     let v4 = ns.exec_ok(&["iptables-save", "-t", "filter"]);
     assert!(
@@ -172,7 +172,7 @@ async fn host_rules_hook_docker_user_are_restored_and_removed_cleanly() {
     // A firewall reload that drops our rules: restored by the next check, as an event.
     ns.exec_ok(&["iptables", "-F", "BERTH-HOST"]);
     ns.exec_ok(&["iptables", "-D", "DOCKER-USER", "-j", "BERTH-HOST"]);
-    let checks = e.check_host_rules(&target).await;
+    let checks = e.check_host_rules(&target, false).await;
     assert!(checks.iter().all(|c| c.ok), "{checks:?}");
     assert!(
         ns.exec_ok(&["iptables-save", "-t", "filter"])

@@ -82,7 +82,7 @@ async fn ecs_calls_go_through_aws_sdk_ecs_to_moto() {
         .family("berth-workspace")
         .network_mode(NetworkMode::Awsvpc)
         .container_definitions(container("workspace-agent", 9000, "1000"))
-        .container_definitions(container("credential-proxy", 8080, "65534"))
+        .container_definitions(container("credential-proxy", 8080, "2000"))
         .send()
         .await
         .unwrap();

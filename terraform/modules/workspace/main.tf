@@ -5,7 +5,7 @@
 #   workspace-agent   :9000  runs the agent's commands and files; untrusted
 #                            code runs here. uid 1000.
 #   credential-proxy  :8080  on loopback only; holds the upstream credentials
-#                            and injects them. uid 65534.
+#                            and injects them. uid 2000 (hostd's egress lock lets only this uid out).
 #
 # There is no task role: nothing in the task can obtain AWS credentials from
 # the ECS credential endpoint, because there are none to obtain. Credentials
@@ -70,7 +70,7 @@ locals {
     name                   = "credential-proxy"
     image                  = var.proxy_image
     essential              = true
-    user                   = "65534:65534"
+    user                   = "2000:2000"
     readonlyRootFilesystem = true
     privileged             = false
     memory                 = var.proxy_memory_mib
