@@ -18,10 +18,12 @@
 //! its namespace and [`privileged`] loads and reads them (the one place hostd uses its
 //! privileges); [`enforce`] proves them, audits containers ([`audit`]) and keeps the
 //! journal; [`status`] shows all of it to on-call; [`capacity`] says what the host
-//! holds; [`image`] builds the local images the docker runtime runs.
+//! holds; [`image`] builds the local images the docker runtime runs;
+//! [`capabilities`] drops hostd's own capabilities to what that work needs.
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod capabilities;
 pub mod capacity;
 pub mod docker;
 pub mod enforce;

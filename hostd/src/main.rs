@@ -71,6 +71,10 @@ struct Args {
     /// Seconds between enforcement passes (rules read back, containers audited).
     #[arg(long, env = "BERTH_CHECK_EVERY_SECS", default_value_t = 5)]
     check_every_secs: u64,
+    /// Keep every capability hostd started with (debugging only); by default all but
+    /// CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN and CAP_SYS_PTRACE are dropped at start.
+    #[arg(long)]
+    keep_all_capabilities: bool,
     /// Extra label (`key=value`) on every container and network; repeatable.
     #[arg(long = "label")]
     labels: Vec<String>,
@@ -84,9 +88,29 @@ fn config_error(msg: &str) -> std::process::ExitCode {
     std::process::ExitCode::from(64)
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // While hostd has one thread: capabilities are per thread, and every thread made
+    // from here on inherits the reduced sets.
+    if !args.keep_all_capabilities
+        && let Err(e) = berth_hostd::capabilities::drop_to_kept()
+    {
+        eprintln!("hostd: {e}");
+        return std::process::ExitCode::from(69);
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(async_main(args)),
+        Err(e) => {
+            eprintln!("hostd: cannot start the runtime: {e}");
+            std::process::ExitCode::from(69)
+        }
+    }
+}
+
+async fn async_main(args: Args) -> std::process::ExitCode {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into());
     if args.log_json {

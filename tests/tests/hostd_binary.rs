@@ -1,7 +1,9 @@
 //! The real `hostd` binary, with its own seccomp filter enforcing (a call outside
-//! the allow-list kills it), keeps doing its whole job: heartbeats, creating slots
-//! through the Docker socket, health checks, its status endpoints, destroying slots,
-//! and removing everything at shutdown.
+//! the allow-list kills it) and its capabilities dropped to the documented set, keeps
+//! doing its whole job: heartbeats, creating slots through the Docker socket, the
+//! egress lock in every slot and the host rules on this machine's Docker, health
+//! checks, its status endpoints, destroying slots, and removing everything (host
+//! rules included) at shutdown.
 
 use std::{
     process::{Child, Command, Stdio},
@@ -99,6 +101,20 @@ async fn hostd_binary_works_with_its_own_filter_enforcing() {
         status.contains("Seccomp:\t2"),
         "hostd is not filtered: {status}"
     );
+    // Only the documented capabilities are left, in every set that could give any
+    // back (the bounding set bounds what the iptables tools it runs can have).
+    let kept = format!("{:016x}", berth_hostd::capabilities::kept_mask());
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(set))
+            .unwrap_or_else(|| panic!("no {set} in {status}"));
+        assert_eq!(line, format!("{set}:\t{kept}"), "hostd's {set}");
+    }
+    for set in ["CapInh", "CapAmb"] {
+        let line = status.lines().find(|l| l.starts_with(set)).unwrap();
+        assert_eq!(line, format!("{set}:\t{:016x}", 0), "hostd's {set}");
+    }
 
     let http = reqwest::Client::new();
     let ws: Workspace = http
@@ -143,6 +159,23 @@ async fn hostd_binary_works_with_its_own_filter_enforcing() {
         .await
         .unwrap();
     assert_eq!(report["host_id"], host_id.as_str());
+    // With those capabilities and its filter on, it applied and proved the host
+    // rules on this machine's Docker and every slot's egress lock.
+    assert_eq!(report["compliant"], true, "{report}");
+    for check in [
+        "host_rules_v4",
+        "host_rules_v6",
+        "slot_rules",
+        "container_audit",
+    ] {
+        let c = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == check)
+            .unwrap_or_else(|| panic!("no check {check}: {report}"));
+        assert_eq!(c["ok"], true, "{c}");
+    }
 
     // Destroying a slot goes through the filtered Docker client too.
     let del = http
@@ -173,5 +206,13 @@ async fn hostd_binary_works_with_its_own_filter_enforcing() {
     assert!(
         docker::containers_labelled(labels::HOST, &host_id).is_empty(),
         "hostd's cleanup left containers"
+    );
+    let rules = Command::new("iptables")
+        .args(["-S", "DOCKER-USER"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains("BERTH-HOST"),
+        "hostd's cleanup left its host rules"
     );
 }
