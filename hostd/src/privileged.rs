@@ -346,17 +346,11 @@ impl Privileged for HostPrivileged {
         id: &'a str,
     ) -> BoxFuture<'a, Result<ContainerFacts, PrivError>> {
         Box::pin(async move {
-            match self.docker.inspect_container(id, None).await {
-                Ok(c) => Ok(facts_of(c)),
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => Err(PrivError::NoSuchContainer { id: id.into() }),
-                Err(e) => Err(PrivError::Docker {
-                    op: "inspect",
-                    id: id.into(),
-                    reason: e.to_string(),
-                }),
-            }
+            self.docker
+                .inspect_container(id, None)
+                .await
+                .map(facts_of)
+                .map_err(|e| docker_error("inspect", id, e))
         })
     }
 
@@ -397,16 +391,23 @@ impl Privileged for HostPrivileged {
                 | Err(bollard::errors::Error::DockerResponseServerError {
                     status_code: 304, ..
                 }) => Ok(()),
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => Err(PrivError::NoSuchContainer { id: id.into() }),
-                Err(e) => Err(PrivError::Docker {
-                    op: "stop",
-                    id: id.into(),
-                    reason: e.to_string(),
-                }),
+                Err(e) => Err(docker_error("stop", id, e)),
             }
         })
+    }
+}
+
+/// A 404 is the container being gone; anything else keeps the engine's words.
+fn docker_error(op: &'static str, id: &str, e: bollard::errors::Error) -> PrivError {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        } => PrivError::NoSuchContainer { id: id.into() },
+        e => PrivError::Docker {
+            op,
+            id: id.into(),
+            reason: e.to_string(),
+        },
     }
 }
 

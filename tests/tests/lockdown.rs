@@ -275,6 +275,17 @@ fn exec_as(container: &str, uid: u32, cmd: &str) -> std::process::Output {
         .expect("docker exec")
 }
 
+async fn hostd_text(berth: &LocalBerth, path: &str) -> String {
+    let resp = berth
+        .http
+        .get(format!("{}{path}", berth.hostd_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    resp.text().await.unwrap()
+}
+
 async fn status(berth: &LocalBerth) -> Value {
     berth
         .http
@@ -408,15 +419,7 @@ async fn a_real_slot_is_locked_down_and_repaired_when_flushed() {
     assert_eq!(ws.sh("echo still-here").await.stdout_text(), "still-here\n");
     let s = status(&berth).await;
     assert_eq!(s["compliant"], true, "{s}");
-    let metrics = berth
-        .http
-        .get(format!("{}/metrics", berth.hostd_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hostd_text(&berth, "/metrics").await;
     assert!(
         metrics.contains("berth_hostd_rules_reapplied_total 1\n"),
         "{metrics}"
@@ -463,15 +466,7 @@ async fn a_weakened_workspace_container_is_stopped_and_shown() {
             .all(|n| !running(n))),
         "the audit did not stop both"
     );
-    let page = berth
-        .http
-        .get(format!("{}/", berth.hostd_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = hostd_text(&berth, "/").await;
     assert!(
         page.contains(&names[0]) && page.contains("no_cap_add: CapAdd is"),
         "{page}"
