@@ -3,7 +3,7 @@
 # formatting, lints and the whole suite. Usage: tests/run.sh [extra cargo test args]
 #
 # Installs on a fresh Debian machine with Docker:
-#   apt: redis-server iptables busybox-static python3-venv (+ shellcheck for infra checks)
+#   apt: redis-server iptables iproute2 busybox-static python3-venv (+ shellcheck for infra checks)
 #   a Python venv with moto[server] at $BERTH_CACHE_DIR/venv-moto
 set -euo pipefail
 
@@ -21,6 +21,8 @@ as_root() {
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v iptables >/dev/null || need_apt+=(iptables)
+command -v ip >/dev/null || need_apt+=(iproute2)          # test namespaces (lockdown tests)
+command -v nsenter >/dev/null || need_apt+=(util-linux)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ! ldd /bin/busybox >/dev/null 2>&1 \
   || need_apt+=(busybox-static)
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)

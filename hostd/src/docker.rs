@@ -63,6 +63,8 @@ pub enum DockerError {
     Lockdown { slot_id: String, reason: String },
     #[error("unknown template `{0}`")]
     UnknownTemplate(String),
+    #[error("template `{template}`: its seccomp profile is not JSON: {reason}")]
+    BadProfile { template: String, reason: String },
     #[error("cannot install hostd's own seccomp filter: {0}")]
     SelfSeccomp(#[source] berth_seccomp::hostd::HostdFilterError),
 }

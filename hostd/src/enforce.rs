@@ -94,6 +94,15 @@ pub struct Stopped {
     pub reason: String,
 }
 
+/// One audit pass.
+#[derive(Debug, Clone)]
+pub struct Audited {
+    pub check: PolicyCheck,
+    pub stopped: Vec<Stopped>,
+    /// First pid of each running container that passed, by container name.
+    pub pids: BTreeMap<String, i64>,
+}
+
 /// Applies and proves rules, audits containers.
 #[derive(Clone)]
 pub struct Enforcer {
@@ -101,6 +110,23 @@ pub struct Enforcer {
     pub egress: EgressPolicy,
     pub host: HostPolicy,
     pub journal: Journal,
+}
+
+/// Why a ruleset could not be made to hold.
+#[derive(Debug)]
+enum Unproven {
+    /// The chain ours must hook into does not exist (no `DOCKER-USER`).
+    NoHookChain(Drift),
+    Failed(String),
+}
+
+impl std::fmt::Display for Unproven {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unproven::NoHookChain(d) => d.fmt(f),
+            Unproven::Failed(why) => f.write_str(why),
+        }
+    }
 }
 
 fn describe(d: &[Drift]) -> String {
@@ -119,37 +145,32 @@ impl Enforcer {
         netns: &Netns,
         family: Family,
         specs: &[ChainSpec],
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, Unproven> {
         let p = &self.privileged;
-        let saved = p
-            .read_rules(netns, family)
-            .await
-            .map_err(|e| e.to_string())?;
+        let failed = |e: crate::privileged::PrivError| Unproven::Failed(e.to_string());
+        let saved = p.read_rules(netns, family).await.map_err(failed)?;
         let drifted = netfilter::drift(&saved, specs);
         if drifted.is_empty() {
             return Ok(None);
         }
-        if let Some(d @ Drift::NoHookChain { .. }) = drifted
+        if let Some(d) = drifted
             .iter()
             .find(|d| matches!(d, Drift::NoHookChain { .. }))
         {
-            return Err(d.to_string());
+            return Err(Unproven::NoHookChain(d.clone()));
         }
         p.apply_rules(netns, family, &netfilter::restore_text(&saved, specs))
             .await
-            .map_err(|e| e.to_string())?;
-        let again = p
-            .read_rules(netns, family)
-            .await
-            .map_err(|e| e.to_string())?;
+            .map_err(failed)?;
+        let again = p.read_rules(netns, family).await.map_err(failed)?;
         let still = netfilter::drift(&again, specs);
         if still.is_empty() {
             Ok(Some(describe(&drifted)))
         } else {
-            Err(format!(
+            Err(Unproven::Failed(format!(
                 "rules read back differ from what was applied: {}",
                 describe(&still)
-            ))
+            )))
         }
     }
 
@@ -199,14 +220,14 @@ impl Enforcer {
                     );
                     (true, format!("{verb} ({what}); metadata blocks in place"))
                 }
-                Err(e) if e.contains("DOCKER-USER does not exist") => (
+                Err(e @ Unproven::NoHookChain(_)) => (
                     false,
                     format!(
                         "{e}: Docker's nftables firewall backend or --iptables=false; bridge-mode \
                          containers' traffic to the metadata addresses is not filtered"
                     ),
                 ),
-                Err(e) => (false, e),
+                Err(e) => (false, e.to_string()),
             };
             checks.push(self.check(&name, ok, detail));
         }
@@ -230,26 +251,30 @@ impl Enforcer {
     }
 
     /// Audits every container of this host's workspace tasks and stops those that
-    /// fail; `expect` gives the expectations for a container's labels.
+    /// fail; `expect` gives the expectations for a container's labels. Also returns
+    /// the first pid of every running container that passed, by name, so the slot
+    /// rules pass finds each namespace without inspecting the containers again.
     pub async fn audit_containers(
         &self,
         label_filter: &str,
         expect: impl Fn(&BTreeMap<String, String>) -> Expectations,
-    ) -> (PolicyCheck, Vec<Stopped>) {
+    ) -> Audited {
         let ids = match self.privileged.containers_labelled(label_filter).await {
             Ok(ids) => ids,
             Err(e) => {
-                return (
-                    self.check(
+                return Audited {
+                    check: self.check(
                         "container_audit",
                         false,
                         format!("cannot list containers: {e}"),
                     ),
-                    Vec::new(),
-                );
+                    stopped: Vec::new(),
+                    pids: BTreeMap::new(),
+                };
             }
         };
         let mut audited = 0;
+        let mut pids = BTreeMap::new();
         let mut stopped = Vec::new();
         let mut unstoppable = Vec::new();
         for id in ids {
@@ -268,6 +293,7 @@ impl Enforcer {
             audited += 1;
             let findings = audit::audit(&facts, &expect(&facts.labels));
             if findings.is_empty() {
+                pids.insert(facts.name.clone(), facts.pid);
                 continue;
             }
             let reason = audit::summary(&findings);
@@ -309,10 +335,11 @@ impl Enforcer {
         } else {
             unstoppable.join("; ")
         };
-        (
-            self.check("container_audit", unstoppable.is_empty(), detail),
+        Audited {
+            check: self.check("container_audit", unstoppable.is_empty(), detail),
             stopped,
-        )
+            pids,
+        }
     }
 
     /// A check result, counted when failing.
@@ -476,13 +503,22 @@ mod tests {
         p.add_container(good);
         p.add_container(bad);
         let e = enforcer(&p);
-        let (check, stopped) = e
+        let Audited {
+            check,
+            stopped,
+            pids,
+        } = e
             .audit_containers("berth.host=h1", |_| Expectations {
                 seccomp_profile: None,
                 joins_netns: true,
             })
             .await;
         assert!(check.ok, "{check:?}");
+        assert_eq!(
+            pids,
+            BTreeMap::from([("berth-s1-ws".to_owned(), 10)]),
+            "only the compliant one"
+        );
         assert_eq!(stopped.len(), 1);
         assert_eq!(stopped[0].slot_id.as_deref(), Some("s2"));
         assert!(stopped[0].reason.contains("no_cap_add"));
@@ -491,13 +527,13 @@ mod tests {
         assert_eq!(ev[0].kind, "container_stopped");
         assert_eq!(ev[0].subject.as_deref(), Some("intruder"));
         // Stopped containers are not audited again.
-        let (_, again) = e
+        let again = e
             .audit_containers("berth.host=h1", |_| Expectations {
                 seccomp_profile: None,
                 joins_netns: true,
             })
             .await;
-        assert!(again.is_empty());
+        assert!(again.stopped.is_empty());
     }
 
     #[test]

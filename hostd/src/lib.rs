@@ -152,15 +152,6 @@ impl Hostd {
         let runtime = DockerRuntime::connect(&config.host_id, config.extra_labels.clone()).await?;
         let privileged: Arc<dyn Privileged> =
             Arc::new(HostPrivileged::new(runtime.docker().clone()));
-        Self::start_with(config, runtime, privileged).await
-    }
-
-    /// [`Hostd::start`] with the privileged calls given (tests pass a recording fake).
-    pub async fn start_with(
-        config: Config,
-        runtime: DockerRuntime,
-        privileged: Arc<dyn Privileged>,
-    ) -> Result<Self, DockerError> {
         let found = runtime.inventory().await?;
         if !found.is_empty() {
             tracing::info!(
@@ -172,12 +163,14 @@ impl Hostd {
         let mut profiles = HashMap::new();
         for t in &config.templates {
             let parsed = match &t.seccomp_profile {
-                Some(text) => Some(serde_json::from_str(text).map_err(|e| {
-                    DockerError::UnknownTemplate(format!(
-                        "{}: seccomp profile is not JSON: {e}",
-                        t.name
-                    ))
-                })?),
+                Some(text) => {
+                    Some(
+                        serde_json::from_str(text).map_err(|e| DockerError::BadProfile {
+                            template: t.name.clone(),
+                            reason: e.to_string(),
+                        })?,
+                    )
+                }
                 None => None,
             };
             profiles.insert(t.name.clone(), parsed);
@@ -211,10 +204,6 @@ impl Hostd {
 
     pub fn journal(&self) -> &Journal {
         &self.enforcer.journal
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.config
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SlotInfo>> {
@@ -425,9 +414,10 @@ impl Hostd {
             let checks = self.enforcer.check_host_rules(netns, first).await;
             self.record_checks(checks);
         }
-        self.check_slot_rules().await;
+        // The audit first: it inspects every container once, and the slot rules pass
+        // takes each namespace's pid from what it saw.
         let profiles = self.profiles.clone();
-        let (audit, stopped) = self
+        let audited = self
             .enforcer
             .audit_containers(&format!("{}={}", labels::HOST, self.config.host_id), |l| {
                 let role = l.get(labels::ROLE).map(String::as_str);
@@ -446,7 +436,7 @@ impl Hostd {
                 }
             })
             .await;
-        for s in stopped {
+        for s in audited.stopped {
             if let Some(slot_id) = s.slot_id {
                 self.withdraw(
                     &slot_id,
@@ -457,12 +447,14 @@ impl Hostd {
                 );
             }
         }
-        self.record_checks([audit]);
+        self.record_checks([audited.check]);
+        self.check_slot_rules(&audited.pids).await;
     }
 
     /// Reads back every slot's egress lock, repairing drift; withdraws slots whose
     /// lock cannot be proven.
-    async fn check_slot_rules(&self) {
+    /// `pids`: first pid of running containers by name, from this pass's audit.
+    async fn check_slot_rules(&self, pids: &BTreeMap<String, i64>) {
         let candidates: Vec<(String, bool)> = self
             .slots()
             .values()
@@ -473,7 +465,7 @@ impl Hostd {
         let results: Vec<(String, bool, Result<enforce::Locked, String>)> =
             futures_util::stream::iter(candidates)
                 .map(|(slot_id, verified_before)| async move {
-                    let result = self.lock_existing(&slot_id).await;
+                    let result = self.lock_existing(&slot_id, pids).await;
                     (slot_id, verified_before, result)
                 })
                 .buffer_unordered(PROBES_AT_ONCE)
@@ -526,9 +518,17 @@ impl Hostd {
         self.record_checks([check]);
     }
 
-    /// Finds the process owning a slot's namespace and locks that namespace.
-    async fn lock_existing(&self, slot_id: &str) -> Result<enforce::Locked, String> {
+    /// Finds the process owning a slot's namespace (in `pids`, else by inspecting
+    /// its container: the audit could not see it) and locks that namespace.
+    async fn lock_existing(
+        &self,
+        slot_id: &str,
+        pids: &BTreeMap<String, i64>,
+    ) -> Result<enforce::Locked, String> {
         let owner = docker::netns_owner(slot_id);
+        if let Some(&pid) = pids.get(&owner).filter(|p| **p > 0) {
+            return self.enforcer.lock_slot(&Netns::of_pid(pid)).await;
+        }
         let facts = self
             .enforcer
             .privileged

@@ -69,7 +69,7 @@ struct Args {
     #[arg(long, env = "BERTH_PROXY_TASK_CREDENTIALS")]
     proxy_task_credentials: bool,
     /// Seconds between enforcement passes (rules read back, containers audited).
-    #[arg(long, env = "BERTH_CHECK_EVERY_SECS", default_value_t = 5)]
+    #[arg(long, env = "BERTH_CHECK_EVERY_SECS", default_value_t = berth_hostd::CHECK_EVERY.as_secs())]
     check_every_secs: u64,
     /// Keep every capability hostd started with (debugging only); by default all but
     /// CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN and CAP_SYS_PTRACE are dropped at start.

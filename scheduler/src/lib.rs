@@ -685,3 +685,74 @@ fn not_ready_reason(hosts: &[HostRecord], slot: &WarmSlot) -> Option<String> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_wire::{HostReport, SlotInfo, SlotState};
+
+    fn host_with(slot: &str, state: SlotState) -> HostRecord {
+        HostRecord {
+            report: HostReport {
+                host_id: "h1".into(),
+                runtime: "docker".into(),
+                hostd_url: "http://127.0.0.1:1".into(),
+                instance_type: "local".into(),
+                branch_limit: 4,
+                branches_used: 1,
+                memory_total_mib: 1024,
+                memory_reserved_mib: 32,
+                draining: false,
+                compliant: true,
+                slots: vec![SlotInfo {
+                    slot_id: slot.into(),
+                    template: "default".into(),
+                    host_id: "h1".into(),
+                    agent_url: "http://172.18.0.2:9000".into(),
+                    state,
+                    memory_mib: 32,
+                    reason: Some("egress lock cannot be proven".into()),
+                    rules_verified_at_ms: None,
+                    created_at_ms: 0,
+                }],
+                reported_at_ms: 0,
+                checks: Vec::new(),
+            },
+            last_seen_ms: 0,
+            draining: false,
+        }
+    }
+
+    fn warm(slot: &str) -> WarmSlot {
+        WarmSlot {
+            slot_id: slot.into(),
+            host_id: "h1".into(),
+            template: "default".into(),
+            agent_url: "http://172.18.0.2:9000".into(),
+        }
+    }
+
+    #[test]
+    fn a_slot_its_host_withdrew_is_not_handed_out() {
+        let hosts = [host_with("s1", SlotState::Withdrawn)];
+        let why = not_ready_reason(&hosts, &warm("s1")).expect("withdrawn is not ready");
+        assert!(
+            why.contains("Withdrawn") && why.contains("egress lock cannot be proven"),
+            "{why}"
+        );
+        assert!(not_ready_reason(&[host_with("s1", SlotState::Unhealthy)], &warm("s1")).is_some());
+    }
+
+    #[test]
+    fn a_ready_or_not_yet_reported_slot_is_handed_out() {
+        assert_eq!(
+            not_ready_reason(&[host_with("s1", SlotState::Ready)], &warm("s1")),
+            None
+        );
+        // Created after the host's last report: nothing says otherwise.
+        assert_eq!(
+            not_ready_reason(&[host_with("s1", SlotState::Withdrawn)], &warm("s2")),
+            None
+        );
+    }
+}
