@@ -75,7 +75,9 @@ pub struct Config {
     pub advertise_url: String,
     /// Scheduler base URL for heartbeats; `None` runs standalone.
     pub scheduler_url: Option<String>,
-    /// Bearer token for slot-changing endpoints and heartbeats.
+    /// The fleet's host secret. At start hostd replaces it with its own token,
+    /// [`berth_wire::host_token`] of the secret and its host id, which it presents on
+    /// heartbeats and demands on slot-changing endpoints.
     pub token: String,
     pub templates: Vec<SlotTemplate>,
     /// Remove every container and network this hostd made when it stops.
@@ -160,6 +162,9 @@ impl Hostd {
             );
         }
         let slots = found.into_iter().map(|s| (s.slot_id.clone(), s)).collect();
+        // From here on hostd holds its own token only, not the fleet's secret.
+        let mut config = config;
+        config.token = berth_wire::host_token(&config.token, &config.host_id);
         let mut profiles = HashMap::new();
         for t in &config.templates {
             let parsed = match &t.seccomp_profile {

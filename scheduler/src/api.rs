@@ -219,7 +219,12 @@ async fn host_report(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if !same(bearer(&headers), &s.config().host_token) {
+    // Each host's token is derived from the fleet secret and its id: a host's token
+    // posts reports for that host only.
+    if !same(
+        bearer(&headers),
+        &berth_wire::host_token(&s.config().host_token, &id),
+    ) {
         return Err(ApiError::Unauthorized);
     }
     let report: HostReport = parse(&body)?;

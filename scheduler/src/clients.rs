@@ -39,11 +39,12 @@ impl CallError {
 #[derive(Clone)]
 pub struct Clients {
     http: reqwest::Client,
-    host_token: String,
+    /// The fleet's host secret; each call to a hostd presents that host's token.
+    host_secret: String,
 }
 
 impl Clients {
-    pub fn new(host_token: String) -> Self {
+    pub fn new(host_secret: String) -> Self {
         Self {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
@@ -51,7 +52,7 @@ impl Clients {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap_or_default(),
-            host_token,
+            host_secret,
         }
     }
 
@@ -59,13 +60,14 @@ impl Clients {
     pub async fn create_slot(
         &self,
         hostd_url: &str,
+        host_id: &str,
         req: &CreateSlot,
     ) -> Result<SlotInfo, CallError> {
         let url = format!("{hostd_url}/v1/slots");
         let resp = self
             .http
             .post(&url)
-            .bearer_auth(&self.host_token)
+            .bearer_auth(berth_wire::host_token(&self.host_secret, host_id))
             .json(req)
             .send()
             .await
@@ -77,12 +79,17 @@ impl Clients {
         decode("hostd", url, resp).await
     }
 
-    pub async fn destroy_slot(&self, hostd_url: &str, slot_id: &str) -> Result<(), CallError> {
+    pub async fn destroy_slot(
+        &self,
+        hostd_url: &str,
+        host_id: &str,
+        slot_id: &str,
+    ) -> Result<(), CallError> {
         let url = format!("{hostd_url}/v1/slots/{slot_id}");
         let resp = self
             .http
             .delete(&url)
-            .bearer_auth(&self.host_token)
+            .bearer_auth(berth_wire::host_token(&self.host_secret, host_id))
             .send()
             .await
             .map_err(|source| CallError::Transport {

@@ -47,7 +47,8 @@ pub struct Config {
     pub refill_parallelism: usize,
     /// Bearer token the backend must present; `None` leaves the API open (local use).
     pub api_token: Option<String>,
-    /// Token shared with hostd: hostd presents it on heartbeats, we on slot calls.
+    /// The fleet's host secret. Each host's token is [`berth_wire::host_token`] of it
+    /// and the host id: hosts present theirs on heartbeats, we present it on slot calls.
     pub host_token: String,
 }
 
@@ -208,6 +209,7 @@ impl Scheduler {
             .clients
             .create_slot(
                 &hostd_url,
+                &host,
                 &CreateSlot {
                     slot_id: slot_id.clone(),
                     template: template.into(),
@@ -253,7 +255,12 @@ impl Scheduler {
     async fn discard_slot(&self, host_id: &str, slot_id: &str) {
         match self.hostd_url(host_id).await {
             Ok(Some(url)) => {
-                if let Err(e) = self.inner.clients.destroy_slot(&url, slot_id).await {
+                if let Err(e) = self
+                    .inner
+                    .clients
+                    .destroy_slot(&url, host_id, slot_id)
+                    .await
+                {
                     tracing::warn!(%host_id, %slot_id, error = %e, "could not destroy slot");
                 }
             }

@@ -13,6 +13,8 @@ pub struct LocalBerth {
     pub api: String,
     pub hostd_url: String,
     pub host_id: String,
+    /// The fleet's host secret (each host's token is derived from it and its id).
+    pub host_secret: String,
     pub scheduler: Scheduler,
     pub http: reqwest::Client,
     config: Config,
@@ -98,7 +100,7 @@ impl LocalBerth {
         };
         let config = Config {
             pools: [("default".to_owned(), opts.pool)].into(),
-            host_token,
+            host_token: host_token.clone(),
             ..Config::default()
         };
         let store = match &opts.state_url {
@@ -130,6 +132,7 @@ impl LocalBerth {
             api,
             hostd_url,
             host_id,
+            host_secret: host_token,
             scheduler,
             config,
             state_url: opts.state_url,

@@ -563,3 +563,61 @@ async fn a_restarted_hostd_finds_its_slots_and_reverifies_their_rules() {
     assert!(String::from_utf8_lossy(&saved.stdout).contains("-A OUTPUT -j BERTH-EGRESS"));
     second.runtime().destroy_all().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_token_is_good_for_its_own_host_only() {
+    let berth = LocalBerth::start(0).await;
+    let own = berth_wire::host_token(&berth.host_secret, &berth.host_id);
+    let report = status(&berth).await;
+    let post = |host: String, token: String, body: Value| {
+        let http = berth.http.clone();
+        let api = berth.api.clone();
+        async move {
+            http.post(format!("{api}/v1/hosts/{host}/report"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        post(berth.host_id.clone(), own.clone(), report.clone()).await,
+        204
+    );
+    // This host's token cannot speak for another host, nor can the fleet secret.
+    let mut other = report.clone();
+    other["host_id"] = "someone-else".into();
+    assert_eq!(
+        post("someone-else".into(), own.clone(), other.clone()).await,
+        401
+    );
+    assert_eq!(
+        post("someone-else".into(), berth.host_secret.clone(), other).await,
+        401
+    );
+    assert_eq!(
+        post(berth.host_id.clone(), berth.host_secret.clone(), report).await,
+        401
+    );
+
+    // hostd's slot API takes only its own token.
+    let delete = |token: String| {
+        let http = berth.http.clone();
+        let url = format!("{}/v1/slots/none-such", berth.hostd_url);
+        async move {
+            http.delete(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let elsewhere = berth_wire::host_token(&berth.host_secret, "someone-else");
+    assert_eq!(delete(elsewhere).await, 401);
+    assert_eq!(delete(berth.host_secret.clone()).await, 401);
+    assert_eq!(delete(own).await, 200);
+    berth.stop().await;
+}
