@@ -29,6 +29,9 @@ pub enum AgentError {
     /// Missing, malformed or wrong bearer token, or the workspace is not claimed.
     #[error("missing, malformed or wrong bearer token")]
     Unauthorized,
+    /// `POST /v1/claim` without the slot's claim secret, or with a wrong one.
+    #[error("the claim does not carry this slot's claim secret")]
+    ClaimRefused,
     /// `POST /v1/claim` after the workspace was claimed.
     #[error("workspace is already claimed")]
     AlreadyClaimed,
@@ -99,6 +102,7 @@ impl AgentError {
             E::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
             E::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             E::AlreadyClaimed => (StatusCode::CONFLICT, "already_claimed"),
+            E::ClaimRefused => (StatusCode::FORBIDDEN, "claim_refused"),
             E::CommandNotFound { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "command_not_found"),
             E::CommandNotExecutable { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "command_not_executable")

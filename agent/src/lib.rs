@@ -59,6 +59,11 @@ pub struct Config {
     /// Environment every command starts with, before the claim's and the request's
     /// (the proxy settings hostd gives the container: see [`PASSED_ENV`]).
     pub base_env: BTreeMap<String, String>,
+    /// SHA-256 of the slot's claim secret (hostd sets `BERTH_CLAIM_SECRET_SHA256`):
+    /// a claim must carry the secret. Only the hash is here, so workspace code that
+    /// reads the agent's environment learns nothing it could claim with; `None`
+    /// (an agent run by hand) accepts the first claim.
+    pub claim_secret_sha256: Option<[u8; 32]>,
 }
 
 /// Variables of the agent's own environment that every command inherits: where the
@@ -82,6 +87,7 @@ impl Default for Config {
             max_list_entries: 10_000,
             max_commands: 64,
             base_env: BTreeMap::new(),
+            claim_secret_sha256: None,
         }
     }
 }
@@ -316,6 +322,14 @@ async fn claim(
     body: Body,
 ) -> Result<Response, AgentError> {
     let req: ClaimRequest = state.read_json(&headers, body).await?;
+    if let Some(want) = &state.inner.config.claim_secret_sha256 {
+        let given = req.claim_secret.as_deref().unwrap_or("");
+        let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        if given.is_empty() || !constant_time_eq(&got, want) {
+            tracing::warn!("claim refused: missing or wrong claim secret");
+            return Err(AgentError::ClaimRefused);
+        }
+    }
     if req.token.len() < 16 {
         return Err(AgentError::InvalidField {
             field: "token",
@@ -448,5 +462,39 @@ mod tests {
         );
         assert!(state.authorize(&h).is_ok());
         assert!(state.activity().last_request_ms.is_some());
+    }
+
+    async fn claim_with(state: &AgentState, secret: Option<&str>) -> Result<Response, AgentError> {
+        let body = serde_json::json!({
+            "workspace_id": "w1",
+            "token": "0123456789abcdef",
+            "claim_secret": secret,
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        claim(State(state.clone()), headers, Body::from(body.to_string())).await
+    }
+
+    #[tokio::test]
+    async fn a_claim_needs_the_slots_secret_when_one_is_set() {
+        let state = AgentState::new(Config {
+            claim_secret_sha256: Some(Sha256::digest(b"the-slot-secret").into()),
+            ..Config::default()
+        });
+        assert!(matches!(
+            claim_with(&state, None).await,
+            Err(AgentError::ClaimRefused)
+        ));
+        assert!(matches!(
+            claim_with(&state, Some("")).await,
+            Err(AgentError::ClaimRefused)
+        ));
+        assert!(matches!(
+            claim_with(&state, Some("the-slot-secreT")).await,
+            Err(AgentError::ClaimRefused)
+        ));
+        assert!(state.claim().is_none(), "a refused claim binds nothing");
+        assert!(claim_with(&state, Some("the-slot-secret")).await.is_ok());
+        assert_eq!(state.claim().unwrap().workspace_id, "w1");
     }
 }

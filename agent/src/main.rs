@@ -37,6 +37,10 @@ struct Args {
     /// Most commands running at once.
     #[arg(long, env = "BERTH_AGENT_MAX_COMMANDS", default_value_t = 64)]
     max_commands: usize,
+    /// SHA-256 (hex) of the slot's claim secret; a claim must carry the secret.
+    /// hostd sets it on every slot. Without it the first claim is accepted.
+    #[arg(long, env = "BERTH_CLAIM_SECRET_SHA256", hide_env_values = true)]
+    claim_secret_sha256: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -56,6 +60,14 @@ async fn main() -> ExitCode {
         tracing::error!(root = %args.root.display(), "the workspace root is not a directory");
         return ExitCode::from(64);
     }
+    let claim_secret_sha256 = match args.claim_secret_sha256.as_deref().map(parse_sha256) {
+        None => None,
+        Some(Some(h)) => Some(h),
+        Some(None) => {
+            tracing::error!("BERTH_CLAIM_SECRET_SHA256 is not 64 hex digits");
+            return ExitCode::from(64);
+        }
+    };
     let mut listeners = Vec::new();
     for listen in &args.listen {
         match berth_agent::bind(listen).await {
@@ -78,6 +90,7 @@ async fn main() -> ExitCode {
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
             .collect(),
+        claim_secret_sha256,
     });
     match berth_agent::serve(listeners, state, berth_agent::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,4 +99,18 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// 64 hex digits → 32 bytes.
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
 }

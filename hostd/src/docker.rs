@@ -75,15 +75,18 @@ pub fn netns_owner(slot_id: &str) -> String {
     format!("berth-{slot_id}-proxy")
 }
 
-/// The workspace container's environment: where the agent listens, and the proxy as
-/// every ordinary tool's HTTP(S) proxy (the egress lock refuses anything else).
-pub fn workspace_env(slot_id: &str) -> Vec<String> {
+/// The workspace container's environment: where the agent listens, the hash of the
+/// slot's claim secret (workspace code can read it; only the secret itself claims),
+/// and the proxy as every ordinary tool's HTTP(S) proxy (the egress lock refuses
+/// anything else).
+pub fn workspace_env(slot_id: &str, claim_secret_sha256: &str) -> Vec<String> {
     let proxy = format!("http://127.0.0.1:{}", ports::PROXY);
     let no_proxy = "localhost,127.0.0.1,::1";
     vec![
         format!("BERTH_AGENT_LISTEN=0.0.0.0:{}", ports::AGENT),
         "BERTH_AGENT_ROOT=/workspace".into(),
         format!("BERTH_SLOT_ID={slot_id}"),
+        format!("BERTH_CLAIM_SECRET_SHA256={claim_secret_sha256}"),
         format!("HTTPS_PROXY={proxy}"),
         format!("HTTP_PROXY={proxy}"),
         format!("https_proxy={proxy}"),
@@ -196,13 +199,16 @@ impl DockerRuntime {
         &self,
         slot_id: &str,
         t: &SlotTemplate,
+        claim_secret_sha256: &str,
         lock: F,
     ) -> Result<SlotInfo, DockerError>
     where
         F: FnOnce(i64) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
-        let result = self.try_create_slot(slot_id, t, lock).await;
+        let result = self
+            .try_create_slot(slot_id, t, claim_secret_sha256, lock)
+            .await;
         if result.is_err() {
             // Leave nothing half-made behind.
             let _ = self.destroy_slot(slot_id).await;
@@ -214,6 +220,7 @@ impl DockerRuntime {
         &self,
         slot_id: &str,
         t: &SlotTemplate,
+        claim_secret_sha256: &str,
         lock: F,
     ) -> Result<SlotInfo, DockerError>
     where
@@ -303,7 +310,7 @@ impl DockerRuntime {
             image: Some(t.workspace_image.clone()),
             user: Some(format!("{0}:{0}", uids::WORKSPACE)),
             labels: Some(self.labels(slot_id, &t.name, "workspace")),
-            env: Some(workspace_env(slot_id)),
+            env: Some(workspace_env(slot_id, claim_secret_sha256)),
             host_config: Some(HostConfig {
                 network_mode: Some(format!("container:{}", created.id)),
                 cap_drop: Some(vec!["ALL".into()]),
@@ -361,6 +368,7 @@ impl DockerRuntime {
             reason: None,
             rules_verified_at_ms: None,
             created_at_ms: crate::now_ms(),
+            claim_secret: None,
         })
     }
 
@@ -514,6 +522,7 @@ impl DockerRuntime {
                         .and_then(|s| u64::try_from(s).ok())
                         .map(|s| s * 1000)
                         .unwrap_or_else(crate::now_ms),
+                    claim_secret: None,
                 })
             })
             .collect())

@@ -298,20 +298,28 @@ impl Hostd {
                     reason: None,
                     rules_verified_at_ms: None,
                     created_at_ms: now_ms(),
+                    claim_secret: None,
                 },
             );
         }
+        // The claim secret goes to the scheduler in this answer only; the agent gets
+        // its hash; hostd keeps neither.
+        let claim_secret = hex::encode(rand::random::<[u8; 32]>());
+        let claim_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            claim_secret.as_bytes(),
+        ));
         let enforcer = self.enforcer.clone();
         let lock = |pid| async move { enforcer.lock_slot(&Netns::of_pid(pid)).await.map(|_| ()) };
         match self
             .runtime
-            .create_slot(&req.slot_id, &template, lock)
+            .create_slot(&req.slot_id, &template, &claim_hash, lock)
             .await
         {
             Ok(mut info) => {
                 info.rules_verified_at_ms = Some(now_ms());
                 self.slots().insert(info.slot_id.clone(), info.clone());
                 tracing::info!(slot_id = %info.slot_id, agent_url = %info.agent_url, "slot ready, egress locked");
+                info.claim_secret = Some(claim_secret);
                 Ok(info)
             }
             Err(e) => {

@@ -304,6 +304,7 @@ mod tests {
                     reason: Some("egress lock cannot be proven: <x>".into()),
                     rules_verified_at_ms: Some(9_000),
                     created_at_ms: 1_000,
+                    claim_secret: None,
                 }],
                 reported_at_ms: 10_000,
                 checks: vec![

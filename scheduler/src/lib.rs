@@ -228,6 +228,7 @@ impl Scheduler {
                     host_id: info.host_id,
                     template: template.into(),
                     agent_url: info.agent_url,
+                    claim_secret: info.claim_secret.unwrap_or_default(),
                 })
             }
             Err(e) => {
@@ -379,6 +380,7 @@ impl Scheduler {
             let claim = ClaimRequest {
                 workspace_id: record.workspace.id.clone(),
                 token: record.workspace.token.clone(),
+                claim_secret: Some(slot.claim_secret.clone()).filter(|s| !s.is_empty()),
                 env: Default::default(),
             };
             if let Err(e) = self
@@ -721,6 +723,7 @@ mod tests {
                     reason: Some("egress lock cannot be proven".into()),
                     rules_verified_at_ms: None,
                     created_at_ms: 0,
+                    claim_secret: None,
                 }],
                 reported_at_ms: 0,
                 checks: Vec::new(),
@@ -736,6 +739,7 @@ mod tests {
             host_id: "h1".into(),
             template: "default".into(),
             agent_url: "http://172.18.0.2:9000".into(),
+            claim_secret: String::new(),
         }
     }
 

@@ -19,6 +19,9 @@ pub struct WarmSlot {
     pub host_id: String,
     pub template: String,
     pub agent_url: String,
+    /// What the slot's agent demands in the claim (from hostd's create answer).
+    #[serde(default)]
+    pub claim_secret: String,
 }
 
 /// Where a workspace is in its life.
@@ -342,6 +345,7 @@ mod tests {
             host_id: host.into(),
             template: "default".into(),
             agent_url: format!("http://{id}:9000"),
+            claim_secret: String::new(),
         }
     }
 

@@ -621,3 +621,49 @@ async fn a_host_token_is_good_for_its_own_host_only() {
     assert_eq!(delete(own).await, 200);
     berth.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_without_the_slots_secret_is_refused() {
+    let berth = LocalBerth::start(1).await;
+    assert!(
+        berth.wait_pool(1, Duration::from_secs(60)).await,
+        "pool never filled"
+    );
+    let s = status(&berth).await;
+    assert!(
+        !s.to_string().contains("claim_secret"),
+        "the secret is never reported: {s}"
+    );
+    let agent_url = s["slots"][0]["agent_url"].as_str().unwrap().to_owned();
+    // Someone who can reach the agent tries to bind the warm slot first.
+    for body in [
+        serde_json::json!({"workspace_id": "ws-squatter", "token": "0123456789abcdef0123"}),
+        serde_json::json!({"workspace_id": "ws-squatter", "token": "0123456789abcdef0123",
+                           "claim_secret": "0".repeat(64)}),
+    ] {
+        let resp = berth
+            .http
+            .post(format!("{agent_url}/v1/claim"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let (status, code, _) = berth_tests::agent::error_code(resp).await;
+        assert_eq!((status, code.as_str()), (403, "claim_refused"));
+    }
+    // The scheduler, which holds the secret, still hands the slot out.
+    let ws = acquire(&berth, "claim-secret").await;
+    assert_eq!(ws.workspace.agent_url, agent_url);
+    assert_eq!(ws.sh("echo mine").await.stdout_text(), "mine\n");
+    // Inside, only the secret's hash is visible.
+    let env = ws
+        .sh("tr '\\0' '\\n' < /proc/1/environ")
+        .await
+        .stdout_text();
+    let hash = env
+        .lines()
+        .find_map(|l| l.strip_prefix("BERTH_CLAIM_SECRET_SHA256="))
+        .expect("the agent was given the hash");
+    assert_eq!(hash.len(), 64);
+    berth.stop().await;
+}

@@ -38,6 +38,7 @@ fn slot(id: &str, host: &str) -> WarmSlot {
         host_id: host.into(),
         template: "default".into(),
         agent_url: format!("http://{id}:9000"),
+        claim_secret: String::new(),
     }
 }
 

@@ -264,6 +264,10 @@ pub struct SlotInfo {
     /// Unix milliseconds when hostd first saw the slot.
     #[serde(default)]
     pub created_at_ms: u64,
+    /// The slot's claim secret: only in hostd's answer to the `POST /v1/slots` that
+    /// made it (the scheduler keeps it with the warm slot), never in a report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_secret: Option<String>,
 }
 
 // === workspace-agent API ===
@@ -274,6 +278,10 @@ pub struct SlotInfo {
 pub struct ClaimRequest {
     pub workspace_id: String,
     pub token: String,
+    /// The slot's claim secret, which hostd gave the scheduler when it made the
+    /// slot; the agent holds only its SHA-256 and refuses a claim without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_secret: Option<String>,
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
 }
