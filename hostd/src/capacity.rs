@@ -22,6 +22,52 @@ pub fn trunk_branch_limit(instance_type: &str) -> Option<u32> {
     }
 }
 
+/// Where a host's branch limit came from; reported so nobody mistakes a guess for
+/// a fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchSource {
+    /// `--branch-limit` / `BERTH_BRANCH_LIMIT`.
+    Configured,
+    /// AWS's ENI-trunking table for the instance type.
+    Table,
+    /// The docker runtime on a machine that is not an EC2 instance (`local`).
+    Local,
+    /// An instance type not in the table: a conservative default, with a warning.
+    Unknown,
+}
+
+impl BranchSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BranchSource::Configured => "configured",
+            BranchSource::Table => "eni-trunking table",
+            BranchSource::Local => "local machine",
+            BranchSource::Unknown => "unknown instance type: conservative default",
+        }
+    }
+}
+
+/// Slots a `local` (docker runtime, not EC2) machine may run unless configured.
+pub const LOCAL_BRANCH_LIMIT: u32 = 400;
+/// awsvpc tasks assumed for an instance type not in the table: the fewest any type
+/// in it runs without trunking, so placement never overfills an unknown host.
+pub const UNKNOWN_BRANCH_LIMIT: u32 = 2;
+
+/// The branch limit and where it came from: the configured value, else the table,
+/// else the local default for `local`, else [`UNKNOWN_BRANCH_LIMIT`].
+pub fn branch_limit(instance_type: &str, configured: Option<u32>) -> (u32, BranchSource) {
+    if let Some(n) = configured {
+        return (n, BranchSource::Configured);
+    }
+    if let Some(n) = trunk_branch_limit(instance_type) {
+        return (n, BranchSource::Table);
+    }
+    if instance_type == "local" {
+        return (LOCAL_BRANCH_LIMIT, BranchSource::Local);
+    }
+    (UNKNOWN_BRANCH_LIMIT, BranchSource::Unknown)
+}
+
 /// Total memory of this machine in MiB, from `/proc/meminfo`.
 pub fn memory_total_mib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -51,6 +97,20 @@ mod tests {
         assert_eq!(trunk_branch_limit("r6i.4xlarge"), Some(60));
         assert_eq!(trunk_branch_limit("t3.micro"), None);
         assert_eq!(trunk_branch_limit("c6i"), None);
+    }
+
+    #[test]
+    fn an_unknown_type_gets_a_conservative_limit_and_says_so() {
+        assert_eq!(branch_limit("c6i.xlarge", None), (20, BranchSource::Table));
+        assert_eq!(
+            branch_limit("c6i.xlarge", Some(7)),
+            (7, BranchSource::Configured)
+        );
+        assert_eq!(
+            branch_limit("local", None),
+            (LOCAL_BRANCH_LIMIT, BranchSource::Local)
+        );
+        assert_eq!(branch_limit("c7g.large", None), (2, BranchSource::Unknown));
     }
 
     #[test]

@@ -27,9 +27,12 @@ pub struct SlotTemplate {
     pub name: String,
     pub workspace_image: String,
     pub proxy_image: String,
-    /// Hard memory limit of the workspace container.
+    /// Hard memory limit of the workspace container (the proxy's is
+    /// [`PROXY_MEMORY_LIMIT_MIB`]).
     pub memory_limit_mib: u64,
-    /// Memory the scheduler reserves for the slot when it places one.
+    /// Memory the scheduler reserves for the whole slot (both containers) when it
+    /// places one, like ECS's `memoryReservation`: what an idle slot uses, so warm
+    /// pools pack densely; the limits are what a busy one may grow to.
     pub memory_reservation_mib: u64,
     pub pids_limit: i64,
     /// Size of the writable `/workspace` tmpfs.
@@ -67,6 +70,14 @@ pub enum DockerError {
     BadProfile { template: String, reason: String },
     #[error("cannot install hostd's own seccomp filter: {0}")]
     SelfSeccomp(#[source] berth_seccomp::hostd::HostdFilterError),
+}
+
+/// Memory limit of every slot's proxy container.
+pub const PROXY_MEMORY_LIMIT_MIB: i64 = 64;
+
+/// What a slot of template `t` may grow to: the workspace's limit and the proxy's.
+pub fn slot_memory_limit_mib(t: &SlotTemplate) -> u64 {
+    t.memory_limit_mib + PROXY_MEMORY_LIMIT_MIB.unsigned_abs()
 }
 
 /// The container whose first process owns a slot's network namespace: the proxy,
@@ -244,7 +255,7 @@ impl DockerRuntime {
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges:true".into()]),
                 readonly_rootfs: Some(true),
-                memory: Some(64 * 1024 * 1024),
+                memory: Some(PROXY_MEMORY_LIMIT_MIB * 1024 * 1024),
                 pids_limit: Some(64),
                 ..Default::default()
             }),
@@ -365,6 +376,7 @@ impl DockerRuntime {
             agent_url,
             state: SlotState::Ready,
             memory_mib: t.memory_reservation_mib,
+            memory_limit_mib: slot_memory_limit_mib(t),
             reason: None,
             rules_verified_at_ms: None,
             created_at_ms: crate::now_ms(),
@@ -514,7 +526,9 @@ impl DockerRuntime {
                     host_id: self.host_id.clone(),
                     agent_url: format!("http://{ip}:{}", ports::AGENT),
                     state: SlotState::Starting,
+                    // Filled from the template by hostd, which knows the templates.
                     memory_mib: 0,
+                    memory_limit_mib: 0,
                     reason: Some("found after a hostd restart; rules not yet re-verified".into()),
                     rules_verified_at_ms: None,
                     created_at_ms: c

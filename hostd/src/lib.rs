@@ -71,6 +71,10 @@ pub struct Config {
     pub instance_type: String,
     /// Maximum slots (docker runtime) or awsvpc tasks (ECS runtime) on this host.
     pub branch_limit: u32,
+    /// Where `branch_limit` came from, reported with it.
+    pub branch_limit_source: capacity::BranchSource,
+    /// Memory kept for the system, not offered to slots.
+    pub memory_system_mib: u64,
     /// URL the scheduler should use to call this hostd.
     pub advertise_url: String,
     /// Scheduler base URL for heartbeats; `None` runs standalone.
@@ -161,7 +165,16 @@ impl Hostd {
                 "rebuilt slot inventory from Docker labels"
             );
         }
-        let slots = found.into_iter().map(|s| (s.slot_id.clone(), s)).collect();
+        let slots = found
+            .into_iter()
+            .map(|mut s| {
+                if let Some(t) = config.templates.iter().find(|t| t.name == s.template) {
+                    s.memory_mib = t.memory_reservation_mib;
+                    s.memory_limit_mib = docker::slot_memory_limit_mib(t);
+                }
+                (s.slot_id.clone(), s)
+            })
+            .collect();
         // From here on hostd holds its own token only, not the fleet's secret.
         let mut config = config;
         config.token = berth_wire::host_token(&config.token, &config.host_id);
@@ -238,9 +251,12 @@ impl Hostd {
             hostd_url: self.config.advertise_url.clone(),
             instance_type: self.config.instance_type.clone(),
             branch_limit: self.config.branch_limit,
+            branch_limit_source: self.config.branch_limit_source.as_str().to_owned(),
             branches_used: u32::try_from(slots.len()).unwrap_or(u32::MAX),
             memory_total_mib: capacity::memory_total_mib(),
+            memory_system_mib: self.config.memory_system_mib,
             memory_reserved_mib: slots.iter().map(|s| s.memory_mib).sum(),
+            memory_limit_total_mib: slots.iter().map(|s| s.memory_limit_mib).sum(),
             draining: false,
             // No check has run yet: nothing is proven, so not compliant.
             compliant: !checks.is_empty() && checks.iter().all(|c| c.ok),
@@ -295,6 +311,7 @@ impl Hostd {
                     agent_url: String::new(),
                     state: SlotState::Starting,
                     memory_mib: template.memory_reservation_mib,
+                    memory_limit_mib: docker::slot_memory_limit_mib(&template),
                     reason: None,
                     rules_verified_at_ms: None,
                     created_at_ms: now_ms(),

@@ -21,7 +21,7 @@ struct Args {
     #[arg(long, env = "BERTH_INSTANCE_TYPE", default_value = "local")]
     instance_type: String,
     /// Slots this host may run; defaults to the ENI-trunk table for the instance type,
-    /// or 400 for a local machine.
+    /// 400 for a `local` machine, and 2 (with a warning) for a type not in the table.
     #[arg(long, env = "BERTH_BRANCH_LIMIT")]
     branch_limit: Option<u32>,
     /// URL the scheduler uses to reach this hostd (default: http://<listen>).
@@ -46,8 +46,13 @@ struct Args {
     seccomp_profile: Option<std::path::PathBuf>,
     #[arg(long, env = "BERTH_MEMORY_LIMIT_MIB", default_value_t = 512)]
     memory_limit_mib: u64,
+    /// Memory placement counts for one slot (both containers, at idle); the limits
+    /// are what a busy slot may grow to.
     #[arg(long, env = "BERTH_MEMORY_RESERVATION_MIB", default_value_t = 48)]
     memory_reservation_mib: u64,
+    /// Memory kept for the system (OS, Docker, the ECS agent, hostd), not offered to slots.
+    #[arg(long, env = "BERTH_MEMORY_SYSTEM_MIB", default_value_t = 512)]
+    memory_system_mib: u64,
     #[arg(long, env = "BERTH_PIDS_LIMIT", default_value_t = 256)]
     pids_limit: i64,
     #[arg(long, env = "BERTH_WORKSPACE_SIZE_MIB", default_value_t = 1024)]
@@ -190,14 +195,25 @@ async fn async_main(args: Args) -> std::process::ExitCode {
         let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("local-{}", name.trim())
     });
-    let branch_limit = args
-        .branch_limit
-        .or_else(|| berth_hostd::capacity::trunk_branch_limit(&args.instance_type))
-        .unwrap_or(400);
+    let (branch_limit, branch_limit_source) =
+        berth_hostd::capacity::branch_limit(&args.instance_type, args.branch_limit);
+    if branch_limit_source == berth_hostd::capacity::BranchSource::Unknown {
+        tracing::warn!(
+            instance_type = %args.instance_type,
+            branch_limit,
+            "instance type not in the ENI-trunking table: assuming {branch_limit} awsvpc tasks; \
+             set --branch-limit to the real figure"
+        );
+    }
+    if args.memory_reservation_mib == 0 {
+        return config_error("--memory-reservation-mib must be at least 1");
+    }
     let config = berth_hostd::Config {
         host_id,
         instance_type: args.instance_type,
         branch_limit,
+        branch_limit_source,
+        memory_system_mib: args.memory_system_mib,
         advertise_url: args
             .advertise_url
             .unwrap_or_else(|| format!("http://{}", args.listen)),

@@ -112,12 +112,37 @@ pub fn page(v: &StatusView) -> String {
         Some(target) => format!("host rules applied in: {}", esc(target)),
         None => "host rules: <b>off</b> (configuration); bridge-mode metadata blocks are not managed by this hostd".to_owned(),
     };
+    let allocatable = r.memory_total_mib.saturating_sub(r.memory_system_mib);
+    let overcommit = if allocatable == 0 {
+        "no memory left for slots after the system reserve".to_owned()
+    } else {
+        format!(
+            "{:.2}× of allocatable memory",
+            r.memory_limit_total_mib as f64 / allocatable as f64
+        )
+    };
+    let capacity_note = format!(
+        "<p>branch limit: {src}{warn} · memory: {total} MiB total, {sys} MiB kept for the system, \
+         {alloc} MiB allocatable · slots reserve {res} MiB (what placement counts) and may grow to \
+         {lim} MiB together (their limits): {overcommit}</p>",
+        src = esc(&r.branch_limit_source),
+        warn = if r.branch_limit_source.starts_with("unknown") {
+            " <b class=warn>(set --branch-limit to the instance's real figure)</b>"
+        } else {
+            ""
+        },
+        total = r.memory_total_mib,
+        sys = r.memory_system_mib,
+        alloc = allocatable,
+        res = r.memory_reserved_mib,
+        lim = r.memory_limit_total_mib,
+    );
     let slots: String = r
         .slots
         .iter()
         .map(|s| {
             format!(
-                "<tr class={cls}><td>{id}</td><td>{t}</td><td>{st}</td><td>{age}</td><td>{rules}</td><td>{reason}</td><td>{url}</td></tr>",
+                "<tr class={cls}><td>{id}</td><td>{t}</td><td>{st}</td><td>{age}</td><td>{res} / {lim} MiB</td><td>{rules}</td><td>{reason}</td><td>{url}</td></tr>",
                 cls = match s.state {
                     SlotState::Ready => "ok",
                     SlotState::Starting => "",
@@ -127,6 +152,8 @@ pub fn page(v: &StatusView) -> String {
                 t = esc(&s.template),
                 st = state_name(s.state),
                 age = if s.created_at_ms == 0 { "-".into() } else { ago(now, s.created_at_ms) },
+                res = s.memory_mib,
+                lim = s.memory_limit_mib,
                 rules = s.rules_verified_at_ms.map(|t| format!("verified {}", ago(now, t))).unwrap_or_else(|| "not verified".into()),
                 reason = esc(s.reason.as_deref().unwrap_or("")),
                 url = esc(&s.agent_url),
@@ -157,15 +184,15 @@ pub fn page(v: &StatusView) -> String {
          tr.bad td{{background:#fdecea}}tr.ok td.res{{color:#1e8449}}\
          .verdict{{font-size:18px;font-weight:bold;padding:6px 10px}}.verdict.ok{{background:#e9f7ef;color:#1e8449}}.verdict.bad{{background:#fdecea;color:#c0392b}}\
          .cap{{margin:4px 0}}.cap .l{{display:inline-block;width:9em}}.bar{{display:inline-block;width:300px;height:12px;background:#eee;margin-right:8px;vertical-align:middle}}\
-         .bar span{{display:block;height:12px}}</style></head><body>\
+         .bar span{{display:block;height:12px}}.warn{{color:#c0392b}}</style></head><body>\
          <h1>hostd {id}</h1>\
          <p>version {ver} · runtime {rt} · instance type {it} · API {url}</p>{verdict}\
-         <h2>Capacity</h2>{branches}{memory}\
+         <h2>Capacity</h2>{branches}{memory}{capacity_note}\
          <h2>Checks</h2><table><tr><th>check</th><th>result</th><th>detail</th><th>last run</th></tr>{checks}</table>\
          <p>egress lock: workspace uid {wu} reaches loopback only; proxy uid {pu} may go out; \
          ECS credential endpoint for the proxy: {cred} · {host_rules}</p>\
          <h2>Slots ({n})</h2><table><tr><th>slot</th><th>template</th><th>state</th><th>age</th>\
-         <th>egress rules</th><th>reason</th><th>agent</th></tr>{slots}</table>\
+         <th>memory reserved / limit</th><th>egress rules</th><th>reason</th><th>agent</th></tr>{slots}</table>\
          <h2>Last events</h2><table><tr><th>when</th><th>kind</th><th>subject</th><th>what</th></tr>{events}</table>\
          </body></html>",
         id = esc(&r.host_id),
@@ -182,7 +209,7 @@ pub fn page(v: &StatusView) -> String {
         memory = bar(
             "memory reserved",
             r.memory_reserved_mib,
-            r.memory_total_mib,
+            allocatable,
             " MiB"
         ),
         wu = v.egress.workspace_uid,
@@ -218,13 +245,19 @@ pub fn metrics(r: &HostReport, counters: &BTreeMap<String, u64>) -> String {
     out.push_str(&format!(
         "# HELP berth_hostd_branch_limit Slots (awsvpc tasks) this host may run.\n# TYPE berth_hostd_branch_limit gauge\n\
          berth_hostd_branch_limit {}\n\
-         # HELP berth_hostd_memory_reserved_mib Memory reserved by slots.\n# TYPE berth_hostd_memory_reserved_mib gauge\n\
+         # HELP berth_hostd_memory_reserved_mib Memory reserved by slots (what placement counts).\n# TYPE berth_hostd_memory_reserved_mib gauge\n\
          berth_hostd_memory_reserved_mib {}\n\
+         # HELP berth_hostd_memory_limit_total_mib Sum of the slots' memory limits.\n# TYPE berth_hostd_memory_limit_total_mib gauge\n\
+         berth_hostd_memory_limit_total_mib {}\n\
+         # HELP berth_hostd_memory_allocatable_mib Memory offered to slots (total less the system reserve).\n# TYPE berth_hostd_memory_allocatable_mib gauge\n\
+         berth_hostd_memory_allocatable_mib {}\n\
          # HELP berth_hostd_compliant 1 when every policy check passes.\n# TYPE berth_hostd_compliant gauge\n\
          berth_hostd_compliant {}\n\
          # HELP berth_hostd_check_ok Each policy check's last result (1 pass, 0 fail).\n# TYPE berth_hostd_check_ok gauge\n",
         r.branch_limit,
         r.memory_reserved_mib,
+        r.memory_limit_total_mib,
+        r.memory_total_mib.saturating_sub(r.memory_system_mib),
         u8::from(r.compliant),
     ));
     for c in &r.checks {
@@ -289,9 +322,12 @@ mod tests {
                 hostd_url: "http://127.0.0.1:7701".into(),
                 instance_type: "local".into(),
                 branch_limit: 10,
+                branch_limit_source: "unknown instance type: conservative default".into(),
                 branches_used: 2,
                 memory_total_mib: 1000,
+                memory_system_mib: 200,
                 memory_reserved_mib: 64,
+                memory_limit_total_mib: 1200,
                 draining: false,
                 compliant: false,
                 slots: vec![SlotInfo {
@@ -301,6 +337,7 @@ mod tests {
                     agent_url: "http://172.18.0.2:9000".into(),
                     state: SlotState::Withdrawn,
                     memory_mib: 32,
+                    memory_limit_mib: 320,
                     reason: Some("egress lock cannot be proven: <x>".into()),
                     rules_verified_at_ms: Some(9_000),
                     created_at_ms: 1_000,
@@ -349,7 +386,18 @@ mod tests {
         assert!(html.contains("<td class=res>FAIL</td><td>1 of 1 slots withdrawn</td>"));
         assert!(html.contains("hostd h&lt;1&gt;"));
         assert!(html.contains("egress lock cannot be proven: &lt;x&gt;"));
-        assert!(html.contains("<td>withdrawn</td><td>9 s ago</td><td>verified 1 s ago</td>"));
+        assert!(
+            html.contains(
+                "<td>withdrawn</td><td>9 s ago</td><td>32 / 320 MiB</td><td>verified 1 s ago</td>"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains("800 MiB allocatable") && html.contains("1.50× of allocatable memory"),
+            "{html}"
+        );
+        assert!(html.contains("set --branch-limit"));
+        assert!(html.contains("64 of 800 MiB (8%)"));
         assert!(html.contains("host rules: <b>off</b>"));
         assert!(html.contains("2 of 10 (20%)"));
     }
@@ -362,6 +410,8 @@ mod tests {
         assert!(m.contains("berth_hostd_audit_failures_total{check=\"no_cap_add\"} 1\n"));
         assert!(m.contains("berth_hostd_slots{state=\"withdrawn\"} 1\n"));
         assert!(m.contains("berth_hostd_compliant 0\n"));
+        assert!(m.contains("berth_hostd_memory_limit_total_mib 1200\n"));
+        assert!(m.contains("berth_hostd_memory_allocatable_mib 800\n"));
     }
 
     #[test]

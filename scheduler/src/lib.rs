@@ -182,9 +182,9 @@ impl Scheduler {
                     compliant: r.compliant,
                     draining: h.draining || r.draining,
                     branches_free: r.branch_limit.saturating_sub(r.branches_used + pending),
-                    memory_free_mib: r
-                        .memory_total_mib
-                        .saturating_sub(r.memory_reserved_mib + u64::from(pending) * per_slot),
+                    memory_free_mib: r.memory_total_mib.saturating_sub(
+                        r.memory_system_mib + r.memory_reserved_mib + u64::from(pending) * per_slot,
+                    ),
                 }
             })
             .collect()
@@ -708,9 +708,12 @@ mod tests {
                 hostd_url: "http://127.0.0.1:1".into(),
                 instance_type: "local".into(),
                 branch_limit: 4,
+                branch_limit_source: "configured".into(),
                 branches_used: 1,
                 memory_total_mib: 1024,
+                memory_system_mib: 512,
                 memory_reserved_mib: 32,
+                memory_limit_total_mib: 320,
                 draining: false,
                 compliant: true,
                 slots: vec![SlotInfo {
@@ -720,6 +723,7 @@ mod tests {
                     agent_url: "http://172.18.0.2:9000".into(),
                     state,
                     memory_mib: 32,
+                    memory_limit_mib: 320,
                     reason: Some("egress lock cannot be proven".into()),
                     rules_verified_at_ms: None,
                     created_at_ms: 0,
@@ -752,6 +756,14 @@ mod tests {
             "{why}"
         );
         assert!(not_ready_reason(&[host_with("s1", SlotState::Unhealthy)], &warm("s1")).is_some());
+    }
+
+    #[test]
+    fn placement_offers_only_memory_beyond_the_system_reserve() {
+        let s = Scheduler::new(Config::default(), Store::memory());
+        let views = s.views_of(&[host_with("s1", SlotState::Ready)]);
+        // 1024 total - 512 for the system - 32 reserved by the one slot.
+        assert_eq!(views[0].memory_free_mib, 480);
     }
 
     #[test]

@@ -70,6 +70,8 @@ impl LocalBerth {
             host_id: host_id.clone(),
             instance_type: "local".into(),
             branch_limit: opts.branch_limit,
+            branch_limit_source: berth_hostd::capacity::BranchSource::Configured,
+            memory_system_mib: 512,
             advertise_url: hostd_url.clone(),
             scheduler_url: Some(api.clone()),
             token: host_token.clone(),

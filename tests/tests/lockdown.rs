@@ -491,6 +491,8 @@ async fn a_restarted_hostd_finds_its_slots_and_reverifies_their_rules() {
         host_id: host_id.clone(),
         instance_type: "local".into(),
         branch_limit: 4,
+        branch_limit_source: berth_hostd::capacity::BranchSource::Configured,
+        memory_system_mib: 512,
         advertise_url: "http://127.0.0.1:1".into(),
         scheduler_url: None,
         token: "0123456789abcdef0123".into(),
@@ -552,6 +554,16 @@ async fn a_restarted_hostd_finds_its_slots_and_reverifies_their_rules() {
     assert_eq!(found.slot_id, slot.slot_id);
     assert_eq!(found.state, berth_wire::SlotState::Ready, "{found:?}");
     assert!(found.rules_verified_at_ms.is_some());
+    // Its memory is counted again from its template: reservation, and both limits.
+    assert_eq!((found.memory_mib, found.memory_limit_mib), (16, 128 + 64));
+    assert_eq!(
+        (
+            report.memory_reserved_mib,
+            report.memory_limit_total_mib,
+            report.memory_system_mib
+        ),
+        (16, 192, 512)
+    );
     let ev = second.journal().events();
     assert!(
         ev.iter()

@@ -189,8 +189,21 @@ pub struct HostReport {
     /// awsvpc tasks the host can run (ENI-trunk branches); docker runtime: slot limit.
     pub branch_limit: u32,
     pub branches_used: u32,
+    /// Where `branch_limit` came from (`eni-trunking table`, `configured`, …).
+    #[serde(default)]
+    pub branch_limit_source: String,
+    /// The machine's memory.
     pub memory_total_mib: u64,
+    /// Memory kept for the system (the OS, Docker, the ECS agent, hostd); placement
+    /// may use `memory_total_mib - memory_system_mib`.
+    #[serde(default)]
+    pub memory_system_mib: u64,
+    /// Sum of the slots' reservations: what placement counts.
     pub memory_reserved_mib: u64,
+    /// Sum of the slots' limits: what they may grow to (the overcommit is this over
+    /// `memory_total_mib - memory_system_mib`).
+    #[serde(default)]
+    pub memory_limit_total_mib: u64,
     pub draining: bool,
     /// Every host check in [`HostReport::checks`] passes.
     pub compliant: bool,
@@ -254,7 +267,11 @@ pub struct SlotInfo {
     pub host_id: String,
     pub agent_url: String,
     pub state: SlotState,
+    /// Memory reserved for the slot (both containers): what placement counts.
     pub memory_mib: u64,
+    /// Memory the slot's containers may grow to, together.
+    #[serde(default)]
+    pub memory_limit_mib: u64,
     /// Why the slot is not ready, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
