@@ -322,14 +322,6 @@ async fn claim(
     body: Body,
 ) -> Result<Response, AgentError> {
     let req: ClaimRequest = state.read_json(&headers, body).await?;
-    if let Some(want) = &state.inner.config.claim_secret_sha256 {
-        let given = req.claim_secret.as_deref().unwrap_or("");
-        let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-        if given.is_empty() || !constant_time_eq(&got, want) {
-            tracing::warn!("claim refused: missing or wrong claim secret");
-            return Err(AgentError::ClaimRefused);
-        }
-    }
     if req.token.len() < 16 {
         return Err(AgentError::InvalidField {
             field: "token",
@@ -344,7 +336,16 @@ async fn claim(
     }
     let mut slot = state.inner.claim.lock().unwrap_or_else(|e| e.into_inner());
     if slot.is_some() {
+        // Said before the secret is checked: `/health` tells anyone as much.
         return Err(AgentError::AlreadyClaimed);
+    }
+    if let Some(want) = &state.inner.config.claim_secret_sha256 {
+        let given = req.claim_secret.as_deref().unwrap_or("");
+        let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        if given.is_empty() || !constant_time_eq(&got, want) {
+            tracing::warn!("claim refused: missing or wrong claim secret");
+            return Err(AgentError::ClaimRefused);
+        }
     }
     *slot = Some(Claim {
         workspace_id: req.workspace_id.clone(),

@@ -166,6 +166,48 @@ fn seccomp_of(opts: &[String]) -> Seccomp<'_> {
     Seccomp::Daemon
 }
 
+/// Whether the Docker daemon's default seccomp profile is Berth's: `daemon.json`
+/// (its text) names a `seccomp-profile`, that file (`read` gives its text) is Berth's
+/// profile as JSON, and the running daemon reports that path in its security
+/// options (`docker info`; it reports `profile=default` or `builtin` for Docker's own).
+/// ECS tasks get the daemon's default, so on an ECS host this is the workspace's
+/// seccomp profile. `Ok` carries what was verified, `Err` what is wrong.
+pub fn daemon_seccomp(
+    daemon_json: &str,
+    read: impl Fn(&str) -> std::io::Result<String>,
+    security_options: &[String],
+    expected: &serde_json::Value,
+) -> Result<String, String> {
+    let config: serde_json::Value = serde_json::from_str(daemon_json)
+        .map_err(|e| format!("the daemon's config is not JSON: {e}"))?;
+    let path = config
+        .get("seccomp-profile")
+        .and_then(|p| p.as_str())
+        .ok_or("the daemon's config sets no seccomp-profile: containers without a profile of their own get Docker's default")?;
+    let text =
+        read(path).map_err(|e| format!("cannot read the daemon's seccomp profile {path}: {e}"))?;
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) if &v == expected => {}
+        Ok(_) => return Err(format!("{path} is not Berth's workspace profile")),
+        Err(e) => return Err(format!("{path} is not JSON: {e}")),
+    }
+    let running = security_options
+        .iter()
+        .find_map(|o| {
+            let mut fields = o.split(',');
+            (fields.next() == Some("name=seccomp"))
+                .then(|| fields.find_map(|f| f.strip_prefix("profile=")))
+                .flatten()
+        })
+        .ok_or("the running daemon reports no seccomp support")?;
+    if running != path {
+        return Err(format!(
+            "the running daemon uses seccomp profile `{running}`, not {path}: restart dockerd to load it"
+        ));
+    }
+    Ok(format!("the daemon's default profile is Berth's ({path})"))
+}
+
 /// Joins findings into one line for events and the status page.
 pub fn summary(findings: &[Finding]) -> String {
     findings
@@ -298,6 +340,34 @@ mod tests {
         assert!(audit(&c, &daemon).is_empty());
         c.security_opt.push("seccomp=unconfined".into());
         assert_eq!(audit(&c, &daemon)[0].check, "seccomp");
+    }
+
+    #[test]
+    fn the_daemon_default_profile_must_be_berths_and_loaded() {
+        let expected = profile();
+        let berth = profile().to_string();
+        let read = |p: &str| match p {
+            "/etc/docker/berth.json" => Ok(berth.clone()),
+            "/etc/docker/other.json" => Ok("{\"defaultAction\":\"SCMP_ACT_ALLOW\"}".to_owned()),
+            _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        };
+        let loaded = vec!["name=seccomp,profile=/etc/docker/berth.json".to_owned()];
+        let cfg = r#"{"seccomp-profile": "/etc/docker/berth.json"}"#;
+        assert!(daemon_seccomp(cfg, read, &loaded, &expected).is_ok());
+        let err =
+            |cfg: &str, opts: &[String]| daemon_seccomp(cfg, read, opts, &expected).unwrap_err();
+        assert!(err("{}", &loaded).contains("sets no seccomp-profile"));
+        assert!(
+            err(r#"{"seccomp-profile": "/etc/docker/other.json"}"#, &loaded)
+                .contains("is not Berth's")
+        );
+        assert!(err(r#"{"seccomp-profile": "/nope.json"}"#, &loaded).contains("cannot read"));
+        assert!(
+            err(cfg, &["name=seccomp,profile=default".to_owned()])
+                .contains("uses seccomp profile `default`")
+        );
+        assert!(err(cfg, &["name=apparmor".to_owned()]).contains("no seccomp support"));
+        assert!(err("not json", &loaded).contains("not JSON"));
     }
 
     #[test]

@@ -342,6 +342,29 @@ impl Enforcer {
         }
     }
 
+    /// Checks that the Docker daemon configured by `daemon_json` runs Berth's
+    /// workspace profile as its default (see [`audit::daemon_seccomp`]).
+    pub async fn check_daemon_seccomp(&self, daemon_json: &std::path::Path) -> PolicyCheck {
+        let expected: serde_json::Value =
+            serde_json::from_str(berth_seccomp::WORKSPACE_PROFILE_JSON).unwrap_or_default();
+        let verdict = match std::fs::read_to_string(daemon_json) {
+            Err(e) => Err(format!("cannot read {}: {e}", daemon_json.display())),
+            Ok(text) => match self.privileged.daemon_security_options().await {
+                Err(e) => Err(e.to_string()),
+                Ok(options) => audit::daemon_seccomp(
+                    &text,
+                    |p| std::fs::read_to_string(p),
+                    &options,
+                    &expected,
+                ),
+            },
+        };
+        match verdict {
+            Ok(detail) => self.check("daemon_seccomp", true, detail),
+            Err(detail) => self.check("daemon_seccomp", false, detail),
+        }
+    }
+
     /// A check result, counted when failing.
     pub fn check(&self, name: &str, ok: bool, detail: String) -> PolicyCheck {
         if !ok {
@@ -534,6 +557,31 @@ mod tests {
             })
             .await;
         assert!(again.stopped.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_daemon_profile_check_reads_the_config_and_the_running_daemon() {
+        let dir = std::env::temp_dir().join(format!("berth-daemon-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let profile = dir.join("workspace.json");
+        std::fs::write(&profile, berth_seccomp::WORKSPACE_PROFILE_JSON).unwrap();
+        let config = dir.join("daemon.json");
+        std::fs::write(
+            &config,
+            serde_json::json!({"seccomp-profile": profile}).to_string(),
+        )
+        .unwrap();
+        let p = RecordingPrivileged::new();
+        let e = enforcer(&p);
+        p.set_security_options(&["name=seccomp,profile=default"]);
+        let c = e.check_daemon_seccomp(&config).await;
+        assert!(!c.ok && c.detail.contains("restart dockerd"), "{c:?}");
+        p.set_security_options(&[&format!("name=seccomp,profile={}", profile.display())]);
+        let c = e.check_daemon_seccomp(&config).await;
+        assert!(c.ok, "{c:?}");
+        let c = e.check_daemon_seccomp(&dir.join("missing.json")).await;
+        assert!(!c.ok && c.detail.starts_with("cannot read"), "{c:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

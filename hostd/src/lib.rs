@@ -98,6 +98,10 @@ pub struct Config {
     pub egress: EgressPolicy,
     /// Period of the enforcement pass.
     pub check_every: Duration,
+    /// The Docker daemon's config file, where the host image makes Berth's profile
+    /// the daemon's default (ECS tasks get it): checked each pass; `None`: not
+    /// checked (the docker runtime gives every workspace its profile itself).
+    pub daemon_seccomp: Option<std::path::PathBuf>,
 }
 
 /// Errors of hostd's HTTP API, each with one status and one stable code.
@@ -478,6 +482,10 @@ impl Hostd {
             }
         }
         self.record_checks([audited.check]);
+        if let Some(path) = &self.config.daemon_seccomp {
+            let check = self.enforcer.check_daemon_seccomp(path).await;
+            self.record_checks([check]);
+        }
         self.check_slot_rules(&audited.pids).await;
     }
 

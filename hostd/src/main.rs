@@ -76,6 +76,11 @@ struct Args {
     /// Seconds between enforcement passes (rules read back, containers audited).
     #[arg(long, env = "BERTH_CHECK_EVERY_SECS", default_value_t = berth_hostd::CHECK_EVERY.as_secs())]
     check_every_secs: u64,
+    /// The Docker daemon's config file (e.g. /etc/docker/daemon.json) whose
+    /// `seccomp-profile` must be Berth's workspace profile and loaded: checked every
+    /// pass. The host image sets it; unset, the check is not made.
+    #[arg(long, env = "BERTH_CHECK_DAEMON_SECCOMP")]
+    check_daemon_seccomp: Option<std::path::PathBuf>,
     /// Keep every capability hostd started with (debugging only); by default all but
     /// CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN and CAP_SYS_PTRACE are dropped at start.
     #[arg(long)]
@@ -238,6 +243,7 @@ async fn async_main(args: Args) -> std::process::ExitCode {
             ..berth_hostd::EgressPolicy::default()
         },
         check_every: std::time::Duration::from_secs(args.check_every_secs),
+        daemon_seccomp: args.check_daemon_seccomp,
     };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,

@@ -193,6 +193,9 @@ pub trait Privileged: Send + Sync + 'static {
 
     /// Stops a container (a short grace, then SIGKILL).
     fn stop_container<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), PrivError>>;
+
+    /// The engine's security options (`docker info`), e.g. `name=seccomp,profile=…`.
+    fn daemon_security_options(&self) -> BoxFuture<'_, Result<Vec<String>, PrivError>>;
 }
 
 // === impl HostPrivileged ===
@@ -395,6 +398,17 @@ impl Privileged for HostPrivileged {
             }
         })
     }
+
+    fn daemon_security_options(&self) -> BoxFuture<'_, Result<Vec<String>, PrivError>> {
+        Box::pin(async move {
+            let info = self.docker.info().await.map_err(|e| PrivError::Docker {
+                op: "info",
+                id: "-".into(),
+                reason: e.to_string(),
+            })?;
+            Ok(info.security_options.unwrap_or_default())
+        })
+    }
 }
 
 /// A 404 is the container being gone; anything else keeps the engine's words.
@@ -537,6 +551,7 @@ struct Recorded {
     routes: BTreeMap<Netns, Vec<Route>>,
     /// Namespaces whose apply fails (a namespace that vanished, a broken iptables).
     failing: std::collections::BTreeSet<Netns>,
+    security_options: Vec<String>,
 }
 
 /// A fake that records every call and keeps a model of the rules it was given, for
@@ -590,6 +605,10 @@ impl RecordingPrivileged {
 
     pub fn set_routes(&self, netns: &Netns, routes: Vec<Route>) {
         self.lock().routes.insert(netns.clone(), routes);
+    }
+
+    pub fn set_security_options(&self, options: &[&str]) {
+        self.lock().security_options = options.iter().map(|o| (*o).to_owned()).collect();
     }
 
     pub fn fail_apply_in(&self, netns: &Netns) {
@@ -740,6 +759,10 @@ impl Privileged for RecordingPrivileged {
                 None => Err(PrivError::NoSuchContainer { id: id.into() }),
             }
         })
+    }
+
+    fn daemon_security_options(&self) -> BoxFuture<'_, Result<Vec<String>, PrivError>> {
+        Box::pin(async move { Ok(self.lock().security_options.clone()) })
     }
 }
 

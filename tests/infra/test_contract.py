@@ -36,6 +36,7 @@ HOSTD_ENV = {
     "BERTH_SCHEDULER_URL",
     "BERTH_HOST_TOKEN_FILE",
     "BERTH_ECS_CLUSTER",
+    "BERTH_CHECK_DAEMON_SECCOMP",
 }
 USER_DATA = MODULES / "ecs_cluster" / "user-data.sh.tftpl"
 

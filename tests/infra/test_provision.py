@@ -191,6 +191,7 @@ def test_hostd_env_has_the_contract_and_no_secret(root):
         "BERTH_HOST_RUNTIME": "ecs",
         "BERTH_HOSTD_LISTEN": "0.0.0.0:7701",
         "BERTH_HOST_TOKEN_FILE": "/etc/berth/host-token",
+        "BERTH_CHECK_DAEMON_SECCOMP": "/etc/docker/daemon.json",
     }
     assert not (root / "etc/berth/host-token").exists(), "the host token must never be baked into the image"
 

@@ -99,6 +99,7 @@ impl LocalBerth {
             host_rules: None,
             egress: berth_hostd::EgressPolicy::default(),
             check_every: Duration::from_secs(1),
+            daemon_seccomp: None,
         };
         let config = Config {
             pools: [("default".to_owned(), opts.pool)].into(),

@@ -512,6 +512,7 @@ async fn a_restarted_hostd_finds_its_slots_and_reverifies_their_rules() {
         host_rules: None,
         egress: EgressPolicy::default(),
         check_every: Duration::from_secs(1),
+        daemon_seccomp: None,
     };
     struct Cleanup(String);
     impl Drop for Cleanup {
@@ -678,4 +679,29 @@ async fn a_claim_without_the_slots_secret_is_refused() {
         .expect("the agent was given the hash");
     assert_eq!(hash.len(), 64);
     berth.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_profile_check_reads_the_running_engine() {
+    // This machine's dockerd runs Docker's built-in default; a daemon.json naming
+    // Berth's profile is not enough until the daemon has loaded it.
+    let dir = std::env::temp_dir().join(format!("berth-daemon-real-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let profile = dir.join("workspace.json");
+    std::fs::write(&profile, berth_seccomp::WORKSPACE_PROFILE_JSON).unwrap();
+    let config = dir.join("daemon.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({"seccomp-profile": profile}).to_string(),
+    )
+    .unwrap();
+    let e = enforcer(EgressPolicy::default()).await;
+    let c = e.check_daemon_seccomp(&config).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!c.ok, "{c:?}");
+    assert!(
+        c.detail.contains("the running daemon uses seccomp profile")
+            && c.detail.contains("restart dockerd"),
+        "{c:?}"
+    );
 }
