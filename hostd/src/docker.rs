@@ -86,6 +86,11 @@ pub fn netns_owner(slot_id: &str) -> String {
     format!("berth-{slot_id}-proxy")
 }
 
+/// A slot's workspace container.
+pub fn workspace_container(slot_id: &str) -> String {
+    format!("berth-{slot_id}-ws")
+}
+
 /// The workspace container's environment: where the agent listens, the hash of the
 /// slot's claim secret (workspace code can read it; only the secret itself claims),
 /// and the proxy as every ordinary tool's HTTP(S) proxy (the egress lock refuses
@@ -354,7 +359,7 @@ impl DockerRuntime {
             .create_container(
                 Some(
                     CreateContainerOptionsBuilder::new()
-                        .name(&format!("berth-{slot_id}-ws"))
+                        .name(&workspace_container(slot_id))
                         .build(),
                 ),
                 workspace,
@@ -377,6 +382,7 @@ impl DockerRuntime {
             state: SlotState::Ready,
             memory_mib: t.memory_reservation_mib,
             memory_limit_mib: slot_memory_limit_mib(t),
+            memory_idle_mib: None,
             reason: None,
             rules_verified_at_ms: None,
             created_at_ms: crate::now_ms(),
@@ -529,6 +535,7 @@ impl DockerRuntime {
                     // Filled from the template by hostd, which knows the templates.
                     memory_mib: 0,
                     memory_limit_mib: 0,
+                    memory_idle_mib: None,
                     reason: Some("found after a hostd restart; rules not yet re-verified".into()),
                     rules_verified_at_ms: None,
                     created_at_ms: c

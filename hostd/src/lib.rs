@@ -316,6 +316,7 @@ impl Hostd {
                     state: SlotState::Starting,
                     memory_mib: template.memory_reservation_mib,
                     memory_limit_mib: docker::slot_memory_limit_mib(&template),
+                    memory_idle_mib: None,
                     reason: None,
                     rules_verified_at_ms: None,
                     created_at_ms: now_ms(),
@@ -487,6 +488,45 @@ impl Hostd {
             self.record_checks([check]);
         }
         self.check_slot_rules(&audited.pids).await;
+        self.measure_idle().await;
+    }
+
+    /// Measures once what each ready slot uses at idle (both containers), soon after
+    /// it became ready and before any claim could grow it much, so the page can say
+    /// whether the template's reservation is true.
+    async fn measure_idle(&self) {
+        let candidates: Vec<String> = self
+            .slots()
+            .values()
+            .filter(|s| s.state == SlotState::Ready && s.memory_idle_mib.is_none())
+            .map(|s| s.slot_id.clone())
+            .collect();
+        let measured: Vec<(String, Option<u64>)> = futures_util::stream::iter(candidates)
+            .map(|slot_id| async move {
+                let p = &self.enforcer.privileged;
+                let ws = p
+                    .container_memory(&docker::workspace_container(&slot_id))
+                    .await;
+                let proxy = p.container_memory(&docker::netns_owner(&slot_id)).await;
+                let mib = match (ws, proxy) {
+                    (Ok(a), Ok(b)) => Some((a + b).div_ceil(1024 * 1024)),
+                    _ => None,
+                };
+                (slot_id, mib)
+            })
+            .buffer_unordered(PROBES_AT_ONCE)
+            .collect()
+            .await;
+        let mut slots = self.slots();
+        for (slot_id, mib) in measured {
+            if let (Some(s), Some(mib)) = (slots.get_mut(&slot_id), mib) {
+                s.memory_idle_mib = Some(mib);
+                if mib > s.memory_mib {
+                    tracing::warn!(%slot_id, idle_mib = mib, reserved_mib = s.memory_mib,
+                        "slot uses more at idle than its template reserves");
+                }
+            }
+        }
     }
 
     /// Reads back every slot's egress lock, repairing drift; withdraws slots whose

@@ -196,6 +196,10 @@ pub trait Privileged: Send + Sync + 'static {
 
     /// The engine's security options (`docker info`), e.g. `name=seccomp,profile=…`.
     fn daemon_security_options(&self) -> BoxFuture<'_, Result<Vec<String>, PrivError>>;
+
+    /// Memory a running container uses now, in bytes, as `docker stats` counts it
+    /// (usage less inactive page cache).
+    fn container_memory<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<u64, PrivError>>;
 }
 
 // === impl HostPrivileged ===
@@ -409,6 +413,35 @@ impl Privileged for HostPrivileged {
             Ok(info.security_options.unwrap_or_default())
         })
     }
+
+    fn container_memory<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<u64, PrivError>> {
+        Box::pin(async move {
+            use futures_util::StreamExt;
+            let opts = bollard::query_parameters::StatsOptionsBuilder::new()
+                .stream(false)
+                .one_shot(true)
+                .build();
+            let stats = self
+                .docker
+                .stats(id, Some(opts))
+                .next()
+                .await
+                .ok_or_else(|| PrivError::NoSuchContainer { id: id.into() })?
+                .map_err(|e| docker_error("stats", id, e))?;
+            let memory = stats.memory_stats.unwrap_or_default();
+            let usage = memory.usage.unwrap_or(0);
+            let cache = memory
+                .stats
+                .as_ref()
+                .and_then(|s| {
+                    s.get("total_inactive_file")
+                        .or_else(|| s.get("inactive_file"))
+                })
+                .copied()
+                .unwrap_or(0);
+            Ok(usage.saturating_sub(cache))
+        })
+    }
 }
 
 /// A 404 is the container being gone; anything else keeps the engine's words.
@@ -552,6 +585,8 @@ struct Recorded {
     /// Namespaces whose apply fails (a namespace that vanished, a broken iptables).
     failing: std::collections::BTreeSet<Netns>,
     security_options: Vec<String>,
+    /// Bytes each container uses, by id or name.
+    memory: BTreeMap<String, u64>,
 }
 
 /// A fake that records every call and keeps a model of the rules it was given, for
@@ -605,6 +640,10 @@ impl RecordingPrivileged {
 
     pub fn set_routes(&self, netns: &Netns, routes: Vec<Route>) {
         self.lock().routes.insert(netns.clone(), routes);
+    }
+
+    pub fn set_memory(&self, id: &str, bytes: u64) {
+        self.lock().memory.insert(id.to_owned(), bytes);
     }
 
     pub fn set_security_options(&self, options: &[&str]) {
@@ -763,6 +802,16 @@ impl Privileged for RecordingPrivileged {
 
     fn daemon_security_options(&self) -> BoxFuture<'_, Result<Vec<String>, PrivError>> {
         Box::pin(async move { Ok(self.lock().security_options.clone()) })
+    }
+
+    fn container_memory<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<u64, PrivError>> {
+        Box::pin(async move {
+            self.lock()
+                .memory
+                .get(id)
+                .copied()
+                .ok_or_else(|| PrivError::NoSuchContainer { id: id.into() })
+        })
     }
 }
 

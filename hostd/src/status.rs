@@ -137,12 +137,31 @@ pub fn page(v: &StatusView) -> String {
         res = r.memory_reserved_mib,
         lim = r.memory_limit_total_mib,
     );
+    let over: Vec<_> = r
+        .slots
+        .iter()
+        .filter_map(|s| {
+            s.memory_idle_mib
+                .filter(|idle| *idle > s.memory_mib)
+                .map(|idle| (idle, s.memory_mib))
+        })
+        .collect();
+    let capacity_note = if let Some((idle, reserved)) = over.iter().max() {
+        format!(
+            "{capacity_note}<p class=warn>{} slots use more memory at idle than their template \
+             reserves (up to {idle} MiB against {reserved} MiB): placement under-counts this host; \
+             raise --memory-reservation-mib</p>",
+            over.len()
+        )
+    } else {
+        capacity_note
+    };
     let slots: String = r
         .slots
         .iter()
         .map(|s| {
             format!(
-                "<tr class={cls}><td>{id}</td><td>{t}</td><td>{st}</td><td>{age}</td><td>{res} / {lim} MiB</td><td>{rules}</td><td>{reason}</td><td>{url}</td></tr>",
+                "<tr class={cls}><td>{id}</td><td>{t}</td><td>{st}</td><td>{age}</td><td>{res} / {lim} MiB</td><td>{idle}</td><td>{rules}</td><td>{reason}</td><td>{url}</td></tr>",
                 cls = match s.state {
                     SlotState::Ready => "ok",
                     SlotState::Starting => "",
@@ -154,6 +173,7 @@ pub fn page(v: &StatusView) -> String {
                 age = if s.created_at_ms == 0 { "-".into() } else { ago(now, s.created_at_ms) },
                 res = s.memory_mib,
                 lim = s.memory_limit_mib,
+                idle = s.memory_idle_mib.map(|m| format!("{m} MiB")).unwrap_or_else(|| "-".into()),
                 rules = s.rules_verified_at_ms.map(|t| format!("verified {}", ago(now, t))).unwrap_or_else(|| "not verified".into()),
                 reason = esc(s.reason.as_deref().unwrap_or("")),
                 url = esc(&s.agent_url),
@@ -192,7 +212,7 @@ pub fn page(v: &StatusView) -> String {
          <p>egress lock: workspace uid {wu} reaches loopback only; proxy uid {pu} may go out; \
          ECS credential endpoint for the proxy: {cred} · {host_rules}</p>\
          <h2>Slots ({n})</h2><table><tr><th>slot</th><th>template</th><th>state</th><th>age</th>\
-         <th>memory reserved / limit</th><th>egress rules</th><th>reason</th><th>agent</th></tr>{slots}</table>\
+         <th>memory reserved / limit</th><th>idle use</th><th>egress rules</th><th>reason</th><th>agent</th></tr>{slots}</table>\
          <h2>Last events</h2><table><tr><th>when</th><th>kind</th><th>subject</th><th>what</th></tr>{events}</table>\
          </body></html>",
         id = esc(&r.host_id),
@@ -267,6 +287,15 @@ pub fn metrics(r: &HostReport, counters: &BTreeMap<String, u64>) -> String {
             u8::from(c.ok)
         ));
     }
+    let over = r
+        .slots
+        .iter()
+        .filter(|s| s.memory_idle_mib.is_some_and(|idle| idle > s.memory_mib))
+        .count();
+    out.push_str(&format!(
+        "# HELP berth_hostd_slots_over_reservation Slots that used more memory at idle than their template reserves.\n\
+         # TYPE berth_hostd_slots_over_reservation gauge\nberth_hostd_slots_over_reservation {over}\n"
+    ));
     out.push_str("# HELP berth_hostd_check_failures_total Failed runs of each policy check.\n# TYPE berth_hostd_check_failures_total counter\n");
     for c in &r.checks {
         let n = counters
@@ -338,6 +367,7 @@ mod tests {
                     state: SlotState::Withdrawn,
                     memory_mib: 32,
                     memory_limit_mib: 320,
+                    memory_idle_mib: Some(40),
                     reason: Some("egress lock cannot be proven: <x>".into()),
                     rules_verified_at_ms: Some(9_000),
                     created_at_ms: 1_000,
@@ -388,8 +418,12 @@ mod tests {
         assert!(html.contains("egress lock cannot be proven: &lt;x&gt;"));
         assert!(
             html.contains(
-                "<td>withdrawn</td><td>9 s ago</td><td>32 / 320 MiB</td><td>verified 1 s ago</td>"
+                "<td>withdrawn</td><td>9 s ago</td><td>32 / 320 MiB</td><td>40 MiB</td><td>verified 1 s ago</td>"
             ),
+            "{html}"
+        );
+        assert!(
+            html.contains("1 slots use more memory at idle than their template reserves (up to 40 MiB against 32 MiB)"),
             "{html}"
         );
         assert!(
@@ -412,6 +446,7 @@ mod tests {
         assert!(m.contains("berth_hostd_compliant 0\n"));
         assert!(m.contains("berth_hostd_memory_limit_total_mib 1200\n"));
         assert!(m.contains("berth_hostd_memory_allocatable_mib 800\n"));
+        assert!(m.contains("berth_hostd_slots_over_reservation 1\n"));
     }
 
     #[test]

@@ -724,6 +724,7 @@ mod tests {
                     state,
                     memory_mib: 32,
                     memory_limit_mib: 320,
+                    memory_idle_mib: None,
                     reason: Some("egress lock cannot be proven".into()),
                     rules_verified_at_ms: None,
                     created_at_ms: 0,

@@ -419,6 +419,15 @@ async fn a_real_slot_is_locked_down_and_repaired_when_flushed() {
     assert_eq!(ws.sh("echo still-here").await.stdout_text(), "still-here\n");
     let s = status(&berth).await;
     assert_eq!(s["compliant"], true, "{s}");
+    // hostd measured the slot at idle: both containers, from the engine's account.
+    let slot = &s["slots"][0];
+    let idle = slot["memory_idle_mib"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("not measured: {slot}"));
+    assert!(
+        idle > 0 && idle < slot["memory_limit_mib"].as_u64().unwrap(),
+        "{slot}"
+    );
     let metrics = hostd_text(&berth, "/metrics").await;
     assert!(
         metrics.contains("berth_hostd_rules_reapplied_total 1\n"),

@@ -272,6 +272,10 @@ pub struct SlotInfo {
     /// Memory the slot's containers may grow to, together.
     #[serde(default)]
     pub memory_limit_mib: u64,
+    /// What its two containers used together when hostd measured the slot idle,
+    /// soon after it became ready; a reservation below it under-counts the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_idle_mib: Option<u64>,
     /// Why the slot is not ready, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
