@@ -420,7 +420,13 @@ async fn a_real_slot_is_locked_down_and_repaired_when_flushed() {
     let s = status(&berth).await;
     assert_eq!(s["compliant"], true, "{s}");
     // hostd measured the slot at idle: both containers, from the engine's account.
-    let slot = &s["slots"][0];
+    // (This workspace's slot: the pool's refill may have made a newer one.)
+    let slot = s["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|sl| sl["agent_url"] == ws.workspace.agent_url.as_str())
+        .unwrap_or_else(|| panic!("the workspace's slot is not reported: {s}"));
     let idle = slot["memory_idle_mib"]
         .as_u64()
         .unwrap_or_else(|| panic!("not measured: {slot}"));
@@ -712,5 +718,48 @@ async fn the_daemon_profile_check_reads_the_running_engine() {
         c.detail.contains("the running daemon uses seccomp profile")
             && c.detail.contains("restart dockerd"),
         "{c:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ecs_credential_path_is_closed_in_input_and_restored() {
+    // ECS DNATs 169.254.170.2 to the host's 127.0.0.1:51679, where it meets INPUT.
+    let mut e = enforcer(EgressPolicy::default()).await;
+    e.host = HostPolicy {
+        block_credential_dnat: true,
+    };
+    let ns = TestNetns::new();
+    ns.exec_ok(&["iptables", "-N", "DOCKER-USER"]);
+    ns.exec_ok(&["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"]);
+    let target = Netns::Path(ns.path());
+    assert!(e.check_host_rules(&target, true).await.iter().all(|c| c.ok));
+    let v4 = ns.exec_ok(&["iptables-save", "-t", "filter"]);
+    let input: Vec<&str> = v4.lines().filter(|l| l.starts_with("-A INPUT ")).collect();
+    assert_eq!(
+        input,
+        ["-A INPUT -j BERTH-HOST-INPUT", "-A INPUT -i lo -j ACCEPT"],
+        "{v4}"
+    );
+    assert!(
+        v4.contains(
+            "-A BERTH-HOST-INPUT -d 127.0.0.1/32 ! -i lo -p tcp -m tcp --dport 51679 -j DROP"
+        ),
+        "{v4}"
+    );
+    // Someone inserts an ACCEPT above ours: the hook is no longer first, so it is
+    // put back on top.
+    ns.exec_ok(&["iptables", "-I", "INPUT", "1", "-j", "ACCEPT"]);
+    let checks = e.check_host_rules(&target, false).await;
+    assert!(checks.iter().all(|c| c.ok), "{checks:?}");
+    let v4 = ns.exec_ok(&["iptables-save", "-t", "filter"]);
+    assert!(
+        v4.contains("-A INPUT -j BERTH-HOST-INPUT\n-A INPUT -j ACCEPT\n"),
+        "{v4}"
+    );
+    assert!(
+        e.journal
+            .events()
+            .iter()
+            .any(|ev| ev.kind == "rules_reapplied")
     );
 }
