@@ -280,7 +280,8 @@ async fn drain_host(
     }
     let taken = s.store().take_warm_on_host(&id).await?;
     for slot in &taken {
-        s.discard_slot(&slot.host_id, &slot.slot_id).await;
+        s.discard_slot(&slot.host_id, &slot.slot_id, "host draining")
+            .await;
     }
     tracing::info!(host_id = %id, warm_slots_removed = taken.len(), "host draining");
     Ok(axum::Json(

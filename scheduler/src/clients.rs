@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use berth_wire::{ClaimRequest, CreateSlot, ErrorBody, SlotInfo};
+use berth_wire::{ClaimRequest, CreateSlot, ErrorBody, HostReport, SlotInfo};
 
 /// Why a call to hostd or an agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,23 @@ impl Clients {
         decode::<serde_json::Value>("hostd", url, resp)
             .await
             .map(|_| ())
+    }
+
+    /// hostd's `/status`: its report, with every slot it runs.
+    pub async fn host_status(&self, hostd_url: &str) -> Result<HostReport, CallError> {
+        let url = format!("{hostd_url}/status");
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|source| CallError::Transport {
+                what: "hostd",
+                url: url.clone(),
+                source,
+            })?;
+        decode("hostd", url, resp).await
     }
 
     /// Binds a slot's agent to a workspace and its token.

@@ -14,6 +14,7 @@ pub mod clients;
 pub mod dev;
 pub mod placement;
 pub mod redis_store;
+pub mod runtime;
 pub mod store;
 
 use std::{
@@ -25,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use berth_wire::{ClaimRequest, CreateSlot, CreateWorkspace, Source, Workspace};
+use berth_wire::{ClaimRequest, CreateWorkspace, Source, Workspace};
 use placement::{HostView, Strategy};
 use store::{Acquired, HostRecord, Store, StoreError, WarmSlot, WorkspaceRecord, WorkspaceStatus};
 
@@ -89,7 +90,10 @@ pub struct Scheduler {
 struct Inner {
     config: Config,
     store: Store,
+    /// Talks to agents (the claim).
     clients: clients::Clients,
+    /// Starts and stops slots.
+    runtime: Arc<dyn runtime::Runtime>,
     /// Slots being started by this process, per host (placement counts them as used).
     starting: Mutex<HashMap<String, u32>>,
     /// Slots being started for each pool.
@@ -103,13 +107,22 @@ struct Inner {
 pub const LEADER_LEASE: Duration = Duration::from_secs(5);
 
 impl Scheduler {
+    /// A scheduler on the docker runtime (each host's hostd makes its slots).
     pub fn new(config: Config, store: Store) -> Self {
+        let clients = clients::Clients::new(config.host_token.clone());
+        let runtime = Arc::new(runtime::HostdRuntime::new(clients.clone()));
+        Self::with_runtime(config, store, runtime)
+    }
+
+    /// A scheduler on the given runtime.
+    pub fn with_runtime(config: Config, store: Store, runtime: Arc<dyn runtime::Runtime>) -> Self {
         let clients = clients::Clients::new(config.host_token.clone());
         Self {
             inner: Arc::new(Inner {
                 config,
                 store,
                 clients,
+                runtime,
                 starting: Mutex::default(),
                 refilling: Mutex::default(),
                 counters: Counters::default(),
@@ -200,22 +213,24 @@ impl Scheduler {
             self.inner.config.strategy,
         )
         .ok_or(ApiError::NoCapacity)?;
-        let host = hosts[chosen].report.host_id.clone();
-        let hostd_url = hosts[chosen].report.hostd_url.clone();
+        let target = runtime::HostTarget {
+            host_id: hosts[chosen].report.host_id.clone(),
+            hostd_url: hosts[chosen].report.hostd_url.clone(),
+        };
+        let host = target.host_id.clone();
         let slot_id = format!("s-{}", short_id());
         self.bump_starting(&host, 1);
         let result = self
             .inner
-            .clients
-            .create_slot(
-                &hostd_url,
-                &host,
-                &CreateSlot {
-                    slot_id: slot_id.clone(),
-                    template: template.into(),
-                },
-            )
-            .await;
+            .runtime
+            .start_slots(&target, template, std::slice::from_ref(&slot_id))
+            .await
+            .pop()
+            .unwrap_or_else(|| {
+                Err(runtime::RuntimeError::Other(
+                    "the runtime started nothing".into(),
+                ))
+            });
         self.bump_starting(&host, -1);
         match result {
             Ok(info) => {
@@ -252,16 +267,15 @@ impl Scheduler {
         *n = n.saturating_add_signed(delta);
     }
 
-    /// Best-effort removal of a slot's containers.
-    async fn discard_slot(&self, host_id: &str, slot_id: &str) {
+    /// Best-effort removal of a slot, saying why.
+    async fn discard_slot(&self, host_id: &str, slot_id: &str, reason: &str) {
         match self.hostd_url(host_id).await {
             Ok(Some(url)) => {
-                if let Err(e) = self
-                    .inner
-                    .clients
-                    .destroy_slot(&url, host_id, slot_id)
-                    .await
-                {
+                let target = runtime::HostTarget {
+                    host_id: host_id.to_owned(),
+                    hostd_url: url,
+                };
+                if let Err(e) = self.inner.runtime.stop_slot(&target, slot_id, reason).await {
                     tracing::warn!(%host_id, %slot_id, error = %e, "could not destroy slot");
                 }
             }
@@ -352,7 +366,8 @@ impl Scheduler {
                             .store
                             .remove_workspace(&candidate.workspace.id)
                             .await?;
-                        self.discard_slot(&slot.host_id, &slot.slot_id).await;
+                        self.discard_slot(&slot.host_id, &slot.slot_id, "withdrawn by its host")
+                            .await;
                         continue;
                     }
                     (slot, Source::Warm)
@@ -394,7 +409,8 @@ impl Scheduler {
                     .store
                     .remove_workspace(&record.workspace.id)
                     .await?;
-                self.discard_slot(&slot.host_id, &slot.slot_id).await;
+                self.discard_slot(&slot.host_id, &slot.slot_id, "claim failed")
+                    .await;
                 warm_failures += 1;
                 if warm_failures >= 3 {
                     self.inner
@@ -430,7 +446,7 @@ impl Scheduler {
                 id: id.into(),
             })?;
         if !record.slot_id.is_empty() {
-            self.discard_slot(&record.workspace.host_id, &record.slot_id)
+            self.discard_slot(&record.workspace.host_id, &record.slot_id, "released")
                 .await;
         }
         tracing::info!(workspace_id = %id, "workspace released");
@@ -531,7 +547,12 @@ impl Scheduler {
                         Ok(slot) => {
                             if let Err(e) = me.inner.store.push_warm(slot.clone()).await {
                                 tracing::warn!(error = %e, "could not record warm slot; discarding it");
-                                me.discard_slot(&slot.host_id, &slot.slot_id).await;
+                                me.discard_slot(
+                                    &slot.host_id,
+                                    &slot.slot_id,
+                                    "could not be recorded",
+                                )
+                                .await;
                             }
                         }
                         Err(ApiError::NoCapacity) => {
@@ -698,6 +719,7 @@ fn not_ready_reason(hosts: &[HostRecord], slot: &WarmSlot) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::Runtime;
     use berth_wire::{HostReport, SlotInfo, SlotState};
 
     fn host_with(slot: &str, state: SlotState) -> HostRecord {
@@ -765,6 +787,92 @@ mod tests {
         let views = s.views_of(&[host_with("s1", SlotState::Ready)]);
         // 1024 total - 512 for the system - 32 reserved by the one slot.
         assert_eq!(views[0].memory_free_mib, 480);
+    }
+
+    /// A scheduler on the recording runtime, with host `h1` alive in its store.
+    async fn on_fake_runtime(pool: usize) -> (Scheduler, runtime::RecordingRuntime) {
+        let fake = runtime::RecordingRuntime::new();
+        let config = Config {
+            pools: [("default".to_owned(), pool)].into(),
+            ..Config::default()
+        };
+        let s = Scheduler::with_runtime(config, Store::memory(), Arc::new(fake.clone()));
+        let mut report = host_with("none", SlotState::Ready).report;
+        report.slots.clear();
+        report.branch_limit = 10;
+        report.memory_total_mib = 4096;
+        s.store().put_host(report, now_ms()).await.unwrap();
+        (s, fake)
+    }
+
+    #[tokio::test]
+    async fn refill_starts_slots_through_the_runtime_on_the_placed_host() {
+        let (s, fake) = on_fake_runtime(2).await;
+        s.reconcile().await;
+        for _ in 0..100 {
+            if s.store().pool_sizes().await.unwrap().get("default") == Some(&2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            s.store().pool_sizes().await.unwrap().get("default"),
+            Some(&2)
+        );
+        let starts: Vec<_> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| {
+                matches!(c, runtime::RuntimeCall::Start { host_id, template, slot_ids }
+                if host_id == "h1" && template == "default" && slot_ids.len() == 1)
+            })
+            .collect();
+        assert_eq!(starts.len(), 2, "{:?}", fake.calls());
+    }
+
+    #[tokio::test]
+    async fn a_failed_claim_stops_the_slot_through_the_runtime_and_says_why() {
+        let (s, fake) = on_fake_runtime(0).await;
+        // No warm slot: the cold path starts one; its (fake) agent cannot be claimed.
+        let err = s
+            .acquire(CreateWorkspace {
+                conversation_id: "c1".into(),
+                template: None,
+                ttl_seconds: None,
+                labels: Default::default(),
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApiError::Runtime(_)), "{err:?}");
+        let stops: Vec<_> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| matches!(c, runtime::RuntimeCall::Stop { reason, .. } if reason == "claim failed"))
+            .collect();
+        assert_eq!(
+            stops.len(),
+            3,
+            "each of three failed claims stops its slot: {:?}",
+            fake.calls()
+        );
+        assert!(
+            fake.list_slots(&[runtime::HostTarget {
+                host_id: "h1".into(),
+                hostd_url: String::new()
+            }])
+            .await
+            .unwrap()
+            .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_runtime_that_cannot_start_counts_the_failure() {
+        let (s, fake) = on_fake_runtime(0).await;
+        fake.fail_starts(Some("RESOURCE:ENI"));
+        let err = s.start_slot("default").await.unwrap_err();
+        assert!(err.to_string().contains("RESOURCE:ENI"), "{err}");
+        assert_eq!(s.counters().slot_start_failed.load(Ordering::Relaxed), 1);
     }
 
     #[test]
