@@ -64,18 +64,15 @@ impl Clients {
         req: &CreateSlot,
     ) -> Result<SlotInfo, CallError> {
         let url = format!("{hostd_url}/v1/slots");
-        let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(berth_wire::host_token(&self.host_secret, host_id))
-            .json(req)
-            .send()
-            .await
-            .map_err(|source| CallError::Transport {
-                what: "hostd",
-                url: url.clone(),
-                source,
-            })?;
+        let resp = send(
+            "hostd",
+            &url,
+            self.http
+                .post(&url)
+                .bearer_auth(berth_wire::host_token(&self.host_secret, host_id))
+                .json(req),
+        )
+        .await?;
         decode("hostd", url, resp).await
     }
 
@@ -86,17 +83,14 @@ impl Clients {
         slot_id: &str,
     ) -> Result<(), CallError> {
         let url = format!("{hostd_url}/v1/slots/{slot_id}");
-        let resp = self
-            .http
-            .delete(&url)
-            .bearer_auth(berth_wire::host_token(&self.host_secret, host_id))
-            .send()
-            .await
-            .map_err(|source| CallError::Transport {
-                what: "hostd",
-                url: url.clone(),
-                source,
-            })?;
+        let resp = send(
+            "hostd",
+            &url,
+            self.http
+                .delete(&url)
+                .bearer_auth(berth_wire::host_token(&self.host_secret, host_id)),
+        )
+        .await?;
         decode::<serde_json::Value>("hostd", url, resp)
             .await
             .map(|_| ())
@@ -105,39 +99,44 @@ impl Clients {
     /// hostd's `/status`: its report, with every slot it runs.
     pub async fn host_status(&self, hostd_url: &str) -> Result<HostReport, CallError> {
         let url = format!("{hostd_url}/status");
-        let resp = self
-            .http
-            .get(&url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|source| CallError::Transport {
-                what: "hostd",
-                url: url.clone(),
-                source,
-            })?;
+        let resp = send(
+            "hostd",
+            &url,
+            self.http.get(&url).timeout(Duration::from_secs(5)),
+        )
+        .await?;
         decode("hostd", url, resp).await
     }
 
     /// Binds a slot's agent to a workspace and its token.
     pub async fn claim_agent(&self, agent_url: &str, req: &ClaimRequest) -> Result<(), CallError> {
         let url = format!("{agent_url}/v1/claim");
-        let resp = self
-            .http
-            .post(&url)
-            .timeout(Duration::from_secs(5))
-            .json(req)
-            .send()
-            .await
-            .map_err(|source| CallError::Transport {
-                what: "agent",
-                url: url.clone(),
-                source,
-            })?;
+        let resp = send(
+            "agent",
+            &url,
+            self.http
+                .post(&url)
+                .timeout(Duration::from_secs(5))
+                .json(req),
+        )
+        .await?;
         decode::<serde_json::Value>("agent", url, resp)
             .await
             .map(|_| ())
     }
+}
+
+/// Sends a request, naming the far side and the URL if it cannot be reached.
+async fn send(
+    what: &'static str,
+    url: &str,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, CallError> {
+    req.send().await.map_err(|source| CallError::Transport {
+        what,
+        url: url.to_owned(),
+        source,
+    })
 }
 
 async fn decode<T: serde::de::DeserializeOwned>(
