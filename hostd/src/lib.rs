@@ -44,7 +44,7 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode, header},
     response::{Html, IntoResponse, Response},
-    routing::{delete, get, post},
+    routing::{get, post},
 };
 use berth_wire::{CreateSlot, ErrorBody, HostReport, PolicyCheck, SlotInfo, SlotState, labels};
 use futures_util::StreamExt;
@@ -327,9 +327,7 @@ impl Hostd {
         // The claim secret goes to the scheduler in this answer only; the agent gets
         // its hash; hostd keeps neither.
         let claim_secret = hex::encode(rand::random::<[u8; 32]>());
-        let claim_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-            claim_secret.as_bytes(),
-        ));
+        let claim_hash = berth_wire::sha256_hex(claim_secret.as_bytes());
         let enforcer = self.enforcer.clone();
         let lock = |pid| async move { enforcer.lock_slot(&Netns::of_pid(pid)).await.map(|_| ()) };
         match self
@@ -661,7 +659,7 @@ pub fn router(hostd: Hostd) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/v1/slots", post(create_slot))
-        .route("/v1/slots/{id}", delete(destroy_slot))
+        .route("/v1/slots/{id}", get(get_slot).delete(destroy_slot))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -701,6 +699,31 @@ async fn create_slot(
     Ok((StatusCode::CREATED, axum::Json(info)))
 }
 
+/// One slot as the report shows it (the scheduler polls this while an ECS task
+/// it started comes up here); 404 `unknown_slot` while hostd does not know it.
+async fn get_slot(
+    State(h): State<Hostd>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    h.check_token(&headers)?;
+    let info = h.slots().get(&id).cloned();
+    Ok(match info {
+        Some(mut s) => {
+            s.claim_secret = None;
+            axum::Json(s).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(ErrorBody::new(
+                "unknown_slot",
+                format!("no slot `{id}` on this host"),
+            )),
+        )
+            .into_response(),
+    })
+}
+
 async fn destroy_slot(
     State(h): State<Hostd>,
     headers: HeaderMap,
@@ -721,13 +744,7 @@ async fn status_page(State(h): State<Hostd>) -> Html<String> {
     Html(status::page(&h.status_view()))
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use berth_wire::now_ms;
 
 /// Runs hostd on `listener` until `shutdown` completes; then, if configured, removes
 /// everything it made.

@@ -359,6 +359,26 @@ async fn metrics(State(s): State<Scheduler>) -> Result<String, ApiError> {
         "Workspaces removed at expiry.",
         c.reaped.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "berth_agent_address_refused_total",
+        "Slots discarded because their agent address was outside --agent-networks.",
+        c.agent_address_refused.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_host_refusals_total",
+        "Slots a host refused (ECS failures[]); placement then tried another host.",
+        c.host_refusals.load(Ordering::Relaxed),
+    );
+    for (name, v) in s.runtime_metrics() {
+        counter(
+            &mut out,
+            name,
+            "Counted by the runtime (see docs/OPERATIONS.md).",
+            v,
+        );
+    }
     out.push_str(
         "# HELP berth_pool_ready Warm slots ready per template.\n# TYPE berth_pool_ready gauge\n",
     );

@@ -96,6 +96,29 @@ impl Clients {
             .map(|_| ())
     }
 
+    /// One slot as its hostd reports it; `None` if hostd does not (yet) know it.
+    pub async fn slot(
+        &self,
+        hostd_url: &str,
+        host_id: &str,
+        slot_id: &str,
+    ) -> Result<Option<SlotInfo>, CallError> {
+        let url = format!("{hostd_url}/v1/slots/{slot_id}");
+        let resp = send(
+            "hostd",
+            &url,
+            self.http
+                .get(&url)
+                .timeout(Duration::from_secs(5))
+                .bearer_auth(berth_wire::host_token(&self.host_secret, host_id)),
+        )
+        .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        decode("hostd", url, resp).await.map(Some)
+    }
+
     /// hostd's `/status`: its report, with every slot it runs.
     pub async fn host_status(&self, hostd_url: &str) -> Result<HostReport, CallError> {
         let url = format!("{hostd_url}/status");

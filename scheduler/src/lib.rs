@@ -9,13 +9,17 @@
 //! in-memory store there is one process, which is always the leader.
 #![forbid(unsafe_code)]
 
+pub mod addrs;
 pub mod api;
 pub mod clients;
+#[cfg(feature = "dev")]
 pub mod dev;
+pub mod ecs;
 pub mod placement;
 pub mod redis_store;
 pub mod runtime;
 pub mod store;
+pub mod throttle;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,7 +30,7 @@ use std::{
     time::Duration,
 };
 
-use berth_wire::{ClaimRequest, CreateWorkspace, Source, Workspace};
+use berth_wire::{ClaimRequest, CreateWorkspace, SlotInfo, Source, Workspace};
 use placement::{HostView, Strategy};
 use store::{Acquired, HostRecord, Store, StoreError, WarmSlot, WorkspaceRecord, WorkspaceStatus};
 
@@ -48,6 +52,11 @@ pub struct Config {
     pub refill_parallelism: usize,
     /// Bearer token the backend must present; `None` leaves the API open (local use).
     pub api_token: Option<String>,
+    /// Networks the scheduler may connect to agents in; empty: any. A slot whose
+    /// agent address is outside is discarded (a host cannot steer our connections).
+    pub agent_networks: Vec<addrs::Cidr>,
+    /// How long a host that refused a slot is kept out of placement.
+    pub stale_for: Duration,
     /// The fleet's host secret. Each host's token is [`berth_wire::host_token`] of it
     /// and the host id: hosts present theirs on heartbeats, we present it on slot calls.
     pub host_token: String,
@@ -64,6 +73,8 @@ impl Default for Config {
             slot_memory_mib: 48,
             refill_parallelism: 4,
             api_token: None,
+            agent_networks: Vec::new(),
+            stale_for: Duration::from_secs(10),
             host_token: String::new(),
         }
     }
@@ -79,6 +90,8 @@ pub struct Counters {
     pub slots_started: AtomicU64,
     pub slot_start_failed: AtomicU64,
     pub reaped: AtomicU64,
+    pub agent_address_refused: AtomicU64,
+    pub host_refusals: AtomicU64,
 }
 
 /// The scheduler's shared state.
@@ -98,10 +111,16 @@ struct Inner {
     starting: Mutex<HashMap<String, u32>>,
     /// Slots being started for each pool.
     refilling: Mutex<HashMap<String, usize>>,
+    /// Hosts that refused a slot, kept out of placement until then.
+    stale: Mutex<HashMap<String, std::time::Instant>>,
     counters: Counters,
     /// Names this process in the leader lease.
     replica_id: String,
 }
+
+/// Slots the refill reconciler asks one host for in one runtime call (ECS's
+/// RunTask `count` limit).
+pub const REFILL_BATCH: usize = 10;
 
 /// How long the reconcilers' lease lasts without renewal.
 pub const LEADER_LEASE: Duration = Duration::from_secs(5);
@@ -125,6 +144,7 @@ impl Scheduler {
                 runtime,
                 starting: Mutex::default(),
                 refilling: Mutex::default(),
+                stale: Mutex::default(),
                 counters: Counters::default(),
                 replica_id: format!("r-{}", short_id()),
             }),
@@ -141,6 +161,11 @@ impl Scheduler {
 
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
+    }
+
+    /// The runtime's own counters (ECS calls, throttles, …), for `/metrics`.
+    pub fn runtime_metrics(&self) -> Vec<(&'static str, u64)> {
+        self.inner.runtime.metrics()
     }
 
     /// Whether a host's last heartbeat is recent enough (the one liveness rule).
@@ -203,57 +228,162 @@ impl Scheduler {
             .collect()
     }
 
-    /// Starts one slot of `template` on the best host; returns the host's hostd URL
-    /// with the slot.
+    /// Starts one slot of `template` on the best host (the cold path).
     async fn start_slot(&self, template: &str) -> Result<WarmSlot, ApiError> {
-        let hosts = self.inner.store.hosts().await?;
-        let chosen = placement::choose_index(
-            &self.views_of(&hosts),
-            self.inner.config.slot_memory_mib,
-            self.inner.config.strategy,
-        )
-        .ok_or(ApiError::NoCapacity)?;
-        let target = runtime::HostTarget {
-            host_id: hosts[chosen].report.host_id.clone(),
-            hostd_url: hosts[chosen].report.hostd_url.clone(),
-        };
-        let host = target.host_id.clone();
-        let slot_id = format!("s-{}", short_id());
-        self.bump_starting(&host, 1);
-        let result = self
-            .inner
-            .runtime
-            .start_slots(&target, template, std::slice::from_ref(&slot_id))
+        self.start_batch(template, 1)
             .await
             .pop()
-            .unwrap_or_else(|| {
-                Err(runtime::RuntimeError::Other(
-                    "the runtime started nothing".into(),
-                ))
-            });
-        self.bump_starting(&host, -1);
-        match result {
-            Ok(info) => {
-                self.inner
-                    .counters
-                    .slots_started
-                    .fetch_add(1, Ordering::Relaxed);
-                Ok(WarmSlot {
-                    slot_id: info.slot_id,
-                    host_id: info.host_id,
-                    template: template.into(),
-                    agent_url: info.agent_url,
-                    claim_secret: info.claim_secret.unwrap_or_default(),
-                })
+            .unwrap_or(Err(ApiError::NoCapacity))
+    }
+
+    /// Starts `count` slots of `template`: on the best host placement finds, and
+    /// what a host refuses (ECS `failures[]`) on the next best, whose view is not
+    /// stale; one result per slot asked for.
+    async fn start_batch(&self, template: &str, count: usize) -> Vec<Result<WarmSlot, ApiError>> {
+        let mut results = Vec::with_capacity(count);
+        let mut left = count;
+        let mut refused_by: Vec<String> = Vec::new();
+        while left > 0 {
+            let hosts = match self.inner.store.hosts().await {
+                Ok(h) => h,
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    let text = e.to_string();
+                    results.push(Err(e));
+                    results.extend((1..left).map(|_| Err(ApiError::Runtime(text.clone()))));
+                    return results;
+                }
+            };
+            let mut views = self.views_of(&hosts);
+            for v in &mut views {
+                if refused_by.contains(&v.host_id) || self.is_stale(&v.host_id) {
+                    v.healthy = false;
+                }
             }
-            Err(e) => {
+            let Some(chosen) = placement::choose_index(
+                &views,
+                self.inner.config.slot_memory_mib,
+                self.inner.config.strategy,
+            ) else {
+                results.extend((0..left).map(|_| Err(ApiError::NoCapacity)));
+                return results;
+            };
+            // No more on one host than it has room for.
+            let view = &views[chosen];
+            let room = usize::try_from(
+                view.branches_free.min(
+                    u32::try_from(view.memory_free_mib / self.inner.config.slot_memory_mib.max(1))
+                        .unwrap_or(u32::MAX),
+                ),
+            )
+            .unwrap_or(usize::MAX)
+            .max(1);
+            let n = left.min(room);
+            let target = runtime::HostTarget {
+                host_id: hosts[chosen].report.host_id.clone(),
+                hostd_url: hosts[chosen].report.hostd_url.clone(),
+            };
+            let host = target.host_id.clone();
+            self.bump_starting(&host, i32::try_from(n).unwrap_or(i32::MAX));
+            let started = self.inner.runtime.start_slots(&target, template, n).await;
+            self.bump_starting(&host, -i32::try_from(n).unwrap_or(i32::MAX));
+            let mut refused = 0;
+            for r in started.into_iter().take(n) {
+                match r {
+                    Ok(info) => results.push(self.accept_started(template, info).await),
+                    Err(runtime::RuntimeError::HostRefused { host_id, reason }) => {
+                        refused += 1;
+                        self.mark_stale(&host_id, &reason);
+                    }
+                    Err(e) => {
+                        self.inner
+                            .counters
+                            .slot_start_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(host_id = %host, %template, error = %e, "slot start failed");
+                        results.push(Err(ApiError::Runtime(e.to_string())));
+                    }
+                }
+            }
+            left -= n;
+            if refused > 0 {
                 self.inner
                     .counters
                     .slot_start_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(host_id = %host, %slot_id, error = %e, "slot start failed");
-                Err(ApiError::Runtime(e.to_string()))
+                    .fetch_add(refused, Ordering::Relaxed);
+                refused_by.push(host);
+                // Placed again, elsewhere.
+                left += usize::try_from(refused).unwrap_or(0);
+                if refused_by.len() >= 3 {
+                    results.extend((0..left).map(|_| Err(ApiError::NoCapacity)));
+                    return results;
+                }
             }
+        }
+        results
+    }
+
+    /// A slot the runtime reports started: refused if its agent's address is outside
+    /// the networks this scheduler may connect to.
+    async fn accept_started(&self, template: &str, info: SlotInfo) -> Result<WarmSlot, ApiError> {
+        if !addrs::url_allowed(&info.agent_url, &self.inner.config.agent_networks) {
+            self.inner
+                .counters
+                .agent_address_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(slot_id = %info.slot_id, host_id = %info.host_id, agent_url = %info.agent_url,
+                "slot's agent address is outside --agent-networks; discarding the slot");
+            self.discard_slot(
+                &info.host_id,
+                &info.slot_id,
+                "agent address outside the allowed networks",
+            )
+            .await;
+            return Err(ApiError::Runtime(format!(
+                "slot {}: agent address {} is outside the allowed networks",
+                info.slot_id, info.agent_url
+            )));
+        }
+        self.inner
+            .counters
+            .slots_started
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(WarmSlot {
+            slot_id: info.slot_id,
+            host_id: info.host_id,
+            template: template.into(),
+            agent_url: info.agent_url,
+            claim_secret: info.claim_secret.unwrap_or_default(),
+        })
+    }
+
+    /// Keeps placement off `host_id` for a while: it refused a slot.
+    fn mark_stale(&self, host_id: &str, reason: &str) {
+        tracing::warn!(%host_id, %reason, secs = self.inner.config.stale_for.as_secs(),
+            "host refused a slot; placing elsewhere while its view is stale");
+        self.inner
+            .counters
+            .host_refusals
+            .fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stale
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                host_id.to_owned(),
+                std::time::Instant::now() + self.inner.config.stale_for,
+            );
+    }
+
+    fn is_stale(&self, host_id: &str) -> bool {
+        let mut stale = self.inner.stale.lock().unwrap_or_else(|e| e.into_inner());
+        match stale.get(host_id) {
+            Some(until) if *until > std::time::Instant::now() => true,
+            Some(_) => {
+                stale.remove(host_id);
+                false
+            }
+            None => false,
         }
     }
 
@@ -520,7 +650,9 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Starts slots for every pool below its target, spreading them over hosts.
+    /// Starts slots for every pool below its target, in batches of up to
+    /// [`REFILL_BATCH`] (one RunTask call on ECS), at most `refill_parallelism` slots
+    /// in flight per pool.
     async fn refill(&self) -> Result<(), StoreError> {
         let sizes = self.inner.store.pool_sizes().await?;
         for (template, &target) in &self.inner.config.pools {
@@ -532,42 +664,47 @@ impl Scheduler {
                 .config
                 .refill_parallelism
                 .saturating_sub(in_flight);
-            for _ in 0..want.min(room) {
+            let mut left = want.min(room);
+            while left > 0 {
+                let n = left.min(REFILL_BATCH);
+                left -= n;
                 *self
                     .inner
                     .refilling
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .entry(template.clone())
-                    .or_default() += 1;
+                    .or_default() += n;
                 let me = self.clone();
                 let template = template.clone();
                 tokio::spawn(async move {
-                    match me.start_slot(&template).await {
-                        Ok(slot) => {
-                            if let Err(e) = me.inner.store.push_warm(slot.clone()).await {
-                                tracing::warn!(error = %e, "could not record warm slot; discarding it");
-                                me.discard_slot(
-                                    &slot.host_id,
-                                    &slot.slot_id,
-                                    "could not be recorded",
-                                )
-                                .await;
+                    for r in me.start_batch(&template, n).await {
+                        match r {
+                            Ok(slot) => {
+                                if let Err(e) = me.inner.store.push_warm(slot.clone()).await {
+                                    tracing::warn!(error = %e, "could not record warm slot; discarding it");
+                                    me.discard_slot(
+                                        &slot.host_id,
+                                        &slot.slot_id,
+                                        "could not be recorded",
+                                    )
+                                    .await;
+                                }
                             }
+                            Err(ApiError::NoCapacity) => {
+                                tracing::debug!(%template, "no host has room for another warm slot")
+                            }
+                            Err(e) => tracing::warn!(%template, error = %e, "refill failed"),
                         }
-                        Err(ApiError::NoCapacity) => {
-                            tracing::debug!(%template, "no host has room for another warm slot")
-                        }
-                        Err(e) => tracing::warn!(%template, error = %e, "refill failed"),
                     }
-                    if let Some(n) = me
+                    if let Some(k) = me
                         .inner
                         .refilling
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .get_mut(&template)
                     {
-                        *n = n.saturating_sub(1);
+                        *k = k.saturating_sub(n);
                     }
                 });
             }
@@ -670,7 +807,7 @@ fn token() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
-fn short_id() -> String {
+pub(crate) fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
@@ -678,10 +815,7 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    berth_hostd::now_ms()
-}
+pub use berth_wire::now_ms;
 
 /// Serves the API on `listener` and runs the reconcilers until `shutdown` completes.
 pub async fn run(
@@ -819,15 +953,86 @@ mod tests {
             s.store().pool_sizes().await.unwrap().get("default"),
             Some(&2)
         );
-        let starts: Vec<_> = fake
+        let started: usize = fake
             .calls()
             .into_iter()
-            .filter(|c| {
-                matches!(c, runtime::RuntimeCall::Start { host_id, template, slot_ids }
-                if host_id == "h1" && template == "default" && slot_ids.len() == 1)
+            .map(|c| match c {
+                runtime::RuntimeCall::Start {
+                    host_id,
+                    template,
+                    count,
+                } if host_id == "h1" && template == "default" => count,
+                _ => 0,
             })
-            .collect();
-        assert_eq!(starts.len(), 2, "{:?}", fake.calls());
+            .sum();
+        assert_eq!(started, 2, "{:?}", fake.calls());
+    }
+
+    #[tokio::test]
+    async fn a_host_that_refuses_is_marked_stale_and_the_next_host_takes_the_slots() {
+        let (s, fake) = on_fake_runtime(0).await;
+        let mut h2 = host_with("none", SlotState::Ready).report;
+        h2.host_id = "h2".into();
+        h2.slots.clear();
+        h2.branch_limit = 10;
+        h2.memory_total_mib = 2048;
+        s.store().put_host(h2, now_ms()).await.unwrap();
+        // h1 has more room, so placement tries it first; it refuses (no ENI left).
+        fake.refuse_on("h1", Some("RESOURCE:ENI"));
+        let got = s.start_batch("default", 3).await;
+        assert_eq!(got.len(), 3);
+        for r in &got {
+            assert_eq!(
+                r.as_ref().map(|w| w.host_id.as_str()).ok(),
+                Some("h2"),
+                "{r:?}"
+            );
+        }
+        let calls = fake.calls();
+        assert!(
+            matches!(&calls[0], runtime::RuntimeCall::Start { host_id, count: 3, .. } if host_id == "h1"),
+            "{calls:?}"
+        );
+        assert!(
+            matches!(&calls[1], runtime::RuntimeCall::Start { host_id, count: 3, .. } if host_id == "h2"),
+            "{calls:?}"
+        );
+        assert!(s.is_stale("h1") && !s.is_stale("h2"));
+        assert_eq!(s.counters().host_refusals.load(Ordering::Relaxed), 3);
+        // While h1 is stale, a new start goes straight to h2.
+        fake.refuse_on("h1", None);
+        let one = s.start_slot("default").await.unwrap();
+        assert_eq!(one.host_id, "h2");
+    }
+
+    #[tokio::test]
+    async fn a_slot_whose_agent_is_outside_the_allowed_networks_is_discarded() {
+        let fake = runtime::RecordingRuntime::new();
+        let config = Config {
+            pools: [("default".to_owned(), 0)].into(),
+            // The fake's agents are on 127.0.0.1: allow only a Docker network.
+            agent_networks: addrs::Cidr::parse_list("172.18.0.0/16").unwrap(),
+            ..Config::default()
+        };
+        let s = Scheduler::with_runtime(config, Store::memory(), Arc::new(fake.clone()));
+        let mut report = host_with("none", SlotState::Ready).report;
+        report.slots.clear();
+        s.store().put_host(report, now_ms()).await.unwrap();
+        let err = s.start_slot("default").await.unwrap_err();
+        assert!(
+            err.to_string().contains("outside the allowed networks"),
+            "{err}"
+        );
+        assert_eq!(
+            s.counters().agent_address_refused.load(Ordering::Relaxed),
+            1
+        );
+        assert!(
+            fake.calls()
+                .iter()
+                .any(|c| matches!(c, runtime::RuntimeCall::Stop { reason, .. }
+            if reason.contains("outside the allowed networks")))
+        );
     }
 
     #[tokio::test]

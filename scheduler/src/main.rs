@@ -5,7 +5,19 @@
 
 use std::collections::BTreeMap;
 
-use berth_scheduler::{Config, Scheduler, dev, placement::Strategy, store::Store};
+use std::sync::Arc;
+
+#[cfg(feature = "dev")]
+use berth_scheduler::dev;
+use berth_scheduler::{
+    Config, Scheduler,
+    addrs::Cidr,
+    clients::Clients,
+    ecs::{EcsConfig, EcsRuntime},
+    placement::Strategy,
+    store::Store,
+    throttle::BucketShape,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -38,8 +50,11 @@ enum Command {
         /// Token shared with hostd.
         #[arg(long, env = "BERTH_HOST_TOKEN", hide_env_values = true)]
         host_token: String,
+        #[command(flatten)]
+        runtime: Box<RuntimeArgs>,
     },
     /// Run the whole system locally: hostd (docker runtime) + scheduler (in memory).
+    #[cfg(feature = "dev")]
     Dev {
         #[arg(long, default_value = "127.0.0.1:7700")]
         listen: std::net::SocketAddr,
@@ -53,6 +68,90 @@ enum Command {
         #[arg(long, env = "BERTH_SECCOMP_PROFILE")]
         seccomp_profile: Option<std::path::PathBuf>,
     },
+}
+
+/// How slots are started: hostd's slot API (`docker`) or ECS RunTask (`ecs`).
+#[derive(clap::Args, Debug)]
+struct RuntimeArgs {
+    /// `docker` (each host's hostd makes slots) or `ecs` (RunTask; hostd adopts).
+    #[arg(long = "runtime", env = "BERTH_RUNTIME", default_value = "docker")]
+    kind: String,
+    /// Networks agents may be reached in (the VPC's CIDR), comma-separated; a slot
+    /// whose agent address is elsewhere is discarded. Empty: any.
+    #[arg(long, env = "BERTH_AGENT_NETWORKS", default_value = "")]
+    agent_networks: String,
+    /// Warm slots being started at once, per pool.
+    #[arg(long, env = "BERTH_REFILL_PARALLELISM")]
+    refill_parallelism: Option<usize>,
+    /// ECS cluster (ecs runtime).
+    #[arg(long, env = "BERTH_ECS_CLUSTER")]
+    ecs_cluster: Option<String>,
+    /// Workspace task definition (family:revision or ARN) for every template, or
+    /// `template=TASKDEF,...`.
+    #[arg(long, env = "BERTH_ECS_TASK_DEFINITION")]
+    ecs_task_definition: Option<String>,
+    /// Subnets of workspace task ENIs, comma-separated.
+    #[arg(long, env = "BERTH_ECS_SUBNETS", default_value = "")]
+    ecs_subnets: String,
+    /// Security groups of workspace task ENIs, comma-separated.
+    #[arg(long, env = "BERTH_ECS_SECURITY_GROUPS", default_value = "")]
+    ecs_security_groups: String,
+    /// ECS API endpoint (a VPC endpoint, or a test's); default: the region's.
+    #[arg(long, env = "BERTH_ECS_ENDPOINT")]
+    ecs_endpoint: Option<String>,
+    /// `startedBy` on every task Berth starts (how reconciliation finds them).
+    #[arg(long, env = "BERTH_ECS_STARTED_BY", default_value = "berth")]
+    ecs_started_by: String,
+    /// Token bucket for RunTask/StartTask/StopTask, `BURST/PER_SECOND`.
+    #[arg(long, env = "BERTH_ECS_RUN_BUCKET", default_value = "100/40")]
+    ecs_run_bucket: String,
+    /// Token bucket for DescribeTasks/ListTasks, `BURST/PER_SECOND`.
+    #[arg(long, env = "BERTH_ECS_DESCRIBE_BUCKET", default_value = "100/20")]
+    ecs_describe_bucket: String,
+    /// Seconds a task may take from RunTask to ready before it is stopped.
+    #[arg(long, env = "BERTH_ECS_START_TIMEOUT_SECS", default_value_t = 180)]
+    ecs_start_timeout_secs: u64,
+    /// This scheduler's name, tagged on every task (`berth:scheduler`).
+    #[arg(long, env = "BERTH_SCHEDULER_NAME", default_value = "berth")]
+    scheduler_name: String,
+}
+
+/// The ECS runtime's settings from flags, or what is wrong with them.
+fn ecs_config(r: &RuntimeArgs) -> Result<EcsConfig, String> {
+    let cluster = r
+        .ecs_cluster
+        .clone()
+        .filter(|c| !c.is_empty())
+        .ok_or("--runtime ecs needs --ecs-cluster (BERTH_ECS_CLUSTER)")?;
+    let mut c = EcsConfig::new(cluster);
+    c.task_definitions = EcsConfig::parse_task_definitions(
+        r.ecs_task_definition
+            .as_deref()
+            .ok_or("--runtime ecs needs --ecs-task-definition (BERTH_ECS_TASK_DEFINITION)")?,
+    )?;
+    let list = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    c.subnets = list(&r.ecs_subnets);
+    c.security_groups = list(&r.ecs_security_groups);
+    if c.subnets.is_empty() || c.security_groups.is_empty() {
+        return Err(
+            "--runtime ecs needs --ecs-subnets and --ecs-security-groups (awsvpc tasks)".into(),
+        );
+    }
+    if r.ecs_started_by.is_empty() || r.ecs_started_by.len() > 36 {
+        return Err("--ecs-started-by must be 1 to 36 characters (ECS's limit)".into());
+    }
+    c.started_by = r.ecs_started_by.clone();
+    c.scheduler_name = r.scheduler_name.clone();
+    c.mutate_bucket = BucketShape::parse(&r.ecs_run_bucket)?;
+    c.describe_bucket = BucketShape::parse(&r.ecs_describe_bucket)?;
+    c.start_deadline = std::time::Duration::from_secs(r.ecs_start_timeout_secs.max(1));
+    Ok(c)
 }
 
 fn parse_pools(s: &str) -> Result<BTreeMap<String, usize>, String> {
@@ -93,6 +192,7 @@ async fn main() -> std::process::ExitCode {
             .init();
     }
     match args.command {
+        #[cfg(feature = "dev")]
         Command::Dev {
             listen,
             hostd_listen,
@@ -120,6 +220,7 @@ async fn main() -> std::process::ExitCode {
             placement,
             api_token,
             host_token,
+            runtime,
         } => {
             let store = if state == "memory" {
                 Store::memory()
@@ -143,12 +244,38 @@ async fn main() -> std::process::ExitCode {
             if host_token.len() < 16 {
                 return config_error("the host token must be at least 16 characters");
             }
-            let config = Config {
+            let agent_networks = match Cidr::parse_list(&runtime.agent_networks) {
+                Ok(n) => n,
+                Err(e) => return config_error(&format!("--agent-networks: {e}")),
+            };
+            let mut config = Config {
                 pools,
                 strategy: placement,
                 api_token,
                 host_token,
+                agent_networks,
                 ..Config::default()
+            };
+            if let Some(n) = runtime.refill_parallelism {
+                config.refill_parallelism = n.max(1);
+            }
+            let scheduler = match runtime.kind.as_str() {
+                "docker" => Scheduler::new(config, store),
+                "ecs" => {
+                    let ecs = match ecs_config(&runtime) {
+                        Ok(c) => c,
+                        Err(e) => return config_error(&e),
+                    };
+                    let client =
+                        EcsRuntime::client_from_env(runtime.ecs_endpoint.as_deref(), None).await;
+                    tracing::info!(cluster = %ecs.cluster, "runtime: ecs");
+                    let clients = Clients::new(config.host_token.clone());
+                    let rt = Arc::new(EcsRuntime::new(client, ecs, clients));
+                    Scheduler::with_runtime(config, store, rt)
+                }
+                other => {
+                    return config_error(&format!("runtime `{other}` is not `docker` or `ecs`"));
+                }
             };
             let listener = match tokio::net::TcpListener::bind(listen).await {
                 Ok(l) => l,
@@ -161,7 +288,7 @@ async fn main() -> std::process::ExitCode {
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
-            match berth_scheduler::run(Scheduler::new(config, store), listener, shutdown).await {
+            match berth_scheduler::run(scheduler, listener, shutdown).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "scheduler stopped");

@@ -49,20 +49,38 @@ pub struct RunningSlot {
 pub enum RuntimeError {
     #[error(transparent)]
     Call(#[from] CallError),
+    /// The host cannot take the slot now (ECS `failures[]`: `RESOURCE:ENI`, `AGENT`,
+    /// …): placement should treat its view as stale and try another host.
+    #[error("host {host_id} refused the slot: {reason}")]
+    HostRefused { host_id: String, reason: String },
+    /// An AWS call failed for good (after retries, if it was retryable).
+    #[error("{op} failed after {attempts} attempt(s): {code}: {message}")]
+    Aws {
+        op: &'static str,
+        code: String,
+        message: String,
+        attempts: u32,
+    },
     #[error("{0}")]
     Other(String),
 }
 
 /// Starts, stops and lists slots.
 pub trait Runtime: Send + Sync + 'static {
-    /// Starts one slot of `template` per id in `slot_ids` on `host`; one result per
-    /// id, in order. A slot is returned once its agent answers.
+    /// Starts `count` slots of `template` on `host` (the runtime names them); one
+    /// result per slot asked for. A slot is returned once its host reports it ready
+    /// (its agent answers and its lock-down is proven).
     fn start_slots<'a>(
         &'a self,
         host: &'a HostTarget,
         template: &'a str,
-        slot_ids: &'a [String],
+        count: usize,
     ) -> BoxFuture<'a, Vec<Result<SlotInfo, RuntimeError>>>;
+
+    /// Counters for `/metrics`, as `(name, value)`; none by default.
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 
     /// Stops a slot and removes what it was made of; stopping one that is gone is
     /// not an error.
@@ -99,12 +117,12 @@ impl Runtime for HostdRuntime {
         &'a self,
         host: &'a HostTarget,
         template: &'a str,
-        slot_ids: &'a [String],
+        count: usize,
     ) -> BoxFuture<'a, Vec<Result<SlotInfo, RuntimeError>>> {
         Box::pin(async move {
-            let starts = slot_ids.iter().map(|slot_id| async move {
+            let starts = (0..count).map(|_| async move {
                 let req = CreateSlot {
-                    slot_id: slot_id.clone(),
+                    slot_id: format!("s-{}", crate::short_id()),
                     template: template.to_owned(),
                 };
                 self.clients
@@ -158,7 +176,7 @@ pub enum RuntimeCall {
     Start {
         host_id: String,
         template: String,
-        slot_ids: Vec<String>,
+        count: usize,
     },
     Stop {
         host_id: String,
@@ -174,6 +192,8 @@ struct Recorded {
     running: Vec<RunningSlot>,
     /// Starts fail with this message while set.
     failing: Option<String>,
+    /// Starts on these hosts are refused with this reason.
+    refusing: std::collections::HashMap<String, String>,
 }
 
 /// A fake runtime: records every call; started slots "run" until stopped.
@@ -195,6 +215,15 @@ impl RecordingRuntime {
         self.lock().calls.clone()
     }
 
+    /// Makes starts on `host_id` be refused as a full host would (`None`: accepted).
+    pub fn refuse_on(&self, host_id: &str, reason: Option<&str>) {
+        let mut r = self.lock();
+        match reason {
+            Some(why) => r.refusing.insert(host_id.to_owned(), why.to_owned()),
+            None => r.refusing.remove(host_id),
+        };
+    }
+
     /// Makes every start fail with `message` (`None`: succeed again).
     pub fn fail_starts(&self, message: Option<&str>) {
         self.lock().failing = message.map(str::to_owned);
@@ -206,21 +235,28 @@ impl Runtime for RecordingRuntime {
         &'a self,
         host: &'a HostTarget,
         template: &'a str,
-        slot_ids: &'a [String],
+        count: usize,
     ) -> BoxFuture<'a, Vec<Result<SlotInfo, RuntimeError>>> {
         Box::pin(async move {
             let mut r = self.lock();
             r.calls.push(RuntimeCall::Start {
                 host_id: host.host_id.clone(),
                 template: template.to_owned(),
-                slot_ids: slot_ids.to_vec(),
+                count,
             });
             let failing = r.failing.clone();
-            slot_ids
-                .iter()
-                .map(|slot_id| {
+            let refusing = r.refusing.get(&host.host_id).cloned();
+            (0..count)
+                .map(|_| {
+                    let slot_id = &format!("s-{}", crate::short_id());
                     if let Some(msg) = &failing {
                         return Err(RuntimeError::Other(msg.clone()));
+                    }
+                    if let Some(reason) = &refusing {
+                        return Err(RuntimeError::HostRefused {
+                            host_id: host.host_id.clone(),
+                            reason: reason.clone(),
+                        });
                     }
                     r.running.push(RunningSlot {
                         slot_id: slot_id.clone(),

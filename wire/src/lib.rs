@@ -46,6 +46,43 @@ pub mod labels {
     pub const TEST_RUN: &str = "berth.test-run";
 }
 
+/// What the scheduler (RunTask), ECS (Docker labels) and hostd (adoption) agree on
+/// about a workspace task.
+pub mod ecs {
+    /// The task definition's two containers (`terraform/modules/workspace`).
+    pub const WORKSPACE_CONTAINER: &str = "workspace-agent";
+    pub const PROXY_CONTAINER: &str = "credential-proxy";
+    /// Docker labels the ECS agent puts on every container of a task.
+    pub const LABEL_TASK_ARN: &str = "com.amazonaws.ecs.task-arn";
+    pub const LABEL_CONTAINER_NAME: &str = "com.amazonaws.ecs.container-name";
+    pub const LABEL_FAMILY: &str = "com.amazonaws.ecs.task-definition-family";
+    pub const LABEL_CLUSTER: &str = "com.amazonaws.ecs.cluster";
+    /// Tags the scheduler puts on every task it starts.
+    pub const TAG_TEMPLATE: &str = "berth:template";
+    /// The instance the placement constraint named (absent for scale-out starts).
+    pub const TAG_HOST: &str = "berth:host";
+    /// The RunTask call the task came from (up to 10 tasks share one).
+    pub const TAG_BATCH: &str = "berth:batch";
+    pub const TAG_SCHEDULER: &str = "berth:scheduler";
+    /// Environment the scheduler sets on the workspace container (overrides).
+    pub const ENV_TEMPLATE: &str = "BERTH_TEMPLATE";
+    pub const ENV_CLAIM_SECRET_SHA256: &str = "BERTH_CLAIM_SECRET_SHA256";
+
+    /// A task's id, the last segment of its ARN; it is the slot's id.
+    pub fn task_id(arn: &str) -> &str {
+        arn.rsplit('/').next().unwrap_or(arn)
+    }
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A stable, machine-readable error body. Every error any Berth service returns
 /// over HTTP has this shape.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -111,6 +148,14 @@ pub fn host_token(fleet_secret: &str, host_id: &str) -> String {
         .chain_update(inner)
         .finalize();
     outer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Escapes text for HTML element content and double-quoted attributes.
