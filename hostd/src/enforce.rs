@@ -257,7 +257,7 @@ impl Enforcer {
     pub async fn audit_containers(
         &self,
         label_filter: &str,
-        expect: impl Fn(&BTreeMap<String, String>) -> Expectations,
+        expect: impl Fn(&BTreeMap<String, String>) -> Option<Expectations>,
     ) -> Audited {
         let ids = match self.privileged.containers_labelled(label_filter).await {
             Ok(ids) => ids,
@@ -290,10 +290,17 @@ impl Enforcer {
             if !facts.running {
                 continue;
             }
+            // Not a container of ours to judge (ECS's own pause container).
+            let Some(expectations) = expect(&facts.labels) else {
+                pids.insert(facts.name.clone(), facts.pid);
+                pids.insert(facts.id.clone(), facts.pid);
+                continue;
+            };
             audited += 1;
-            let findings = audit::audit(&facts, &expect(&facts.labels));
+            let findings = audit::audit(&facts, &expectations);
             if findings.is_empty() {
                 pids.insert(facts.name.clone(), facts.pid);
+                pids.insert(facts.id.clone(), facts.pid);
                 continue;
             }
             let reason = audit::summary(&findings);
@@ -309,7 +316,13 @@ impl Enforcer {
                     );
                     stopped.push(Stopped {
                         container: facts.name.clone(),
-                        slot_id: facts.labels.get(labels::SLOT).cloned(),
+                        slot_id: facts.labels.get(labels::SLOT).cloned().or_else(|| {
+                            // An ECS task's slot is named by its task id.
+                            facts
+                                .labels
+                                .get(berth_wire::ecs::LABEL_TASK_ARN)
+                                .map(|arn| berth_wire::ecs::task_id(arn).to_owned())
+                        }),
                         reason,
                     });
                 }
@@ -531,16 +544,18 @@ mod tests {
             stopped,
             pids,
         } = e
-            .audit_containers("berth.host=h1", |_| Expectations {
-                seccomp_profile: None,
-                joins_netns: true,
+            .audit_containers("berth.host=h1", |_| {
+                Some(Expectations {
+                    seccomp_profile: None,
+                    joins_netns: true,
+                })
             })
             .await;
         assert!(check.ok, "{check:?}");
         assert_eq!(
             pids,
-            BTreeMap::from([("berth-s1-ws".to_owned(), 10)]),
-            "only the compliant one"
+            BTreeMap::from([("berth-s1-ws".to_owned(), 10), ("good".to_owned(), 10)]),
+            "only the compliant one, by name and by id"
         );
         assert_eq!(stopped.len(), 1);
         assert_eq!(stopped[0].slot_id.as_deref(), Some("s2"));
@@ -551,9 +566,11 @@ mod tests {
         assert_eq!(ev[0].subject.as_deref(), Some("intruder"));
         // Stopped containers are not audited again.
         let again = e
-            .audit_containers("berth.host=h1", |_| Expectations {
-                seccomp_profile: None,
-                joins_netns: true,
+            .audit_containers("berth.host=h1", |_| {
+                Some(Expectations {
+                    seccomp_profile: None,
+                    joins_netns: true,
+                })
             })
             .await;
         assert!(again.stopped.is_empty());

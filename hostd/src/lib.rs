@@ -22,10 +22,12 @@
 //! [`capabilities`] drops hostd's own capabilities to what that work needs.
 #![forbid(unsafe_code)]
 
+mod adopt;
 pub mod audit;
 pub mod capabilities;
 pub mod capacity;
 pub mod docker;
+pub mod ecs;
 pub mod enforce;
 pub mod image;
 pub mod netfilter;
@@ -34,7 +36,10 @@ pub mod status;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -55,6 +60,38 @@ pub use netfilter::EgressPolicy;
 pub use privileged::Netns;
 use privileged::{HostPrivileged, Privileged};
 
+/// How slots come to this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRuntime {
+    /// hostd makes and removes slots itself (its slot API).
+    Docker,
+    /// ECS starts workspace tasks (the scheduler's RunTask); hostd adopts them,
+    /// reading the ECS agent's introspection API at `agent_url`.
+    Ecs { agent_url: String },
+}
+
+impl HostRuntime {
+    pub fn name(&self) -> &'static str {
+        match self {
+            HostRuntime::Docker => "docker",
+            HostRuntime::Ecs { .. } => "ecs",
+        }
+    }
+}
+
+/// The containers a slot is made of, by Docker name or id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotContainers {
+    /// Whose first process owns the slot's network namespace: the proxy in the
+    /// docker runtime, ECS's pause container on ECS.
+    pub netns_owner: String,
+    pub workspace: String,
+    pub proxy: String,
+}
+
+/// How often ECS mode reads the ECS agent's task list.
+pub const DISCOVER_EVERY: Duration = Duration::from_secs(1);
+
 /// How often hostd reports to the scheduler.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// How often ready slots' agents are health-checked.
@@ -68,6 +105,7 @@ const PROBES_AT_ONCE: usize = 16;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host_id: String,
+    pub runtime: HostRuntime,
     pub instance_type: String,
     /// Maximum slots (docker runtime) or awsvpc tasks (ECS runtime) on this host.
     pub branch_limit: u32,
@@ -117,6 +155,10 @@ pub enum ApiError {
     SlotExists(String),
     #[error("host is full: {used} of {limit} slots in use")]
     Full { used: u32, limit: u32 },
+    #[error(
+        "this host runs ECS tasks: slots are started with RunTask and stopped with StopTask, not through hostd"
+    )]
+    EcsManaged,
     #[error(transparent)]
     Docker(#[from] DockerError),
 }
@@ -129,6 +171,7 @@ impl IntoResponse for ApiError {
             ApiError::UnknownTemplate(_) => (StatusCode::BAD_REQUEST, "unknown_template"),
             ApiError::SlotExists(_) => (StatusCode::CONFLICT, "slot_exists"),
             ApiError::Full { .. } => (StatusCode::SERVICE_UNAVAILABLE, "host_full"),
+            ApiError::EcsManaged => (StatusCode::CONFLICT, "ecs_managed"),
             ApiError::Docker(_) => (StatusCode::BAD_GATEWAY, "runtime_failed"),
         };
         tracing::warn!(code, error = %self, "hostd request failed");
@@ -147,6 +190,11 @@ pub struct Hostd {
     runtime: DockerRuntime,
     enforcer: Enforcer,
     slots: Arc<Mutex<BTreeMap<String, SlotInfo>>>,
+    /// The containers of slots whose names are not the docker runtime's (ECS tasks).
+    containers: Arc<Mutex<BTreeMap<String, SlotContainers>>>,
+    /// ECS mode: the ECS agent, and the awsvpc tasks it last listed.
+    ecs_agent: Option<ecs::AgentClient>,
+    branches_used: Arc<AtomicU32>,
     /// The last result of every policy check, by name.
     checks: Arc<Mutex<BTreeMap<String, PolicyCheck>>>,
     /// Each template's seccomp profile, parsed once, for the audit.
@@ -162,7 +210,11 @@ impl Hostd {
         let runtime = DockerRuntime::connect(&config.host_id, config.extra_labels.clone()).await?;
         let privileged: Arc<dyn Privileged> =
             Arc::new(HostPrivileged::new(runtime.docker().clone()));
-        let found = runtime.inventory().await?;
+        let found = match config.runtime {
+            HostRuntime::Docker => runtime.inventory().await?,
+            // ECS's tasks are found by the first discovery pass.
+            HostRuntime::Ecs { .. } => Vec::new(),
+        };
         if !found.is_empty() {
             tracing::info!(
                 slots = found.len(),
@@ -200,14 +252,27 @@ impl Hostd {
         let enforcer = Enforcer {
             privileged,
             egress: config.egress,
-            host: netfilter::HostPolicy::default(),
+            host: netfilter::HostPolicy {
+                // On ECS the credential endpoint is DNATed to the host's INPUT; it is
+                // closed there unless the proxy signs with the task's credentials
+                // (then each task's egress lock lets the proxy's uid alone through).
+                block_credential_dnat: matches!(config.runtime, HostRuntime::Ecs { .. })
+                    && !config.egress.proxy_task_credentials,
+            },
             journal: Journal::default(),
+        };
+        let ecs_agent = match &config.runtime {
+            HostRuntime::Ecs { agent_url } => Some(ecs::AgentClient::new(agent_url.clone())),
+            HostRuntime::Docker => None,
         };
         let hostd = Self {
             config: Arc::new(config),
             runtime,
             enforcer,
             slots: Arc::new(Mutex::new(slots)),
+            containers: Arc::default(),
+            ecs_agent,
+            branches_used: Arc::default(),
             checks: Arc::new(Mutex::new(BTreeMap::new())),
             profiles: Arc::new(profiles),
             http: reqwest::Client::builder()
@@ -215,6 +280,7 @@ impl Hostd {
                 .build()
                 .unwrap_or_default(),
         };
+        hostd.discover().await;
         hostd.enforce().await;
         hostd.check_health().await;
         Ok(hostd)
@@ -230,6 +296,18 @@ impl Hostd {
 
     fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SlotInfo>> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn containers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SlotContainers>> {
+        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot's containers: as adopted (ECS), else the docker runtime's names.
+    fn containers_of(&self, slot_id: &str) -> SlotContainers {
+        self.containers()
+            .get(slot_id)
+            .cloned()
+            .unwrap_or_else(|| SlotContainers::docker_mode(slot_id))
     }
 
     fn record_checks(&self, results: impl IntoIterator<Item = PolicyCheck>) {
@@ -251,12 +329,16 @@ impl Hostd {
             .collect();
         HostReport {
             host_id: self.config.host_id.clone(),
-            runtime: "docker".into(),
+            runtime: self.config.runtime.name().into(),
             hostd_url: self.config.advertise_url.clone(),
             instance_type: self.config.instance_type.clone(),
             branch_limit: self.config.branch_limit,
             branch_limit_source: self.config.branch_limit_source.as_str().to_owned(),
-            branches_used: u32::try_from(slots.len()).unwrap_or(u32::MAX),
+            branches_used: match self.config.runtime {
+                HostRuntime::Docker => u32::try_from(slots.len()).unwrap_or(u32::MAX),
+                // Every awsvpc task holds a branch, Berth's or not.
+                HostRuntime::Ecs { .. } => self.branches_used.load(Ordering::Relaxed),
+            },
             memory_total_mib: capacity::memory_total_mib(),
             memory_system_mib: self.config.memory_system_mib,
             memory_reserved_mib: slots.iter().map(|s| s.memory_mib).sum(),
@@ -287,6 +369,9 @@ impl Hostd {
     /// it starts. The slot's egress lock is applied and proven before its workspace
     /// container starts; a slot whose lock cannot be proven is removed and refused.
     pub async fn create_slot(&self, req: CreateSlot) -> Result<SlotInfo, ApiError> {
+        if self.ecs_agent.is_some() {
+            return Err(ApiError::EcsManaged);
+        }
         let template = self
             .config
             .templates
@@ -357,6 +442,9 @@ impl Hostd {
     }
 
     pub async fn destroy_slot(&self, slot_id: &str) -> Result<usize, ApiError> {
+        if self.ecs_agent.is_some() {
+            return Err(ApiError::EcsManaged);
+        }
         let n = self.runtime.destroy_slot(slot_id).await?;
         self.slots().remove(slot_id);
         tracing::info!(slot_id, containers = n, "slot destroyed");
@@ -447,15 +535,25 @@ impl Hostd {
             let checks = self.enforcer.check_host_rules(netns, first).await;
             self.record_checks(checks);
         }
+        self.discover().await;
         // The audit first: it inspects every container once, and the slot rules pass
         // takes each namespace's pid from what it saw.
         let profiles = self.profiles.clone();
+        let ecs_mode = self.ecs_agent.is_some();
+        let filter = if ecs_mode {
+            berth_wire::ecs::LABEL_TASK_ARN.to_owned()
+        } else {
+            format!("{}={}", labels::HOST, self.config.host_id)
+        };
         let audited = self
             .enforcer
-            .audit_containers(&format!("{}={}", labels::HOST, self.config.host_id), |l| {
+            .audit_containers(&filter, |l| {
+                if ecs_mode {
+                    return adopt::ecs_expectations(l);
+                }
                 let role = l.get(labels::ROLE).map(String::as_str);
                 let template = l.get(labels::TEMPLATE).map(String::as_str).unwrap_or("");
-                if role == Some("proxy") {
+                Some(if role == Some("proxy") {
                     audit::Expectations {
                         seccomp_profile: None,
                         joins_netns: false,
@@ -466,7 +564,7 @@ impl Hostd {
                         seccomp_profile: profiles.get(template).cloned().flatten(),
                         joins_netns: true,
                     }
-                }
+                })
             })
             .await;
         for s in audited.stopped {
@@ -502,10 +600,9 @@ impl Hostd {
         let measured: Vec<(String, Option<u64>)> = futures_util::stream::iter(candidates)
             .map(|slot_id| async move {
                 let p = &self.enforcer.privileged;
-                let ws = p
-                    .container_memory(&docker::workspace_container(&slot_id))
-                    .await;
-                let proxy = p.container_memory(&docker::netns_owner(&slot_id)).await;
+                let c = self.containers_of(&slot_id);
+                let ws = p.container_memory(&c.workspace).await;
+                let proxy = p.container_memory(&c.proxy).await;
                 let mib = match (ws, proxy) {
                     (Ok(a), Ok(b)) => Some((a + b).div_ceil(1024 * 1024)),
                     _ => None,
@@ -601,7 +698,7 @@ impl Hostd {
         slot_id: &str,
         pids: &BTreeMap<String, i64>,
     ) -> Result<enforce::Locked, String> {
-        let owner = docker::netns_owner(slot_id);
+        let owner = self.containers_of(slot_id).netns_owner;
         if let Some(&pid) = pids.get(&owner).filter(|p| **p > 0) {
             return self.enforcer.lock_slot(&Netns::of_pid(pid)).await;
         }
@@ -640,10 +737,13 @@ impl Hostd {
         tokio::spawn(async move {
             let mut health = tokio::time::interval(HEALTH_EVERY);
             let mut enforce = tokio::time::interval(me.config.check_every);
+            let mut discover = tokio::time::interval(DISCOVER_EVERY);
             loop {
                 tokio::select! {
                     _ = health.tick() => me.check_health().await,
                     _ = enforce.tick() => me.enforce().await,
+                    // ECS mode: new tasks are adopted within a second (no-op otherwise).
+                    _ = discover.tick() => me.discover().await,
                     _ = stop.changed() => break,
                 }
             }

@@ -15,11 +15,31 @@ struct Args {
     /// This host's id (docker runtime; the ECS runtime reads the instance id).
     #[arg(long, env = "BERTH_HOST_ID")]
     host_id: Option<String>,
-    /// Runtime: only `docker` in this version.
+    /// `docker` (hostd makes slots) or `ecs` (ECS starts workspace tasks; hostd
+    /// adopts them; identity from instance metadata).
     #[arg(long, env = "BERTH_HOST_RUNTIME", default_value = "docker")]
     runtime: String,
-    #[arg(long, env = "BERTH_INSTANCE_TYPE", default_value = "local")]
-    instance_type: String,
+    /// Instance type (capacity table); ECS mode reads it from instance metadata.
+    #[arg(long, env = "BERTH_INSTANCE_TYPE")]
+    instance_type: Option<String>,
+    /// Instance metadata (IMDSv2) base URL, ECS mode.
+    #[arg(
+        long,
+        env = "BERTH_IMDS_ENDPOINT",
+        default_value = "http://169.254.169.254"
+    )]
+    imds_endpoint: String,
+    /// The ECS agent's introspection API, ECS mode.
+    #[arg(
+        long,
+        env = "BERTH_ECS_AGENT_URL",
+        default_value = "http://127.0.0.1:51678"
+    )]
+    ecs_agent_url: String,
+    /// The ECS cluster this host should serve (ECS mode): hostd says so on its page
+    /// and in its checks when the ECS agent registered it elsewhere.
+    #[arg(long, env = "BERTH_ECS_CLUSTER")]
+    ecs_cluster: Option<String>,
     /// Slots this host may run; defaults to the ENI-trunk table for the instance type,
     /// 400 for a `local` machine, and 2 (with a warning) for a type not in the table.
     #[arg(long, env = "BERTH_BRANCH_LIMIT")]
@@ -35,10 +55,12 @@ struct Args {
     token: Option<String>,
     #[arg(long, env = "BERTH_HOST_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// Workspace image (docker runtime; ECS tasks name theirs).
     #[arg(long, env = "BERTH_WORKSPACE_IMAGE")]
-    workspace_image: String,
+    workspace_image: Option<String>,
+    /// Proxy image (docker runtime).
     #[arg(long, env = "BERTH_PROXY_IMAGE")]
-    proxy_image: String,
+    proxy_image: Option<String>,
     /// Seccomp profile (Docker JSON) for workspace containers: a file, or
     /// `docker-default` for the daemon's own default. Without it, Berth's workspace
     /// profile (seccomp/workspace.json, built in) is used.
@@ -134,12 +156,25 @@ async fn async_main(args: Args) -> std::process::ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    if args.runtime != "docker" {
-        return config_error(&format!(
-            "runtime `{}` is not supported by this build; use `docker`",
-            args.runtime
-        ));
-    }
+    let runtime = match args.runtime.as_str() {
+        "docker" => berth_hostd::HostRuntime::Docker,
+        "ecs" => berth_hostd::HostRuntime::Ecs {
+            agent_url: args.ecs_agent_url.trim_end_matches('/').to_owned(),
+        },
+        other => return config_error(&format!("runtime `{other}` is not `docker` or `ecs`")),
+    };
+    let (workspace_image, proxy_image) = match (&runtime, args.workspace_image, args.proxy_image) {
+        (_, Some(w), Some(p)) => (w, p),
+        (berth_hostd::HostRuntime::Ecs { .. }, w, p) => {
+            (w.unwrap_or_default(), p.unwrap_or_default())
+        }
+        _ => {
+            return config_error(
+                "the docker runtime needs --workspace-image and --proxy-image \
+                 (BERTH_WORKSPACE_IMAGE, BERTH_PROXY_IMAGE)",
+            );
+        }
+    };
     let token = match (args.token, args.token_file) {
         (Some(t), _) => t,
         (None, Some(path)) => match std::fs::read_to_string(&path) {
@@ -196,15 +231,61 @@ async fn async_main(args: Args) -> std::process::ExitCode {
     if args.check_every_secs == 0 {
         return config_error("--check-every-secs must be at least 1");
     }
-    let host_id = args.host_id.unwrap_or_else(|| {
-        let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-        format!("local-{}", name.trim())
-    });
+    let (host_id, instance_type) = match &runtime {
+        berth_hostd::HostRuntime::Docker => (
+            args.host_id.unwrap_or_else(|| {
+                let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                format!("local-{}", name.trim())
+            }),
+            args.instance_type.unwrap_or_else(|| "local".into()),
+        ),
+        berth_hostd::HostRuntime::Ecs { agent_url } => {
+            let imds = args.imds_endpoint.trim_end_matches('/');
+            let id = match berth_hostd::ecs::identity(imds).await {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read this instance's identity");
+                    return std::process::ExitCode::from(69);
+                }
+            };
+            if let Some(h) = &args.host_id
+                && h != &id.instance_id
+            {
+                return config_error(&format!(
+                    "--host-id {h} is not this instance ({}); leave it unset in ECS mode",
+                    id.instance_id
+                ));
+            }
+            match berth_hostd::ecs::AgentClient::new(agent_url.clone())
+                .metadata()
+                .await
+            {
+                Ok(m) => {
+                    if let Some(want) = &args.ecs_cluster
+                        && !m.cluster.is_empty()
+                        && !m.cluster.ends_with(want.as_str())
+                    {
+                        tracing::error!(agent_cluster = %m.cluster, expected = %want,
+                            "the ECS agent serves another cluster than BERTH_ECS_CLUSTER");
+                    }
+                    tracing::info!(cluster = %m.cluster, agent = %m.version, "ECS agent found");
+                }
+                // hostd starts before the agent (Before=ecs.service): it keeps asking.
+                Err(e) => {
+                    tracing::warn!(error = %e, "ECS agent not answering yet; will keep trying")
+                }
+            }
+            (
+                id.instance_id,
+                args.instance_type.unwrap_or(id.instance_type),
+            )
+        }
+    };
     let (branch_limit, branch_limit_source) =
-        berth_hostd::capacity::branch_limit(&args.instance_type, args.branch_limit);
+        berth_hostd::capacity::branch_limit(&instance_type, args.branch_limit);
     if branch_limit_source == berth_hostd::capacity::BranchSource::Unknown {
         tracing::warn!(
-            instance_type = %args.instance_type,
+            %instance_type,
             branch_limit,
             "instance type not in the ENI-trunking table: assuming {branch_limit} awsvpc tasks; \
              set --branch-limit to the real figure"
@@ -215,7 +296,8 @@ async fn async_main(args: Args) -> std::process::ExitCode {
     }
     let config = berth_hostd::Config {
         host_id,
-        instance_type: args.instance_type,
+        runtime,
+        instance_type,
         branch_limit,
         branch_limit_source,
         memory_system_mib: args.memory_system_mib,
@@ -226,8 +308,8 @@ async fn async_main(args: Args) -> std::process::ExitCode {
         token,
         templates: vec![berth_hostd::SlotTemplate {
             name: "default".into(),
-            workspace_image: args.workspace_image,
-            proxy_image: args.proxy_image,
+            workspace_image,
+            proxy_image,
             memory_limit_mib: args.memory_limit_mib,
             memory_reservation_mib: args.memory_reservation_mib,
             pids_limit: args.pids_limit,

@@ -133,6 +133,9 @@ pub struct ContainerFacts {
     pub userns_mode: String,
     /// The address on each network it is attached to.
     pub addresses: BTreeMap<String, String>,
+    /// `BERTH_TEMPLATE` from its environment (the scheduler sets it on ECS tasks);
+    /// nothing else of the environment is kept (the proxy's holds credentials).
+    pub env_template: Option<String>,
 }
 
 /// Why a privileged operation failed.
@@ -193,6 +196,13 @@ pub trait Privileged: Send + Sync + 'static {
 
     /// Stops a container (a short grace, then SIGKILL).
     fn stop_container<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), PrivError>>;
+
+    /// Sets a running container's pids cgroup limit (ECS cannot set one itself).
+    fn set_pids_limit<'a>(
+        &'a self,
+        id: &'a str,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<(), PrivError>>;
 
     /// The engine's security options (`docker info`), e.g. `name=seccomp,profile=…`.
     fn daemon_security_options(&self) -> BoxFuture<'_, Result<Vec<String>, PrivError>>;
@@ -403,6 +413,25 @@ impl Privileged for HostPrivileged {
         })
     }
 
+    fn set_pids_limit<'a>(
+        &'a self,
+        id: &'a str,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<(), PrivError>> {
+        Box::pin(async move {
+            self.docker
+                .update_container(
+                    id,
+                    bollard::models::ContainerUpdateBody {
+                        pids_limit: Some(limit),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| docker_error("update", id, e))
+        })
+    }
+
     fn daemon_security_options(&self) -> BoxFuture<'_, Result<Vec<String>, PrivError>> {
         Box::pin(async move {
             let info = self.docker.info().await.map_err(|e| PrivError::Docker {
@@ -504,6 +533,11 @@ fn facts_of(c: bollard::models::ContainerInspectResponse) -> ContainerFacts {
             .into_iter()
             .filter_map(|(net, e)| e.ip_address.filter(|ip| !ip.is_empty()).map(|ip| (net, ip)))
             .collect(),
+        env_template: config.env.unwrap_or_default().iter().find_map(|e| {
+            e.strip_prefix(berth_wire::ecs::ENV_TEMPLATE)
+                .and_then(|rest| rest.strip_prefix('='))
+                .map(str::to_owned)
+        }),
     }
 }
 
@@ -573,6 +607,7 @@ pub enum Call {
     Inspect { id: String },
     List { key: String },
     Stop { id: String },
+    PidsLimit { id: String, limit: i64 },
 }
 
 #[derive(Default)]
@@ -793,6 +828,27 @@ impl Privileged for RecordingPrivileged {
                 Some(c) => {
                     c.running = false;
                     c.pid = 0;
+                    Ok(())
+                }
+                None => Err(PrivError::NoSuchContainer { id: id.into() }),
+            }
+        })
+    }
+
+    fn set_pids_limit<'a>(
+        &'a self,
+        id: &'a str,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<(), PrivError>> {
+        Box::pin(async move {
+            let mut r = self.lock();
+            r.calls.push(Call::PidsLimit {
+                id: id.into(),
+                limit,
+            });
+            match r.containers.get_mut(id) {
+                Some(c) => {
+                    c.pids_limit = Some(limit);
                     Ok(())
                 }
                 None => Err(PrivError::NoSuchContainer { id: id.into() }),

@@ -68,6 +68,7 @@ impl LocalBerth {
         let hostd_url = format!("http://{}", hostd_listener.local_addr().unwrap());
         let hostd_config = berth_hostd::Config {
             host_id: host_id.clone(),
+            runtime: berth_hostd::HostRuntime::Docker,
             instance_type: "local".into(),
             branch_limit: opts.branch_limit,
             branch_limit_source: berth_hostd::capacity::BranchSource::Configured,

@@ -504,6 +504,7 @@ async fn a_restarted_hostd_finds_its_slots_and_reverifies_their_rules() {
     let host_id = format!("tr{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let config = berth_hostd::Config {
         host_id: host_id.clone(),
+        runtime: berth_hostd::HostRuntime::Docker,
         instance_type: "local".into(),
         branch_limit: 4,
         branch_limit_source: berth_hostd::capacity::BranchSource::Configured,
