@@ -540,6 +540,10 @@ impl Hostd {
         // takes each namespace's pid from what it saw.
         let profiles = self.profiles.clone();
         let ecs_mode = self.ecs_agent.is_some();
+        // ECS mode: a task's containers are judged once adopted (adoption sets the
+        // pids limit ECS cannot, then audits them itself before anything else).
+        let adopted: std::collections::BTreeSet<String> =
+            self.containers().keys().cloned().collect();
         let filter = if ecs_mode {
             berth_wire::ecs::LABEL_TASK_ARN.to_owned()
         } else {
@@ -549,6 +553,10 @@ impl Hostd {
             .enforcer
             .audit_containers(&filter, |l| {
                 if ecs_mode {
+                    let task = l.get(berth_wire::ecs::LABEL_TASK_ARN)?;
+                    if !adopted.contains(berth_wire::ecs::task_id(task)) {
+                        return None;
+                    }
                     return adopt::ecs_expectations(l);
                 }
                 let role = l.get(labels::ROLE).map(String::as_str);

@@ -89,19 +89,24 @@ pub async fn acquire(berth: &LocalBerth, conversation: &str) -> AgentClient {
         .expect("scheduler reachable");
     assert_eq!(resp.status(), 200, "acquire {conversation}");
     let workspace: Workspace = resp.json().await.expect("workspace JSON");
-    AgentClient {
-        url: workspace.agent_url.clone(),
-        token: workspace.token.clone(),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .pool_max_idle_per_host(16)
-            .build()
-            .expect("http client"),
-        workspace,
-    }
+    AgentClient::for_workspace(workspace)
 }
 
 impl AgentClient {
+    /// A client for a workspace the scheduler handed out.
+    pub fn for_workspace(workspace: Workspace) -> Self {
+        AgentClient {
+            url: workspace.agent_url.clone(),
+            token: workspace.token.clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .pool_max_idle_per_host(16)
+                .build()
+                .expect("http client"),
+            workspace,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }

@@ -9,12 +9,18 @@
 //!   and removed by the next one ([`docker::sweep_leftovers`]).
 //! - [`agent::AgentClient`]: runs commands and file operations through a real
 //!   workspace's agent and collects what they produced.
+//! - [`ecs_bed::EcsBed`]: the ECS path — moto behind a recording, fault-injecting
+//!   forwarder ([`ecs_forwarder`]), an ECS-agent stand-in ([`ecs_agent`]) and a hostd
+//!   in ECS mode per "host", and the scheduler on the ECS runtime.
 //! - [`system::LocalBerth`]: hostd (docker runtime) and the scheduler (in memory),
 //!   in this process, on free ports — the same code path as `scheduler dev`.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod docker;
+pub mod ecs_agent;
+pub mod ecs_bed;
+pub mod ecs_forwarder;
 pub mod moto;
 pub mod netns;
 pub mod redis_server;

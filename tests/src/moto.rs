@@ -14,6 +14,8 @@ use std::time::Duration;
 pub struct MotoServer {
     child: Child,
     port: u16,
+    /// The last lines moto printed (its tracebacks explain its 500s).
+    log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
 
 /// Where tests/run.sh installs moto.
@@ -44,6 +46,7 @@ impl MotoServer {
             })?;
         // Werkzeug prints " * Running on http://127.0.0.1:PORT" on stderr or stdout.
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
         for pipe in [
             child
                 .stdout
@@ -58,8 +61,15 @@ impl MotoServer {
         .flatten()
         {
             let tx = tx.clone();
+            let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = log.lock() {
+                        if l.len() >= 200 {
+                            l.pop_front();
+                        }
+                        l.push_back(line.clone());
+                    }
                     if let Some(port) = line
                         .split("Running on http://127.0.0.1:")
                         .nth(1)
@@ -77,7 +87,15 @@ impl MotoServer {
                 anyhow::bail!("moto_server did not report its port within 30 s");
             }
         };
-        Ok(Self { child, port })
+        Ok(Self { child, port, log })
+    }
+
+    /// The last lines moto printed.
+    pub fn log_tail(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn endpoint(&self) -> String {

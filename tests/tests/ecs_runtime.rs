@@ -1,0 +1,444 @@
+//! The ECS path end to end, through the scheduler's API: RunTask with a constraint
+//! naming the host placement chose (recorded by the forwarder in front of moto),
+//! the task's containers started by that host's ECS-agent stand-in on the real
+//! Docker engine, adopted by that host's hostd in ECS mode, claimed, used and
+//! stopped. See tests/src/ecs_bed.rs for what is real and what stands in.
+
+use std::time::{Duration, Instant};
+
+use berth_scheduler::{addrs, throttle::BucketShape};
+use berth_tests::{
+    agent::AgentClient,
+    ecs_bed::{BedOptions, EcsBed},
+    ecs_forwarder::{Fault, constrained_instance},
+};
+use berth_wire::Workspace;
+use serde_json::{Value, json};
+
+async fn acquire(bed: &EcsBed, conversation: &str) -> Workspace {
+    let resp = bed
+        .http
+        .post(format!("{}/v1/workspaces", bed.api))
+        .json(&json!({"conversation_id": conversation}))
+        .send()
+        .await
+        .expect("scheduler reachable");
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "acquire {conversation}: {body}");
+    serde_json::from_str(&body).expect("workspace JSON")
+}
+
+/// The ENI addresses moto invented in its RunTask answers.
+fn moto_addresses(bed: &EcsBed) -> Vec<String> {
+    bed.forwarder
+        .calls_of("RunTask")
+        .iter()
+        .flat_map(|r| r.response["tasks"].as_array().cloned().unwrap_or_default())
+        .flat_map(|t| t["attachments"].as_array().cloned().unwrap_or_default())
+        .flat_map(|a| a["details"].as_array().cloned().unwrap_or_default())
+        .filter(|d| d["name"] == "privateIPv4Address")
+        .filter_map(|d| d["value"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_pool_fills_across_two_ecs_hosts_and_release_stops_the_task() {
+    let bed = EcsBed::start(BedOptions {
+        pool: 4,
+        ..BedOptions::default()
+    })
+    .await;
+    assert!(
+        bed.wait_pool(4, Duration::from_secs(120)).await,
+        "the pool did not fill; RunTask calls: {:?}",
+        bed.forwarder
+            .calls_of("RunTask")
+            .iter()
+            .map(|r| &r.response)
+            .collect::<Vec<_>>()
+    );
+    let instances: Vec<String> = bed.hosts.iter().map(|h| h.instance_id.clone()).collect();
+    let runs = bed.forwarder.calls_of("RunTask");
+    assert!(!runs.is_empty());
+    for r in &runs {
+        let req = &r.request;
+        let host = constrained_instance(req).expect("every RunTask names an instance");
+        assert!(instances.contains(&host), "{host} is not one of ours");
+        let count = req["count"].as_i64().unwrap_or(1);
+        assert!((1..=10).contains(&count), "count {count}");
+        assert_eq!(req["launchType"], "EC2");
+        assert_eq!(req["enableExecuteCommand"], false);
+        assert!(req["startedBy"].as_str().unwrap().starts_with("berth-"));
+        let vpc = &req["networkConfiguration"]["awsvpcConfiguration"];
+        assert_eq!(vpc["subnets"], json!([bed.subnet]));
+        assert_eq!(vpc["securityGroups"], json!([bed.security_group]));
+        assert_eq!(vpc["assignPublicIp"], "DISABLED");
+        let tags: Vec<(String, String)> = req["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["key"].as_str().unwrap().to_owned(),
+                    t["value"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert!(
+            tags.contains(&("berth:template".into(), "default".into())),
+            "{tags:?}"
+        );
+        assert!(
+            tags.contains(&("berth:host".into(), host.clone())),
+            "{tags:?}"
+        );
+        assert!(tags.iter().any(|(k, _)| k == "berth:batch"));
+        let env = &req["overrides"]["containerOverrides"][0];
+        assert_eq!(env["name"], "workspace-agent");
+        let names: Vec<&str> = env["environment"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        assert!(names.contains(&"BERTH_TEMPLATE") && names.contains(&"BERTH_CLAIM_SECRET_SHA256"));
+    }
+    // Spread placement used both hosts, and each ran exactly what named it.
+    for h in &bed.hosts {
+        let named: usize = runs
+            .iter()
+            .filter(|r| constrained_instance(&r.request).as_deref() == Some(h.instance_id.as_str()))
+            .map(|r| r.response["tasks"].as_array().map_or(0, Vec::len))
+            .sum();
+        assert!(named >= 1, "host {} got no task", h.instance_id);
+        let ok =
+            berth_tests::wait_until(Duration::from_secs(10), || h.agent.running().len() == named);
+        assert!(
+            ok,
+            "{} runs {:?}, RunTask named it for {named}",
+            h.instance_id,
+            h.agent.running()
+        );
+    }
+    // The scheduler connected only to addresses hostd vouched for: the tasks' real
+    // addresses on the bed's network, never moto's fictional ENI addresses.
+    let moto = moto_addresses(&bed);
+    assert!(!moto.is_empty());
+    let metrics = bed
+        .http
+        .get(format!("{}/metrics", bed.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(metric(&metrics, "berth_agent_address_refused_total"), 0);
+    for i in 0..bed.hosts.len() {
+        let status = bed.host_status(i).await;
+        assert_eq!(status["runtime"], "ecs");
+        for s in status["slots"].as_array().unwrap() {
+            let url = s["agent_url"].as_str().unwrap();
+            assert!(addrs::url_allowed(url, &bed.agent_networks), "{url}");
+            assert!(
+                !moto.iter().any(|m| url.contains(m.as_str())),
+                "{url} is moto's"
+            );
+        }
+        // hostd counts the awsvpc tasks on its host as branches in use.
+        let used = status["branches_used"].as_u64().unwrap();
+        assert_eq!(used as usize, bed.hosts[i].agent.running().len());
+        let checks = status["checks"].as_array().unwrap();
+        let agent_check = checks
+            .iter()
+            .find(|c| c["name"] == "ecs_agent")
+            .expect("ecs_agent check");
+        assert_eq!(agent_check["ok"], true, "{agent_check}");
+    }
+
+    // Acquire → exec in the task's containers → release stops the task.
+    let ws = acquire(&bed, "ecs-conv-1").await;
+    assert!(instances.contains(&ws.host_id));
+    let agent = AgentClient::for_workspace(ws.clone());
+    let out = agent.sh("echo hello; id -u; echo $HTTPS_PROXY").await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr_text());
+    assert_eq!(out.stdout_text(), "hello\n1000\nhttp://127.0.0.1:8080\n");
+    let host = bed
+        .hosts
+        .iter()
+        .find(|h| h.instance_id == ws.host_id)
+        .unwrap();
+    let task_id = bed
+        .scheduler
+        .store()
+        .workspace(&ws.id)
+        .await
+        .unwrap()
+        .expect("record")
+        .slot_id;
+    assert!(host.agent.running().iter().any(|a| a.ends_with(&task_id)));
+    let resp = bed
+        .http
+        .delete(format!("{}/v1/workspaces/{}", bed.api, ws.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let stops = bed.forwarder.calls_of("StopTask");
+    let stop = stops
+        .iter()
+        .find(|r| r.request["task"].as_str() == Some(task_id.as_str()))
+        .expect("release called StopTask for the slot's task");
+    assert_eq!(stop.request["reason"], "released");
+    assert_eq!(stop.status, 200);
+    let gone = berth_tests::wait_until(Duration::from_secs(10), || {
+        !host.agent.running().iter().any(|a| a.ends_with(&task_id))
+    });
+    assert!(gone, "the task's containers still run");
+    // And hostd lets the slot go.
+    let mut dropped = false;
+    for _ in 0..100 {
+        let status = bed
+            .host_status(
+                bed.hosts
+                    .iter()
+                    .position(|h| h.instance_id == ws.host_id)
+                    .unwrap(),
+            )
+            .await;
+        if !status["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["slot_id"] == task_id.as_str())
+        {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped, "hostd still reports the stopped task's slot");
+    bed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_throttled_runtask_burst_succeeds_after_retries_within_the_bucket() {
+    // A small bucket so that a burst of eight cold starts must wait for tokens.
+    let shape = BucketShape {
+        burst: 3,
+        per_second: 4.0,
+    };
+    let bed = EcsBed::start(BedOptions {
+        pool: 0,
+        run_bucket: shape,
+        ..BedOptions::default()
+    })
+    .await;
+    // Both hosts reported: placement can choose.
+    assert!(
+        bed.wait_hosts(2, Duration::from_secs(20)).await,
+        "hosts did not report"
+    );
+    bed.forwarder.inject(
+        Fault::Throttle {
+            action: "RunTask".into(),
+        },
+        3,
+    );
+    let start = Instant::now();
+    let acquires = (0..8).map(|i| {
+        let bed = &bed;
+        async move { acquire(bed, &format!("burst-{i}")).await }
+    });
+    let got = futures_util::future::join_all(acquires).await;
+    let took = start.elapsed();
+    assert_eq!(got.len(), 8);
+    assert_eq!(
+        bed.forwarder.faults_left(),
+        0,
+        "every throttle was met and retried"
+    );
+    let runs = bed.forwarder.calls_of("RunTask");
+    let throttled = runs
+        .iter()
+        .filter(|r| r.injected && r.status == 400)
+        .count();
+    assert_eq!(throttled, 3);
+    assert_eq!(
+        runs.len(),
+        8 + 3,
+        "each throttled call was retried once more"
+    );
+    // Never faster than the bucket: in every window, at most burst + rate × window
+    // calls (with 20 ms for clock slop). StopTask shares the bucket; none ran here.
+    let at: Vec<Instant> = runs.iter().map(|r| r.at).collect();
+    for i in 0..at.len() {
+        for j in i..at.len() {
+            let window = at[j].duration_since(at[i]) + Duration::from_millis(20);
+            let n = (j - i + 1) as f64;
+            assert!(
+                n <= shape.admits_within(window),
+                "{n} RunTask calls within {window:?} exceed the bucket {shape:?}"
+            );
+        }
+    }
+    let metrics = bed
+        .http
+        .get(format!("{}/metrics", bed.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(metric(&metrics, "berth_ecs_throttled_total"), 3);
+    assert!(metric(&metrics, "berth_ecs_retries_total") >= 3);
+    // The figure: what this bucket allows one replica, measured against its arithmetic.
+    let span = at.last().unwrap().duration_since(at[0]).as_secs_f64();
+    let expected = (runs.len() as f64 - f64::from(shape.burst)) / shape.per_second;
+    println!(
+        "RunTask: {} calls (8 starts + 3 throttled retries) in {span:.2} s; bucket {}/{}/s \
+         predicts >= {expected:.2} s; 8 workspaces in {:.2} s. Production bucket 100/40 per \
+         account and region at 10 tasks per call: 1,000 slots at once, then 400 slots/s.",
+        runs.len(),
+        shape.burst,
+        shape.per_second,
+        took.as_secs_f64()
+    );
+    assert!(
+        span + 0.05 >= expected,
+        "calls came faster than the bucket allows"
+    );
+    bed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resource_eni_on_one_host_moves_placement_to_the_other() {
+    let mut bed = EcsBed::start(BedOptions {
+        hosts: 0,
+        pool: 0,
+        ..BedOptions::default()
+    })
+    .await;
+    // The roomier host is placement's first choice (spread), and it has no ENI left.
+    let full = bed.add_host(16).await;
+    let other = bed.add_host(8).await;
+    assert!(
+        bed.wait_hosts(2, Duration::from_secs(20)).await,
+        "hosts did not report"
+    );
+    bed.forwarder.inject(
+        Fault::RunTaskFailure {
+            instance_id: full.clone(),
+            reason: "RESOURCE:ENI".into(),
+        },
+        10,
+    );
+    let a = acquire(&bed, "eni-1").await;
+    let b = acquire(&bed, "eni-2").await;
+    assert_eq!(a.host_id, other);
+    assert_eq!(
+        b.host_id, other,
+        "the refusing host stays out of placement while stale"
+    );
+    let runs = bed.forwarder.calls_of("RunTask");
+    let on_full: Vec<&Value> = runs
+        .iter()
+        .filter(|r| constrained_instance(&r.request).as_deref() == Some(full.as_str()))
+        .map(|r| &r.response)
+        .collect();
+    assert_eq!(
+        on_full.len(),
+        1,
+        "one refusal, then the host's view is stale: {on_full:?}"
+    );
+    assert_eq!(on_full[0]["failures"][0]["reason"], "RESOURCE:ENI");
+    let metrics = bed
+        .http
+        .get(format!("{}/metrics", bed.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(metric(&metrics, "berth_host_refusals_total"), 1);
+    assert_eq!(metric(&metrics, "berth_ecs_task_failures_total"), 1);
+    bed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostd_on_an_ecs_host_publishes_a_task_and_withdraws_it_when_it_dies() {
+    let bed = EcsBed::start(BedOptions {
+        hosts: 1,
+        pool: 1,
+        ..BedOptions::default()
+    })
+    .await;
+    assert!(
+        bed.wait_pool(1, Duration::from_secs(30)).await,
+        "pool did not fill:\n{}",
+        bed.diagnose().await
+    );
+    let status = bed.host_status(0).await;
+    let slot = &status["slots"][0];
+    assert_eq!(slot["state"], "ready", "{slot}");
+    assert!(slot["rules_verified_at_ms"].as_u64().is_some(), "{slot}");
+    let task_id = slot["slot_id"].as_str().unwrap().to_owned();
+    let events: Vec<String> = status["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{} {}", e["kind"], e["subject"]))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("slot_adopted") && e.contains(&task_id)),
+        "{events:?}"
+    );
+    // hostd set the pids limit ECS cannot set.
+    let ws_container = bed.hosts[0]
+        .agent
+        .container_of(&task_id, "workspace-agent")
+        .expect("workspace container");
+    let pids = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.HostConfig.PidsLimit}}", &ws_container])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&pids.stdout).trim(), "128");
+    // The workspace container dies behind everyone's back.
+    let killed = std::process::Command::new("docker")
+        .args(["kill", &ws_container])
+        .output()
+        .unwrap();
+    assert!(killed.status.success());
+    let mut withdrawn = false;
+    for _ in 0..100 {
+        let s = bed.host_status(0).await;
+        if !s["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["slot_id"] == task_id.as_str())
+        {
+            withdrawn = s["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "slot_gone");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(withdrawn, "hostd still publishes the dead task's slot");
+    bed.stop().await;
+}
