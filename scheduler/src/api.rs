@@ -371,6 +371,12 @@ async fn metrics(State(s): State<Scheduler>) -> Result<String, ApiError> {
         "Slots a host refused (ECS failures[]); placement then tried another host.",
         c.host_refusals.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "berth_orphans_stopped_total",
+        "Running slots no state knew, stopped after the orphan grace period.",
+        c.orphans_stopped.load(Ordering::Relaxed),
+    );
     for (name, v) in s.runtime_metrics() {
         counter(
             &mut out,

@@ -57,6 +57,9 @@ pub struct Config {
     pub agent_networks: Vec<addrs::Cidr>,
     /// How long a host that refused a slot is kept out of placement.
     pub stale_for: Duration,
+    /// How long a running slot may be unknown to every state before it is stopped
+    /// (longer than a slot takes to start and be recorded).
+    pub orphan_grace: Duration,
     /// The fleet's host secret. Each host's token is [`berth_wire::host_token`] of it
     /// and the host id: hosts present theirs on heartbeats, we present it on slot calls.
     pub host_token: String,
@@ -75,6 +78,7 @@ impl Default for Config {
             api_token: None,
             agent_networks: Vec::new(),
             stale_for: Duration::from_secs(10),
+            orphan_grace: Duration::from_secs(300),
             host_token: String::new(),
         }
     }
@@ -92,6 +96,7 @@ pub struct Counters {
     pub reaped: AtomicU64,
     pub agent_address_refused: AtomicU64,
     pub host_refusals: AtomicU64,
+    pub orphans_stopped: AtomicU64,
 }
 
 /// The scheduler's shared state.
@@ -113,6 +118,10 @@ struct Inner {
     refilling: Mutex<HashMap<String, usize>>,
     /// Hosts that refused a slot, kept out of placement until then.
     stale: Mutex<HashMap<String, std::time::Instant>>,
+    /// Running slots no state knows, with when they were first seen so.
+    orphans: Mutex<HashMap<String, std::time::Instant>>,
+    /// When the runtime was last listed for orphans.
+    orphans_listed: Mutex<Option<std::time::Instant>>,
     counters: Counters,
     /// Names this process in the leader lease.
     replica_id: String,
@@ -145,6 +154,8 @@ impl Scheduler {
                 starting: Mutex::default(),
                 refilling: Mutex::default(),
                 stale: Mutex::default(),
+                orphans: Mutex::default(),
+                orphans_listed: Mutex::default(),
                 counters: Counters::default(),
                 replica_id: format!("r-{}", short_id()),
             }),
@@ -634,6 +645,96 @@ impl Scheduler {
         if let Err(e) = self.refill().await {
             tracing::warn!(error = %e, "refill pass failed");
         }
+        if let Err(e) = self.reap_orphans().await {
+            tracing::warn!(error = %e, "orphan pass failed");
+        }
+    }
+
+    /// Stops slots the runtime runs on live hosts that no state knows (neither a
+    /// warm pool nor a workspace), once they have been unknown for the orphan grace
+    /// period: a replica that died between RunTask and recording the slot, a
+    /// release whose stop failed. Listing is paced to once per grace/4.
+    async fn reap_orphans(&self) -> Result<(), ApiError> {
+        let grace = self.inner.config.orphan_grace;
+        {
+            let mut last = self
+                .inner
+                .orphans_listed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < grace / 4) {
+                return Ok(());
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let hosts = self.inner.store.hosts().await?;
+        let now = now_ms();
+        let targets: Vec<runtime::HostTarget> = hosts
+            .iter()
+            .filter(|h| self.alive(h, now))
+            .map(|h| runtime::HostTarget {
+                host_id: h.report.host_id.clone(),
+                hostd_url: h.report.hostd_url.clone(),
+            })
+            .collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let running = self
+            .inner
+            .runtime
+            .list_slots(&targets)
+            .await
+            .map_err(|e| ApiError::Runtime(e.to_string()))?;
+        let mut known: std::collections::HashSet<String> = self
+            .inner
+            .store
+            .warm_slots()
+            .await?
+            .into_iter()
+            .map(|w| w.slot_id)
+            .collect();
+        known.extend(
+            self.inner
+                .store
+                .workspaces()
+                .await?
+                .into_iter()
+                .map(|r| r.slot_id),
+        );
+        let mut suspects = self
+            .inner
+            .orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        suspects.retain(|id, _| running.iter().any(|r| &r.slot_id == id) && !known.contains(id));
+        let mut stop = Vec::new();
+        for r in &running {
+            if known.contains(&r.slot_id) {
+                continue;
+            }
+            let first = *suspects
+                .entry(r.slot_id.clone())
+                .or_insert_with(std::time::Instant::now);
+            if first.elapsed() >= grace {
+                stop.push(r.clone());
+            }
+        }
+        for r in &stop {
+            suspects.remove(&r.slot_id);
+        }
+        *self.inner.orphans.lock().unwrap_or_else(|e| e.into_inner()) = suspects;
+        for r in stop {
+            tracing::warn!(slot_id = %r.slot_id, host_id = %r.host_id, "orphan: running, known to no state; stopping it");
+            self.discard_slot(&r.host_id, &r.slot_id, "orphan: known to no state")
+                .await;
+            self.inner
+                .counters
+                .orphans_stopped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     async fn reap_dead_hosts(&self) -> Result<(), StoreError> {
@@ -1095,6 +1196,56 @@ mod tests {
         let err = s.start_slot("default").await.unwrap_err();
         assert!(err.to_string().contains("RESOURCE:ENI"), "{err}");
         assert_eq!(s.counters().slot_start_failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_running_slot_no_state_knows_is_stopped_after_the_grace_period() {
+        let fake = runtime::RecordingRuntime::new();
+        let config = Config {
+            pools: [("default".to_owned(), 1)].into(),
+            orphan_grace: Duration::from_millis(80),
+            ..Config::default()
+        };
+        let s = Scheduler::with_runtime(config, Store::memory(), Arc::new(fake.clone()));
+        let mut report = host_with("none", SlotState::Ready).report;
+        report.slots.clear();
+        report.branch_limit = 10;
+        report.memory_total_mib = 4096;
+        s.store().put_host(report, now_ms()).await.unwrap();
+        // A warm slot the pool knows, and one started behind the state's back.
+        let known = s.start_slot("default").await.unwrap();
+        s.store().push_warm(known.clone()).await.unwrap();
+        let target = runtime::HostTarget {
+            host_id: "h1".into(),
+            hostd_url: String::new(),
+        };
+        let orphan = fake
+            .start_slots(&target, "default", 1)
+            .await
+            .pop()
+            .unwrap()
+            .unwrap();
+        s.reap_orphans().await.unwrap();
+        let stopped = |f: &runtime::RecordingRuntime| -> Vec<String> {
+            f.calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    runtime::RuntimeCall::Stop {
+                        slot_id, reason, ..
+                    } if reason.starts_with("orphan") => Some(slot_id),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(stopped(&fake).is_empty(), "stopped before its grace period");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.reap_orphans().await.unwrap();
+        assert_eq!(stopped(&fake), vec![orphan.slot_id.clone()]);
+        assert_eq!(s.counters().orphans_stopped.load(Ordering::Relaxed), 1);
+        // The known slot still runs.
+        let running = fake.list_slots(&[target]).await.unwrap();
+        assert_eq!(running.len(), 1);
+        assert_eq!(running[0].slot_id, known.slot_id);
     }
 
     #[test]

@@ -83,6 +83,9 @@ struct RuntimeArgs {
     /// Warm slots being started at once, per pool.
     #[arg(long, env = "BERTH_REFILL_PARALLELISM")]
     refill_parallelism: Option<usize>,
+    /// Seconds a running slot may be unknown to every state before it is stopped.
+    #[arg(long, env = "BERTH_ORPHAN_GRACE_SECS", default_value_t = 300)]
+    orphan_grace_secs: u64,
     /// ECS cluster (ecs runtime).
     #[arg(long, env = "BERTH_ECS_CLUSTER")]
     ecs_cluster: Option<String>,
@@ -256,6 +259,7 @@ async fn main() -> std::process::ExitCode {
                 agent_networks,
                 ..Config::default()
             };
+            config.orphan_grace = std::time::Duration::from_secs(runtime.orphan_grace_secs.max(1));
             if let Some(n) = runtime.refill_parallelism {
                 config.refill_parallelism = n.max(1);
             }

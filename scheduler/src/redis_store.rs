@@ -213,6 +213,19 @@ impl RedisStore {
         Ok(templates.into_iter().zip(sizes).collect())
     }
 
+    pub(crate) async fn warm_slots(&self) -> Result<Vec<WarmSlot>, StoreError> {
+        let mut slots = Vec::new();
+        for t in self.templates().await? {
+            let key = pool_key(&t);
+            let mut con = self.con.clone();
+            let raw: Vec<String> = con.lrange(&key, 0, -1).await.map_err(unavailable)?;
+            for s in raw {
+                slots.push(decode(&key, &s)?);
+            }
+        }
+        Ok(slots)
+    }
+
     pub(crate) async fn take_warm_on_host(
         &self,
         host_id: &str,

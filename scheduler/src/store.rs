@@ -120,6 +120,11 @@ impl Store {
         dispatch!(self.pool_sizes())
     }
 
+    /// Every warm slot in every pool (for reconciliation against the runtime).
+    pub async fn warm_slots(&self) -> Result<Vec<WarmSlot>, StoreError> {
+        dispatch!(self.warm_slots())
+    }
+
     /// Takes every warm slot on `host_id` out of the pools (its host died or drains).
     pub async fn take_warm_on_host(&self, host_id: &str) -> Result<Vec<WarmSlot>, StoreError> {
         dispatch!(self.take_warm_on_host(host_id))
@@ -232,6 +237,10 @@ impl MemoryStore {
             .iter()
             .map(|(t, q)| (t.clone(), q.len()))
             .collect())
+    }
+
+    fn warm_slots(&self) -> Result<Vec<WarmSlot>, StoreError> {
+        Ok(self.lock().pools.values().flatten().cloned().collect())
     }
 
     fn take_warm_on_host(&self, host_id: &str) -> Result<Vec<WarmSlot>, StoreError> {

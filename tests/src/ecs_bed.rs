@@ -43,6 +43,7 @@ pub struct BedOptions {
     pub branch_limit: u32,
     pub run_bucket: berth_scheduler::throttle::BucketShape,
     pub refill_parallelism: usize,
+    pub orphan_grace: Duration,
 }
 
 impl Default for BedOptions {
@@ -53,6 +54,7 @@ impl Default for BedOptions {
             branch_limit: 8,
             run_bucket: berth_scheduler::throttle::BucketShape::ECS_MUTATE,
             refill_parallelism: 4,
+            orphan_grace: Duration::from_secs(300),
         }
     }
 }
@@ -260,6 +262,7 @@ impl EcsBed {
             host_token: host_secret.clone(),
             agent_networks: agent_networks.clone(),
             refill_parallelism: opts.refill_parallelism,
+            orphan_grace: opts.orphan_grace,
             ..Config::default()
         };
         let scheduler = Scheduler::with_runtime(config, Store::memory(), runtime.clone());

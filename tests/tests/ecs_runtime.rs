@@ -442,3 +442,72 @@ async fn hostd_on_an_ecs_host_publishes_a_task_and_withdraws_it_when_it_dies() {
     assert!(withdrawn, "hostd still publishes the dead task's slot");
     bed.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_orphan_task_is_stopped_after_its_grace_period_and_known_ones_are_not() {
+    use berth_scheduler::runtime::{HostTarget, Runtime};
+    let bed = EcsBed::start(BedOptions {
+        hosts: 1,
+        pool: 1,
+        orphan_grace: Duration::from_secs(3),
+        ..BedOptions::default()
+    })
+    .await;
+    assert!(
+        bed.wait_pool(1, Duration::from_secs(60)).await,
+        "pool did not fill:\n{}",
+        bed.diagnose().await
+    );
+    let known = bed.scheduler.store().warm_slots().await.unwrap()[0]
+        .slot_id
+        .clone();
+    // A task started behind the state's back (as a replica that died between
+    // RunTask and recording the slot would leave).
+    let target = HostTarget {
+        host_id: bed.hosts[0].instance_id.clone(),
+        hostd_url: bed.hosts[0].hostd_url.clone(),
+    };
+    let orphan = bed
+        .runtime
+        .start_slots(&target, "default", 1)
+        .await
+        .pop()
+        .unwrap()
+        .expect("orphan starts");
+    let started = Instant::now();
+    let mut stopped_at = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        let stops = bed.forwarder.calls_of("StopTask");
+        if let Some(s) = stops
+            .iter()
+            .find(|r| r.request["task"] == orphan.slot_id.as_str())
+        {
+            assert!(
+                s.request["reason"].as_str().unwrap().starts_with("orphan"),
+                "{}",
+                s.request
+            );
+            stopped_at = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = match stopped_at {
+        Some(a) => a,
+        None => panic!("the orphan was not stopped:\n{}", bed.diagnose().await),
+    };
+    assert!(
+        after >= Duration::from_secs(2),
+        "stopped before its grace period: {after:?}"
+    );
+    // Reconciliation listed through ListTasks (paginated) and DescribeTasks.
+    assert!(!bed.forwarder.calls_of("ListTasks").is_empty());
+    assert!(
+        !bed.forwarder
+            .calls_of("StopTask")
+            .iter()
+            .any(|r| r.request["task"] == known.as_str()),
+        "the pool's own slot was stopped"
+    );
+    bed.stop().await;
+}
