@@ -377,6 +377,12 @@ async fn metrics(State(s): State<Scheduler>) -> Result<String, ApiError> {
         "Running slots no state knew, stopped after the orphan grace period.",
         c.orphans_stopped.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "berth_scale_out_requested_total",
+        "Warm slots started through the runtime's scale-out path (no host had room).",
+        c.scale_out_requested.load(Ordering::Relaxed),
+    );
     for (name, v) in s.runtime_metrics() {
         counter(
             &mut out,

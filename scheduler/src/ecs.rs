@@ -44,9 +44,9 @@ use aws_sdk_ecs::{
     config::http::HttpResponse,
     error::{ProvideErrorMetadata, SdkError},
     types::{
-        AssignPublicIp, AwsVpcConfiguration, ContainerOverride, DesiredStatus, KeyValuePair,
-        LaunchType, NetworkConfiguration, PlacementConstraint, PlacementConstraintType, Tag, Task,
-        TaskField, TaskOverride,
+        AssignPublicIp, AwsVpcConfiguration, CapacityProviderStrategyItem, ContainerOverride,
+        DesiredStatus, KeyValuePair, LaunchType, NetworkConfiguration, PlacementConstraint,
+        PlacementConstraintType, Tag, Task, TaskField, TaskOverride,
     },
 };
 use berth_wire::{SlotInfo, SlotState, ecs as names};
@@ -82,6 +82,11 @@ pub struct EcsConfig {
     pub poll_every: Duration,
     /// How often starting tasks are described (their ECS state).
     pub describe_every: Duration,
+    /// Scale-out: the capacity provider to start tasks with when no host has room
+    /// (ECS managed scaling then adds instances); `None` never scales out.
+    pub capacity_provider: Option<String>,
+    /// How long a scale-out task may wait for a new instance (PROVISIONING).
+    pub provision_deadline: Duration,
 }
 
 impl EcsConfig {
@@ -100,6 +105,8 @@ impl EcsConfig {
             start_deadline: Duration::from_secs(180),
             poll_every: Duration::from_millis(250),
             describe_every: Duration::from_secs(2),
+            capacity_provider: None,
+            provision_deadline: Duration::from_secs(600),
         }
     }
 
@@ -145,6 +152,7 @@ struct EcsCounters {
     task_failures: AtomicU64,
     tasks_stuck: AtomicU64,
     tasks_stopped_early: AtomicU64,
+    scale_out_tasks: AtomicU64,
 }
 
 /// Which bucket a call draws from.
@@ -326,11 +334,32 @@ impl EcsRuntime {
         template: &str,
         count: usize,
     ) -> Vec<Result<SlotInfo, RuntimeError>> {
+        let (started, claim_secret, mut results) = self.run_task(Some(host), template, count).await;
+        results.extend(self.await_ready(host, &started, &claim_secret).await);
+        // ECS answered for fewer tasks than asked without saying why.
+        while results.len() < count {
+            results.push(Err(RuntimeError::Other(
+                "RunTask started fewer tasks than asked and gave no failure".into(),
+            )));
+        }
+        results
+    }
+
+    /// Calls RunTask once: constrained to `host`, or (scale-out) with the capacity
+    /// provider and no constraint. Returns the started tasks' ARNs, the call's claim
+    /// secret, and one error per task that did not start.
+    async fn run_task(
+        &self,
+        host: Option<&HostTarget>,
+        template: &str,
+        count: usize,
+    ) -> (Vec<String>, String, Vec<Result<SlotInfo, RuntimeError>>) {
+        let host_id = host.map_or("(scale-out)", |h| h.host_id.as_str());
         let fail_all = |e: RuntimeError| {
             let text = e.to_string();
             let mut out = vec![Err(e)];
             out.extend((1..count).map(|_| Err(RuntimeError::Other(text.clone()))));
-            out
+            (Vec::new(), String::new(), out)
         };
         let Some(task_definition) = self.config.task_definition(template) else {
             return fail_all(RuntimeError::Other(format!(
@@ -363,23 +392,39 @@ impl EcsRuntime {
             )
             .build();
         let count_i32 = i32::try_from(count.min(MAX_TASKS_PER_CALL)).unwrap_or(1);
+        let strategy = match (host, &self.config.capacity_provider) {
+            (None, Some(cp)) => match CapacityProviderStrategyItem::builder()
+                .capacity_provider(cp)
+                .weight(1)
+                .build()
+            {
+                Ok(item) => Some(vec![item]),
+                Err(e) => return fail_all(RuntimeError::Other(format!("capacity provider: {e}"))),
+            },
+            _ => None,
+        };
         let out = self
             .call(Family::Mutate, "RunTask", || {
-                self.client
+                let mut call = self
+                    .client
                     .run_task()
                     .cluster(&self.config.cluster)
                     .task_definition(task_definition)
-                    .count(count_i32)
-                    .launch_type(LaunchType::Ec2)
-                    .placement_constraints(
-                        PlacementConstraint::builder()
-                            .r#type(PlacementConstraintType::MemberOf)
-                            .expression(format!("ec2InstanceId == {}", host.host_id))
-                            .build(),
-                    )
-                    .started_by(&self.config.started_by)
+                    .count(count_i32);
+                call = match (host, &self.config.capacity_provider) {
+                    (Some(h), _) => call
+                        .launch_type(LaunchType::Ec2)
+                        .placement_constraints(
+                            PlacementConstraint::builder()
+                                .r#type(PlacementConstraintType::MemberOf)
+                                .expression(format!("ec2InstanceId == {}", h.host_id))
+                                .build(),
+                        )
+                        .tags(tag(names::TAG_HOST, &h.host_id)),
+                    (None, _) => call.set_capacity_provider_strategy(strategy.clone()),
+                };
+                call.started_by(&self.config.started_by)
                     .tags(tag(names::TAG_TEMPLATE, template))
-                    .tags(tag(names::TAG_HOST, &host.host_id))
                     .tags(tag(names::TAG_BATCH, &batch))
                     .tags(tag(names::TAG_SCHEDULER, &self.config.scheduler_name))
                     .network_configuration(network.clone())
@@ -396,11 +441,11 @@ impl EcsRuntime {
         for f in out.failures() {
             let reason = f.reason().unwrap_or("unknown").to_owned();
             self.counters.task_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(host_id = %host.host_id, %reason, detail = f.detail().unwrap_or(""),
+            tracing::warn!(%host_id, %reason, detail = f.detail().unwrap_or(""),
                 "RunTask failure");
-            results.push(Err(if host_level_reason(&reason) {
+            results.push(Err(if host_level_reason(&reason) && host.is_some() {
                 RuntimeError::HostRefused {
-                    host_id: host.host_id.clone(),
+                    host_id: host_id.to_owned(),
                     reason,
                 }
             } else {
@@ -415,14 +460,112 @@ impl EcsRuntime {
         self.counters
             .tasks_started
             .fetch_add(arns.len() as u64, Ordering::Relaxed);
-        tracing::info!(host_id = %host.host_id, %template, tasks = arns.len(), %batch, "RunTask");
-        results.extend(self.await_ready(host, &arns, &claim_secret).await);
-        // ECS answered for fewer tasks than asked without saying why.
-        while results.len() < count {
-            results.push(Err(RuntimeError::Other(
-                "RunTask started fewer tasks than asked and gave no failure".into(),
-            )));
+        tracing::info!(%host_id, %template, tasks = arns.len(), %batch, "RunTask");
+        (arns, claim_secret, results)
+    }
+
+    /// Scale-out: starts tasks with the capacity provider, waits (PROVISIONING,
+    /// while managed scaling adds an instance) until DescribeTasks says which
+    /// instance each landed on, then for that host's hostd to report it ready.
+    async fn run_unplaced(
+        &self,
+        template: &str,
+        count: usize,
+        resolve: crate::runtime::HostResolver,
+    ) -> Vec<Result<SlotInfo, RuntimeError>> {
+        let (arns, secret, mut results) = self.run_task(None, template, count).await;
+        self.counters
+            .scale_out_tasks
+            .fetch_add(arns.len() as u64, Ordering::Relaxed);
+        let deadline = Instant::now() + self.config.provision_deadline;
+        let mut pending: Vec<String> = arns;
+        let mut placed: Vec<(String, String)> = Vec::new();
+        while !pending.is_empty() {
+            if Instant::now() >= deadline {
+                for arn in pending.drain(..) {
+                    self.counters.tasks_stuck.fetch_add(1, Ordering::Relaxed);
+                    let why = format!(
+                        "no instance within {} s (PROVISIONING)",
+                        self.config.provision_deadline.as_secs()
+                    );
+                    let _ = self.stop_task(names::task_id(&arn), &why).await;
+                    results.push(Err(RuntimeError::Other(format!("task {arn}: {why}"))));
+                }
+                break;
+            }
+            tokio::time::sleep(self.config.describe_every).await;
+            let Ok(tasks) = self.describe(&pending).await else {
+                continue;
+            };
+            let cis: Vec<String> = tasks
+                .iter()
+                .filter(|t| !matches!(t.last_status(), Some("PROVISIONING") | None))
+                .filter_map(|t| t.container_instance_arn().map(str::to_owned))
+                .collect();
+            let instances = self.instance_ids(&cis).await;
+            for t in &tasks {
+                let Some(arn) = t.task_arn() else { continue };
+                if t.last_status() == Some("STOPPED") {
+                    pending.retain(|a| a != arn);
+                    self.counters
+                        .tasks_stopped_early
+                        .fetch_add(1, Ordering::Relaxed);
+                    results.push(Err(RuntimeError::Other(format!(
+                        "task {arn} stopped while provisioning: {}",
+                        t.stopped_reason().unwrap_or("no reason given")
+                    ))));
+                    continue;
+                }
+                if matches!(t.last_status(), Some("PROVISIONING") | None) {
+                    continue;
+                }
+                if let Some(host) = t
+                    .container_instance_arn()
+                    .and_then(|ci| instances.get(ci).cloned())
+                {
+                    tracing::info!(task = %arn, host_id = %host, "scale-out task placed");
+                    pending.retain(|a| a != arn);
+                    placed.push((arn.to_owned(), host));
+                }
+            }
         }
+        // Each placed task: wait for its (possibly brand-new) host to report, then
+        // for the slot to be ready there.
+        let waits = placed.into_iter().map(|(arn, host_id)| {
+            let resolve = resolve.clone();
+            let secret = secret.clone();
+            async move {
+                let target = loop {
+                    if let Some(t) = resolve(host_id.clone()).await {
+                        break Some(t);
+                    }
+                    if Instant::now() >= deadline {
+                        break None;
+                    }
+                    tokio::time::sleep(self.config.poll_every).await;
+                };
+                match target {
+                    Some(t) => {
+                        self.await_ready(&t, std::slice::from_ref(&arn), &secret)
+                            .await
+                    }
+                    None => {
+                        let _ = self
+                            .stop_task(names::task_id(&arn), "its host never reported")
+                            .await;
+                        vec![Err(RuntimeError::Other(format!(
+                            "task {arn}: host {host_id} never reported to the scheduler"
+                        )))]
+                    }
+                }
+            }
+        });
+        results.extend(
+            futures_util::future::join_all(waits)
+                .await
+                .into_iter()
+                .flatten(),
+        );
         results
     }
 
@@ -703,6 +846,35 @@ impl Runtime for EcsRuntime {
         })
     }
 
+    fn start_unplaced<'a>(
+        &'a self,
+        template: &'a str,
+        count: usize,
+        resolve: crate::runtime::HostResolver,
+    ) -> BoxFuture<'a, Vec<Result<SlotInfo, RuntimeError>>> {
+        Box::pin(async move {
+            let mut sizes = Vec::new();
+            let mut left = count;
+            while left > 0 {
+                let n = left.min(MAX_TASKS_PER_CALL);
+                sizes.push(n);
+                left -= n;
+            }
+            let batches = sizes
+                .into_iter()
+                .map(|n| self.run_unplaced(template, n, resolve.clone()));
+            futures_util::future::join_all(batches)
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
+        })
+    }
+
+    fn can_scale_out(&self) -> bool {
+        self.config.capacity_provider.is_some()
+    }
+
     fn metrics(&self) -> Vec<(&'static str, u64)> {
         let c = &self.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -718,6 +890,7 @@ impl Runtime for EcsRuntime {
                 "berth_ecs_tasks_stopped_early_total",
                 g(&c.tasks_stopped_early),
             ),
+            ("berth_ecs_scale_out_tasks_total", g(&c.scale_out_tasks)),
         ]
     }
 }

@@ -57,6 +57,9 @@ pub struct Config {
     pub agent_networks: Vec<addrs::Cidr>,
     /// How long a host that refused a slot is kept out of placement.
     pub stale_for: Duration,
+    /// Slots of room the fleet keeps free: when placement finds less than the
+    /// pools' shortfall plus this, the runtime scales out (ECS capacity provider).
+    pub scale_out_headroom: usize,
     /// How long a running slot may be unknown to every state before it is stopped
     /// (longer than a slot takes to start and be recorded).
     pub orphan_grace: Duration,
@@ -79,6 +82,7 @@ impl Default for Config {
             agent_networks: Vec::new(),
             stale_for: Duration::from_secs(10),
             orphan_grace: Duration::from_secs(300),
+            scale_out_headroom: 0,
             host_token: String::new(),
         }
     }
@@ -97,6 +101,7 @@ pub struct Counters {
     pub agent_address_refused: AtomicU64,
     pub host_refusals: AtomicU64,
     pub orphans_stopped: AtomicU64,
+    pub scale_out_requested: AtomicU64,
 }
 
 /// The scheduler's shared state.
@@ -122,6 +127,11 @@ struct Inner {
     orphans: Mutex<HashMap<String, std::time::Instant>>,
     /// When the runtime was last listed for orphans.
     orphans_listed: Mutex<Option<std::time::Instant>>,
+    /// Slots started by this process, per host, until the host's report lists them
+    /// (placement counts them meanwhile).
+    recent: Mutex<HashMap<String, Vec<(String, std::time::Instant)>>>,
+    /// When this process started (scale-out waits a heartbeat TTL after it).
+    started: std::time::Instant,
     counters: Counters,
     /// Names this process in the leader lease.
     replica_id: String,
@@ -156,6 +166,8 @@ impl Scheduler {
                 stale: Mutex::default(),
                 orphans: Mutex::default(),
                 orphans_listed: Mutex::default(),
+                recent: Mutex::default(),
+                started: std::time::Instant::now(),
                 counters: Counters::default(),
                 replica_id: format!("r-{}", short_id()),
             }),
@@ -219,12 +231,32 @@ impl Scheduler {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let recent = {
+            let mut recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
+            // A report comes every few seconds; after this long a slot the host does
+            // not report is gone, not unreported.
+            for ids in recent.values_mut() {
+                ids.retain(|(_, at)| at.elapsed() < Duration::from_secs(30));
+            }
+            recent.retain(|_, ids| !ids.is_empty());
+            recent.clone()
+        };
         let per_slot = self.inner.config.slot_memory_mib;
         hosts
             .iter()
             .map(|h| {
                 let r = &h.report;
-                let pending = starting.get(&r.host_id).copied().unwrap_or(0);
+                // Starting now, plus started but not yet in the host's last report.
+                let unreported = recent
+                    .get(&r.host_id)
+                    .map(|ids| {
+                        ids.iter()
+                            .filter(|(id, _)| !r.slots.iter().any(|s| &s.slot_id == id))
+                            .count()
+                    })
+                    .unwrap_or(0);
+                let pending = starting.get(&r.host_id).copied().unwrap_or(0)
+                    + u32::try_from(unreported).unwrap_or(u32::MAX);
                 HostView {
                     host_id: r.host_id.clone(),
                     healthy: self.alive(h, now),
@@ -373,6 +405,13 @@ impl Scheduler {
             .counters
             .slots_started
             .fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(info.host_id.clone())
+            .or_default()
+            .push((info.slot_id.clone(), std::time::Instant::now()));
         Ok(WarmSlot {
             slot_id: info.slot_id,
             host_id: info.host_id,
@@ -775,7 +814,22 @@ impl Scheduler {
                 .config
                 .refill_parallelism
                 .saturating_sub(in_flight);
-            let mut left = want.min(room);
+            let wanted = want.min(room);
+            // What the fleet cannot take now (keeping the headroom free) is started
+            // where the cluster's capacity management puts it, if the runtime can.
+            let placeable = self
+                .fleet_room()
+                .await
+                .saturating_sub(self.inner.config.scale_out_headroom);
+            let mut left = wanted.min(placeable);
+            let shortfall = wanted - left;
+            if shortfall > 0 && self.scale_out(template, shortfall) {
+                tracing::info!(%template, slots = shortfall, placeable,
+                    headroom = self.inner.config.scale_out_headroom,
+                    "no room for the pool's target plus headroom; scaling out");
+            } else {
+                left = wanted;
+            }
             while left > 0 {
                 let n = left.min(REFILL_BATCH);
                 left -= n;
@@ -821,6 +875,104 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// Slots the fleet's live, compliant, non-draining hosts can still take.
+    async fn fleet_room(&self) -> usize {
+        let per_slot = self.inner.config.slot_memory_mib.max(1);
+        match self.host_views().await {
+            Ok(views) => views
+                .iter()
+                .filter(|v| v.healthy && v.compliant && !v.draining && !self.is_stale(&v.host_id))
+                .map(|v| {
+                    usize::try_from(
+                        v.branches_free
+                            .min(u32::try_from(v.memory_free_mib / per_slot).unwrap_or(u32::MAX)),
+                    )
+                    .unwrap_or(0)
+                })
+                .sum(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Starts `n` slots of `template` through the runtime's scale-out path, in the
+    /// background; false if the runtime cannot scale out.
+    fn scale_out(&self, template: &str, n: usize) -> bool {
+        if !self.inner.runtime.can_scale_out() {
+            return false;
+        }
+        // Until every live host had time to report, "no room" may only mean "not
+        // heard from yet": a restarted scheduler must not add instances.
+        if self.inner.started.elapsed() < self.inner.config.host_ttl {
+            return false;
+        }
+        let me = self.clone();
+        let resolver_of = self.clone();
+        let resolve: runtime::HostResolver = Arc::new(move |host_id: String| {
+            let me = resolver_of.clone();
+            Box::pin(async move {
+                let hosts = me.inner.store.hosts().await.ok()?;
+                let now = now_ms();
+                hosts
+                    .into_iter()
+                    .find(|h| h.report.host_id == host_id && me.alive(h, now))
+                    .map(|h| runtime::HostTarget {
+                        host_id: h.report.host_id,
+                        hostd_url: h.report.hostd_url,
+                    })
+            })
+        });
+        *self
+            .inner
+            .refilling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(template.to_owned())
+            .or_default() += n;
+        self.inner
+            .counters
+            .scale_out_requested
+            .fetch_add(n as u64, Ordering::Relaxed);
+        let template = template.to_owned();
+        tokio::spawn(async move {
+            let started = me.inner.runtime.start_unplaced(&template, n, resolve).await;
+            for r in started {
+                match r {
+                    Ok(info) => match me.accept_started(&template, info).await {
+                        Ok(slot) => {
+                            if let Err(e) = me.inner.store.push_warm(slot.clone()).await {
+                                tracing::warn!(error = %e, "could not record warm slot; discarding it");
+                                me.discard_slot(
+                                    &slot.host_id,
+                                    &slot.slot_id,
+                                    "could not be recorded",
+                                )
+                                .await;
+                            }
+                        }
+                        Err(e) => tracing::warn!(%template, error = %e, "scale-out slot refused"),
+                    },
+                    Err(e) => {
+                        me.inner
+                            .counters
+                            .slot_start_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%template, error = %e, "scale-out start failed");
+                    }
+                }
+            }
+            if let Some(k) = me
+                .inner
+                .refilling
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&template)
+            {
+                *k = k.saturating_sub(n);
+            }
+        });
+        true
     }
 
     fn refilling(&self, template: &str) -> usize {

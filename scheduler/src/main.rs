@@ -114,6 +114,17 @@ struct RuntimeArgs {
     /// Seconds a task may take from RunTask to ready before it is stopped.
     #[arg(long, env = "BERTH_ECS_START_TIMEOUT_SECS", default_value_t = 180)]
     ecs_start_timeout_secs: u64,
+    /// Scale-out: the capacity provider to start tasks with, without an instance
+    /// constraint, when no host has room (ECS managed scaling adds instances).
+    /// Unset: never scale out.
+    #[arg(long, env = "BERTH_ECS_CAPACITY_PROVIDER")]
+    ecs_capacity_provider: Option<String>,
+    /// Seconds a scale-out task may wait for its instance (PROVISIONING).
+    #[arg(long, env = "BERTH_ECS_PROVISION_TIMEOUT_SECS", default_value_t = 600)]
+    ecs_provision_timeout_secs: u64,
+    /// Slots of room kept free across the fleet; below it the scheduler scales out.
+    #[arg(long, env = "BERTH_SCALE_OUT_HEADROOM", default_value_t = 0)]
+    scale_out_headroom: usize,
     /// This scheduler's name, tagged on every task (`berth:scheduler`).
     #[arg(long, env = "BERTH_SCHEDULER_NAME", default_value = "berth")]
     scheduler_name: String,
@@ -154,6 +165,8 @@ fn ecs_config(r: &RuntimeArgs) -> Result<EcsConfig, String> {
     c.mutate_bucket = BucketShape::parse(&r.ecs_run_bucket)?;
     c.describe_bucket = BucketShape::parse(&r.ecs_describe_bucket)?;
     c.start_deadline = std::time::Duration::from_secs(r.ecs_start_timeout_secs.max(1));
+    c.capacity_provider = r.ecs_capacity_provider.clone().filter(|p| !p.is_empty());
+    c.provision_deadline = std::time::Duration::from_secs(r.ecs_provision_timeout_secs.max(1));
     Ok(c)
 }
 
@@ -259,6 +272,7 @@ async fn main() -> std::process::ExitCode {
                 agent_networks,
                 ..Config::default()
             };
+            config.scale_out_headroom = runtime.scale_out_headroom;
             config.orphan_grace = std::time::Duration::from_secs(runtime.orphan_grace_secs.max(1));
             if let Some(n) = runtime.refill_parallelism {
                 config.refill_parallelism = n.max(1);

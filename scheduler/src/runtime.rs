@@ -28,6 +28,12 @@ use crate::clients::{CallError, Clients};
 /// A boxed future, so that [`Runtime`] can be used as `dyn`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Finds how to reach a host by its id (its hostd's URL, from the state store),
+/// once it has reported; used when the runtime learns a slot's host only after
+/// starting it (scale-out).
+pub type HostResolver =
+    std::sync::Arc<dyn Fn(String) -> BoxFuture<'static, Option<HostTarget>> + Send + Sync>;
+
 /// A host as the runtime addresses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostTarget {
@@ -76,6 +82,30 @@ pub trait Runtime: Send + Sync + 'static {
         template: &'a str,
         count: usize,
     ) -> BoxFuture<'a, Vec<Result<SlotInfo, RuntimeError>>>;
+
+    /// Starts `count` slots of `template` wherever the cluster's own capacity
+    /// management puts them, on new hosts if it must (ECS: the capacity provider
+    /// strategy, no instance constraint, so managed scaling adds instances); waits
+    /// for the host each lands on to report it ready (`resolve` finds that host).
+    /// Only called when [`Runtime::can_scale_out`]; by default every slot fails.
+    fn start_unplaced<'a>(
+        &'a self,
+        _template: &'a str,
+        count: usize,
+        _resolve: HostResolver,
+    ) -> BoxFuture<'a, Vec<Result<SlotInfo, RuntimeError>>> {
+        Box::pin(async move {
+            (0..count)
+                .map(|_| Err(RuntimeError::Other("this runtime cannot scale out".into())))
+                .collect()
+        })
+    }
+
+    /// Whether [`Runtime::start_unplaced`] can add hosts (ECS with a capacity
+    /// provider configured); the docker runtime cannot.
+    fn can_scale_out(&self) -> bool {
+        false
+    }
 
     /// Counters for `/metrics`, as `(name, value)`; none by default.
     fn metrics(&self) -> Vec<(&'static str, u64)> {

@@ -60,6 +60,9 @@ struct State_ {
     tasks: BTreeMap<String, RunningTask>,
     /// Task definitions already described, by the name RunTask used.
     definitions: HashMap<String, Value>,
+    /// Unconstrained RunTask requests (scale-out), by task ARN, until ECS says
+    /// which instance each task is on.
+    unplaced: HashMap<String, Value>,
 }
 
 /// One stand-in; its containers are removed on drop.
@@ -151,6 +154,7 @@ impl EcsAgentStandIn {
                     }
                     match r.action.as_str() {
                         "RunTask" => ctx.on_run_task(&r.request, &r.response).await,
+                        "DescribeTasks" => ctx.on_describe(&r.response).await,
                         "StopTask" => {
                             if let Some(t) = r.request["task"].as_str() {
                                 ctx.stop_task(t).await;
@@ -336,12 +340,47 @@ impl Ctx {
         Some(v)
     }
 
-    async fn on_run_task(&self, request: &Value, response: &Value) {
-        if crate::ecs_forwarder::constrained_instance(request).as_deref()
-            != Some(self.instance_id.as_str())
-        {
-            return;
+    /// A scale-out task ECS now says runs on this instance: start it.
+    async fn on_describe(&self, response: &Value) {
+        for t in response["tasks"].as_array().into_iter().flatten() {
+            let (Some(arn), Some(ci)) = (t["taskArn"].as_str(), t["containerInstanceArn"].as_str())
+            else {
+                continue;
+            };
+            if ci != self.container_instance_arn || t["lastStatus"] != "RUNNING" {
+                continue;
+            }
+            let request = {
+                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if s.tasks.contains_key(arn) {
+                    continue;
+                }
+                s.unplaced.remove(arn)
+            };
+            if let Some(req) = request {
+                let one = json!({"tasks": [{"taskArn": arn}]});
+                self.start_from(&req, &one).await;
+            }
         }
+    }
+
+    async fn on_run_task(&self, request: &Value, response: &Value) {
+        match crate::ecs_forwarder::constrained_instance(request) {
+            Some(i) if i == self.instance_id => self.start_from(request, response).await,
+            Some(_) => {}
+            None => {
+                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                for t in response["tasks"].as_array().into_iter().flatten() {
+                    if let Some(arn) = t["taskArn"].as_str() {
+                        s.unplaced.insert(arn.to_owned(), request.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the tasks of `response` as `request` (a RunTask) defined them.
+    async fn start_from(&self, request: &Value, response: &Value) {
         let Some(td_name) = request["taskDefinition"].as_str() else {
             return;
         };

@@ -44,6 +44,8 @@ pub struct BedOptions {
     pub run_bucket: berth_scheduler::throttle::BucketShape,
     pub refill_parallelism: usize,
     pub orphan_grace: Duration,
+    /// Scale-out through this capacity provider (see the forwarder's scale-out play).
+    pub capacity_provider: Option<String>,
 }
 
 impl Default for BedOptions {
@@ -55,6 +57,7 @@ impl Default for BedOptions {
             run_bucket: berth_scheduler::throttle::BucketShape::ECS_MUTATE,
             refill_parallelism: 4,
             orphan_grace: Duration::from_secs(300),
+            capacity_provider: None,
         }
     }
 }
@@ -237,6 +240,9 @@ impl EcsBed {
         agent_networks.push(Cidr::parse(&network_subnet(&network)).expect("network subnet"));
 
         let forwarder = EcsForwarder::start(&moto.endpoint()).await;
+        if opts.capacity_provider.is_some() {
+            forwarder.hold_unplaced();
+        }
         let host_secret = uuid::Uuid::new_v4().simple().to_string();
         let sched_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = format!("http://{}", sched_listener.local_addr().unwrap());
@@ -250,6 +256,9 @@ impl EcsBed {
         ecs_config.mutate_bucket = opts.run_bucket;
         ecs_config.start_deadline = Duration::from_secs(60);
         ecs_config.retry_deadline = Duration::from_secs(30);
+        ecs_config.capacity_provider = opts.capacity_provider.clone();
+        ecs_config.provision_deadline = Duration::from_secs(90);
+        ecs_config.describe_every = Duration::from_millis(500);
         let client =
             EcsRuntime::client_static(&forwarder.endpoint(), "us-east-1", "testing", "testing");
         let runtime = Arc::new(EcsRuntime::new(

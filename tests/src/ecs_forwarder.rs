@@ -66,6 +66,11 @@ pub enum Fault {
 struct Shared {
     records: Vec<Recorded>,
     faults: VecDeque<Fault>,
+    /// Scale-out play: unconstrained RunTask tasks are held PROVISIONING …
+    hold_unplaced: bool,
+    unplaced: std::collections::BTreeSet<String>,
+    /// … until a new instance (container instance ARN) is there to take them.
+    place_on: Option<String>,
 }
 
 /// The forwarder; stops with the test's runtime.
@@ -134,6 +139,18 @@ impl EcsForwarder {
         for _ in 0..times {
             s.faults.push_back(fault.clone());
         }
+    }
+
+    /// Plays ECS managed scaling for tasks started without an instance constraint:
+    /// RunTask and DescribeTasks answer them PROVISIONING (no instance) until
+    /// [`Self::place_unplaced_on`] names the instance that "came up".
+    pub fn hold_unplaced(&self) {
+        self.lock().hold_unplaced = true;
+    }
+
+    /// From now on the held tasks are RUNNING on `container_instance_arn`.
+    pub fn place_unplaced_on(&self, container_instance_arn: &str) {
+        self.lock().place_on = Some(container_instance_arn.to_owned());
     }
 
     /// Faults armed and not yet consumed.
@@ -240,6 +257,10 @@ async fn forward(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Res
             }
         }
     };
+    let response = {
+        let mut s = ctx.shared.lock().unwrap_or_else(|e| e.into_inner());
+        rewrite_unplaced(&mut s, &action, &request, response)
+    };
     ctx.shared
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -258,6 +279,46 @@ async fn forward(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Res
         response.to_string(),
     )
         .into_response()
+}
+
+/// The scale-out play (see [`EcsForwarder::hold_unplaced`]) on moto's answer.
+fn rewrite_unplaced(s: &mut Shared, action: &str, request: &Value, mut response: Value) -> Value {
+    if !s.hold_unplaced {
+        return response;
+    }
+    let Some(tasks) = response.get_mut("tasks").and_then(Value::as_array_mut) else {
+        return response;
+    };
+    if action == "RunTask" && constrained_instance(request).is_none() {
+        for t in tasks.iter() {
+            if let Some(arn) = t["taskArn"].as_str() {
+                s.unplaced.insert(arn.to_owned());
+            }
+        }
+    } else if action != "DescribeTasks" {
+        return response;
+    }
+    for t in tasks.iter_mut() {
+        let held = t["taskArn"]
+            .as_str()
+            .is_some_and(|a| s.unplaced.contains(a));
+        if !held || !t.is_object() {
+            continue;
+        }
+        match &s.place_on {
+            None => {
+                t["lastStatus"] = json!("PROVISIONING");
+                if let Some(o) = t.as_object_mut() {
+                    o.remove("containerInstanceArn");
+                }
+            }
+            Some(ci) => {
+                t["containerInstanceArn"] = json!(ci);
+                t["lastStatus"] = json!("RUNNING");
+            }
+        }
+    }
+    response
 }
 
 #[cfg(test)]

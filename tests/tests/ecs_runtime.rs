@@ -511,3 +511,108 @@ async fn an_orphan_task_is_stopped_after_its_grace_period_and_known_ones_are_not
     );
     bed.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_fleet_scales_out_through_the_capacity_provider_and_adopts_the_new_host() {
+    // One host with room for one slot; the pool wants two.
+    let mut bed = EcsBed::start(BedOptions {
+        hosts: 1,
+        pool: 2,
+        branch_limit: 1,
+        capacity_provider: Some("berth-workspaces".into()),
+        ..BedOptions::default()
+    })
+    .await;
+    // The shortfall is started with the capacity provider and no constraint; ECS
+    // holds it PROVISIONING while managed scaling brings an instance up.
+    let mut unplaced = Vec::new();
+    // The scheduler scales out only once hosts had a heartbeat TTL to report.
+    for _ in 0..400 {
+        unplaced = bed
+            .forwarder
+            .calls_of("RunTask")
+            .into_iter()
+            .filter(|r| constrained_instance(&r.request).is_none())
+            .collect();
+        if !unplaced.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !unplaced.is_empty(),
+        "no scale-out RunTask:\n{}",
+        bed.diagnose().await
+    );
+    let req = &unplaced[0].request;
+    assert_eq!(
+        req["capacityProviderStrategy"][0]["capacityProvider"],
+        "berth-workspaces"
+    );
+    assert!(
+        req.get("launchType").is_none(),
+        "a capacity provider strategy excludes launchType"
+    );
+    assert_eq!(
+        unplaced[0].response["tasks"][0]["lastStatus"],
+        "PROVISIONING",
+        "{} {}\n{}",
+        unplaced[0].status,
+        unplaced[0].response,
+        bed.moto.log_tail().join("\n")
+    );
+    let scale_out_tasks: usize = unplaced
+        .iter()
+        .map(|r| r.response["tasks"].as_array().map_or(0, Vec::len))
+        .sum();
+    // Still provisioning a few describes later; nothing on the old host took it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let describes = bed.forwarder.calls_of("DescribeTasks");
+    assert!(
+        describes.iter().any(|r| r.response["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["lastStatus"] == "PROVISIONING")),
+        "the scheduler did not watch the provisioning task"
+    );
+    // The new instance comes up: its ECS agent registers, its hostd reports.
+    let new_host = bed.add_host(4).await;
+    let ci = bed
+        .hosts
+        .last()
+        .unwrap()
+        .agent
+        .container_instance_arn
+        .clone();
+    bed.forwarder.place_unplaced_on(&ci);
+    assert!(
+        bed.wait_pool(2, Duration::from_secs(60)).await,
+        "the pool did not reach its target:\n{}",
+        bed.diagnose().await
+    );
+    let warm = bed.scheduler.store().warm_slots().await.unwrap();
+    let on_new = warm.iter().filter(|w| w.host_id == new_host).count();
+    assert_eq!(
+        on_new, scale_out_tasks,
+        "each scale-out task became a warm slot on the new host: {warm:?}"
+    );
+    let metrics = bed
+        .http
+        .get(format!("{}/metrics", bed.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, "berth_ecs_scale_out_tasks_total") as usize,
+        scale_out_tasks
+    );
+    // A warm slot from the new host serves a conversation.
+    let ws = acquire(&bed, "after-scale-out").await;
+    let agent = AgentClient::for_workspace(ws);
+    assert_eq!(agent.sh("echo up").await.stdout_text(), "up\n");
+    bed.stop().await;
+}
