@@ -616,3 +616,139 @@ async fn a_full_fleet_scales_out_through_the_capacity_provider_and_adopts_the_ne
     assert_eq!(agent.sh("echo up").await.stdout_text(), "up\n");
     bed.stop().await;
 }
+
+/// Accepts connections on `addr`'s listener for at most 60 s, counting them.
+fn count_accepts(
+    listener: std::net::TcpListener,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    listener.set_nonblocking(true).unwrap();
+    let n = std::sync::Arc::new(AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (a, s) = (n.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(60);
+        while !s.load(Ordering::Relaxed) && Instant::now() < end {
+            match listener.accept() {
+                Ok(_) => {
+                    a.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    (n, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ecs_workspace_is_locked_down_as_a_docker_one_is() {
+    use std::sync::atomic::Ordering;
+    let bed = EcsBed::start(BedOptions {
+        hosts: 1,
+        pool: 1,
+        ..BedOptions::default()
+    })
+    .await;
+    assert!(
+        bed.wait_pool(1, Duration::from_secs(60)).await,
+        "pool did not fill:\n{}",
+        bed.diagnose().await
+    );
+    // A listener on the bed network's gateway: an address of this machine that the
+    // task's namespace routes to, standing for "anything outside".
+    let out = std::process::Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &bed.network,
+        ])
+        .output()
+        .unwrap();
+    let gateway = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let listener = std::net::TcpListener::bind((gateway.as_str(), 0)).expect("bind on the gateway");
+    let addr = listener.local_addr().unwrap();
+    let (accepted, stop) = count_accepts(listener);
+
+    let ws = acquire(&bed, "ecs-lockdown").await;
+    let agent = AgentClient::for_workspace(ws.clone());
+    let task_id = bed
+        .scheduler
+        .store()
+        .workspace(&ws.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .slot_id;
+    let container = bed.hosts[0]
+        .agent
+        .container_of(&task_id, "workspace-agent")
+        .unwrap();
+    // The workspace's uid reaches nothing outside and cannot use Docker's DNS.
+    let out = agent
+        .sh(&format!(
+            "timeout 5 nc {} {} </dev/null",
+            addr.ip(),
+            addr.port()
+        ))
+        .await;
+    assert_ne!(out.code, Some(0), "the workspace uid reached {addr}");
+    let dns = agent
+        .sh("timeout 5 nslookup example.invalid 127.0.0.11")
+        .await;
+    assert_ne!(dns.code, Some(0), "the workspace uid used Docker's DNS");
+    // The proxy on loopback answers it.
+    let health = agent
+        .sh("timeout 5 wget -Y off -q -O - http://127.0.0.1:8080/health")
+        .await;
+    assert_eq!(
+        health.code,
+        Some(0),
+        "proxy on loopback: {}",
+        health.stderr_text()
+    );
+    assert_eq!(accepted.load(Ordering::Relaxed), 0);
+    // The proxy's uid, in the same task namespace, gets out.
+    let out = std::process::Command::new("docker")
+        .args([
+            "exec",
+            "-u",
+            &berth_wire::uids::PROXY.to_string(),
+            &container,
+            "/bin/sh",
+            "-c",
+            &format!("timeout 5 nc {} {} </dev/null", addr.ip(), addr.port()),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "proxy uid: {out:?}");
+    assert!(
+        berth_tests::wait_until(Duration::from_secs(5), || accepted.load(Ordering::Relaxed)
+            == 1),
+        "the listener saw {}",
+        accepted.load(Ordering::Relaxed)
+    );
+    // The rules live in the namespace ECS's pause container owns, and read back.
+    let pause = bed.hosts[0]
+        .agent
+        .container_of(&task_id, "~internal~ecs~pause")
+        .unwrap();
+    let pid = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Pid}}", &pause])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&pid.stdout).trim().to_owned();
+    let rules = std::process::Command::new("nsenter")
+        .args(["-t", &pid, "-n", "iptables-save", "-t", "filter"])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(rules.contains("-A OUTPUT -j BERTH-EGRESS"), "{rules}");
+    assert!(rules.contains("169.254.169.254"), "{rules}");
+    stop.store(true, Ordering::Relaxed);
+    bed.stop().await;
+}
