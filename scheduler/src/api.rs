@@ -9,7 +9,7 @@ use axum::{
     extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{Html, IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use berth_wire::{CreateWorkspace, ErrorBody, HostReport};
 use serde::Deserialize;
@@ -44,6 +44,9 @@ impl ApiError {
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             ApiError::NotFound { what: "host", .. } => (StatusCode::NOT_FOUND, "host_not_found"),
+            ApiError::NotFound {
+                what: "template", ..
+            } => (StatusCode::NOT_FOUND, "template_not_found"),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "workspace_not_found"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NoCapacity => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
@@ -100,6 +103,7 @@ pub fn router(s: Scheduler) -> Router {
         .route("/v1/hosts/{id}/drain", post(drain_host))
         .route("/v1/hosts/{id}/report", post(host_report))
         .route("/v1/pools", get(pools))
+        .route("/v1/pools/{template}", put(set_pool))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -294,8 +298,7 @@ async fn pools(State(s): State<Scheduler>, headers: HeaderMap) -> Result<Respons
     check_api(&s, &headers)?;
     let sizes = s.store().pool_sizes().await?;
     let pools: Vec<_> = s
-        .config()
-        .pools
+        .pool_targets()
         .iter()
         .map(|(t, target)| {
             serde_json::json!({
@@ -307,6 +310,35 @@ async fn pools(State(s): State<Scheduler>, headers: HeaderMap) -> Result<Respons
         })
         .collect();
     Ok(axum::Json(serde_json::json!({ "pools": pools })).into_response())
+}
+
+/// `PUT /v1/pools/{template}` with `{"target": N}`: grows or shrinks a warm pool
+/// (the refill reconciler starts or stops slots within a pass or two).
+async fn set_pool(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+    Path(template): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SetPool {
+        target: usize,
+    }
+    let req: SetPool = parse(&body)?;
+    s.set_pool_target(&template, req.target)?;
+    let ready = s
+        .store()
+        .pool_sizes()
+        .await?
+        .get(&template)
+        .copied()
+        .unwrap_or(0);
+    Ok(axum::Json(serde_json::json!({
+        "template": template, "target": req.target, "ready": ready, "starting": s.refilling(&template),
+    }))
+    .into_response())
 }
 
 async fn metrics(State(s): State<Scheduler>) -> Result<String, ApiError> {
@@ -383,6 +415,12 @@ async fn metrics(State(s): State<Scheduler>) -> Result<String, ApiError> {
         "Warm slots started through the runtime's scale-out path (no host had room).",
         c.scale_out_requested.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "berth_pool_shrunk_total",
+        "Warm slots stopped because their pool was above its target.",
+        c.pool_shrunk.load(Ordering::Relaxed),
+    );
     for (name, v) in s.runtime_metrics() {
         counter(
             &mut out,
@@ -425,8 +463,7 @@ async fn fleet_page(State(s): State<Scheduler>) -> Result<Html<String>, ApiError
         })
         .collect();
     let pools: String = s
-        .config()
-        .pools
+        .pool_targets()
         .iter()
         .map(|(t, target)| {
             format!(

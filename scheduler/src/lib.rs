@@ -102,6 +102,7 @@ pub struct Counters {
     pub host_refusals: AtomicU64,
     pub orphans_stopped: AtomicU64,
     pub scale_out_requested: AtomicU64,
+    pub pool_shrunk: AtomicU64,
 }
 
 /// The scheduler's shared state.
@@ -132,6 +133,9 @@ struct Inner {
     recent: Mutex<HashMap<String, Vec<(String, std::time::Instant)>>>,
     /// When this process started (scale-out waits a heartbeat TTL after it).
     started: std::time::Instant,
+    /// Each pool's target now: from the configuration, changed by operators
+    /// (`PUT /v1/pools/{template}`) as the day's demand moves.
+    targets: Mutex<BTreeMap<String, usize>>,
     counters: Counters,
     /// Names this process in the leader lease.
     replica_id: String,
@@ -140,6 +144,9 @@ struct Inner {
 /// Slots the refill reconciler asks one host for in one runtime call (ECS's
 /// RunTask `count` limit).
 pub const REFILL_BATCH: usize = 10;
+
+/// The largest pool target an operator may set.
+pub const MAX_POOL_TARGET: usize = 100_000;
 
 /// How long the reconcilers' lease lasts without renewal.
 pub const LEADER_LEASE: Duration = Duration::from_secs(5);
@@ -157,6 +164,7 @@ impl Scheduler {
         let clients = clients::Clients::new(config.host_token.clone());
         Self {
             inner: Arc::new(Inner {
+                targets: Mutex::new(config.pools.clone()),
                 config,
                 store,
                 clients,
@@ -805,9 +813,14 @@ impl Scheduler {
     /// in flight per pool.
     async fn refill(&self) -> Result<(), StoreError> {
         let sizes = self.inner.store.pool_sizes().await?;
-        for (template, &target) in &self.inner.config.pools {
+        for (template, target) in self.pool_targets() {
+            let template = &template;
             let ready = sizes.get(template).copied().unwrap_or(0);
             let in_flight = self.refilling(template);
+            if ready > target {
+                self.shrink(template, ready - target).await?;
+                continue;
+            }
             let want = target.saturating_sub(ready + in_flight);
             let room = self
                 .inner
@@ -873,6 +886,95 @@ impl Scheduler {
                     }
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Every pool's target now.
+    pub fn pool_targets(&self) -> BTreeMap<String, usize> {
+        self.inner
+            .targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets a pool's target (the refill reconciler grows or shrinks it); the
+    /// template must be configured.
+    pub fn set_pool_target(&self, template: &str, target: usize) -> Result<(), ApiError> {
+        if target > MAX_POOL_TARGET {
+            return Err(ApiError::InvalidField {
+                field: "target",
+                reason: format!("must be 0 to {MAX_POOL_TARGET}"),
+            });
+        }
+        let mut t = self.inner.targets.lock().unwrap_or_else(|e| e.into_inner());
+        match t.get_mut(template) {
+            Some(v) => {
+                tracing::info!(%template, from = *v, to = target, "pool target set");
+                *v = target;
+                Ok(())
+            }
+            None => Err(ApiError::NotFound {
+                what: "template",
+                id: template.to_owned(),
+            }),
+        }
+    }
+
+    /// Takes `excess` warm slots of `template` out of the pool and stops them,
+    /// emptying first the hosts that hold the fewest claimed workspaces (then the
+    /// fewest warm slots), so whole hosts fall idle and ECS managed scaling can let
+    /// them go (termination protection keeps every host with a task).
+    async fn shrink(&self, template: &str, excess: usize) -> Result<(), StoreError> {
+        let claimed: HashMap<String, usize> = self
+            .inner
+            .store
+            .workspaces()
+            .await?
+            .into_iter()
+            .fold(HashMap::new(), |mut m, r| {
+                *m.entry(r.workspace.host_id).or_default() += 1;
+                m
+            });
+        let mut warm: Vec<WarmSlot> = self
+            .inner
+            .store
+            .warm_slots()
+            .await?
+            .into_iter()
+            .filter(|w| w.template == template)
+            .collect();
+        let mut per_host: HashMap<String, usize> = HashMap::new();
+        for w in &warm {
+            *per_host.entry(w.host_id.clone()).or_default() += 1;
+        }
+        warm.sort_by_key(|w| {
+            (
+                claimed.get(&w.host_id).copied().unwrap_or(0),
+                per_host.get(&w.host_id).copied().unwrap_or(0),
+                w.host_id.clone(),
+            )
+        });
+        let mut taken = 0;
+        for w in warm {
+            if taken >= excess {
+                break;
+            }
+            // Only a slot still in the pool is ours to stop (an acquire may have
+            // just popped it).
+            if self.inner.store.take_warm_slot(&w).await? {
+                self.discard_slot(&w.host_id, &w.slot_id, "pool shrank")
+                    .await;
+                self.inner
+                    .counters
+                    .pool_shrunk
+                    .fetch_add(1, Ordering::Relaxed);
+                taken += 1;
+            }
+        }
+        if taken > 0 {
+            tracing::info!(%template, slots = taken, "pool above its target; warm slots stopped");
         }
         Ok(())
     }
@@ -1049,6 +1151,7 @@ fn validate(req: &CreateWorkspace, template: &str, config: &Config) -> Result<()
         });
     }
     if !config.pools.contains_key(template) {
+        // Templates are configured; their targets change at run time.
         return Err(ApiError::InvalidField {
             field: "template",
             reason: format!("unknown template `{template}`"),

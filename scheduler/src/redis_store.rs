@@ -226,6 +226,21 @@ impl RedisStore {
         Ok(slots)
     }
 
+    /// LREM of the slot's entry: atomic against the acquire script's pop, so a
+    /// slot is either handed out or taken here, never both.
+    pub(crate) async fn take_warm_slot(&self, slot: &WarmSlot) -> Result<bool, StoreError> {
+        let key = pool_key(&slot.template);
+        let mut con = self.con.clone();
+        let raw: Vec<String> = con.lrange(&key, 0, -1).await.map_err(unavailable)?;
+        for entry in raw {
+            if decode::<WarmSlot>(&key, &entry)?.slot_id == slot.slot_id {
+                let removed: i64 = con.lrem(&key, 1, &entry).await.map_err(unavailable)?;
+                return Ok(removed > 0);
+            }
+        }
+        Ok(false)
+    }
+
     pub(crate) async fn take_warm_on_host(
         &self,
         host_id: &str,

@@ -125,6 +125,11 @@ impl Store {
         dispatch!(self.warm_slots())
     }
 
+    /// Takes one warm slot out of its pool; false if it is no longer there.
+    pub async fn take_warm_slot(&self, slot: &WarmSlot) -> Result<bool, StoreError> {
+        dispatch!(self.take_warm_slot(slot))
+    }
+
     /// Takes every warm slot on `host_id` out of the pools (its host died or drains).
     pub async fn take_warm_on_host(&self, host_id: &str) -> Result<Vec<WarmSlot>, StoreError> {
         dispatch!(self.take_warm_on_host(host_id))
@@ -241,6 +246,16 @@ impl MemoryStore {
 
     fn warm_slots(&self) -> Result<Vec<WarmSlot>, StoreError> {
         Ok(self.lock().pools.values().flatten().cloned().collect())
+    }
+
+    fn take_warm_slot(&self, slot: &WarmSlot) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        let Some(q) = s.pools.get_mut(&slot.template) else {
+            return Ok(false);
+        };
+        let before = q.len();
+        q.retain(|w| w.slot_id != slot.slot_id);
+        Ok(q.len() < before)
     }
 
     fn take_warm_on_host(&self, host_id: &str) -> Result<Vec<WarmSlot>, StoreError> {

@@ -752,3 +752,89 @@ async fn an_ecs_workspace_is_locked_down_as_a_docker_one_is() {
     stop.store(true, Ordering::Relaxed);
     bed.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shrunk_pool_empties_the_hosts_without_claimed_workspaces_first() {
+    let bed = EcsBed::start(BedOptions {
+        pool: 4,
+        ..BedOptions::default()
+    })
+    .await;
+    assert!(
+        bed.wait_pool(4, Duration::from_secs(60)).await,
+        "pool did not fill:\n{}",
+        bed.diagnose().await
+    );
+    let ws = acquire(&bed, "stays").await;
+    // Evening: the operator lowers the pool (bad input first: clear errors).
+    let put = |template: &str, body: Value| {
+        bed.http
+            .put(format!("{}/v1/pools/{template}", bed.api))
+            .json(&body)
+            .send()
+    };
+    let r = put("gpu", json!({"target": 1})).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "template_not_found"
+    );
+    let r = put("default", json!({"target": 1_000_000})).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = put("default", json!({"target": 1})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["target"], 1);
+    let idle = bed
+        .hosts
+        .iter()
+        .find(|h| h.instance_id != ws.host_id)
+        .expect("the other host");
+    let mut settled = false;
+    for _ in 0..300 {
+        let ready = bed
+            .scheduler
+            .store()
+            .pool_sizes()
+            .await
+            .unwrap()
+            .get("default")
+            .copied();
+        if ready == Some(1) && idle.agent.running().is_empty() {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        settled,
+        "the pool did not shrink onto the busy host:\n{}",
+        bed.diagnose().await
+    );
+    let shrunk: Vec<_> = bed
+        .forwarder
+        .calls_of("StopTask")
+        .into_iter()
+        .filter(|r| r.request["reason"] == "pool shrank")
+        .collect();
+    assert!(shrunk.len() >= 2, "{} slots stopped", shrunk.len());
+    // The conversation's workspace was never touched, and its host keeps the last warm slot.
+    let warm = bed.scheduler.store().warm_slots().await.unwrap();
+    assert_eq!(warm.len(), 1);
+    assert_eq!(warm[0].host_id, ws.host_id);
+    let agent = AgentClient::for_workspace(ws);
+    assert_eq!(
+        agent.sh("echo still here").await.stdout_text(),
+        "still here\n"
+    );
+    let pools: Value = bed
+        .http
+        .get(format!("{}/v1/pools", bed.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pools["pools"][0]["target"], 1);
+    bed.stop().await;
+}

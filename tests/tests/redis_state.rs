@@ -221,3 +221,49 @@ async fn two_scheduler_replicas_share_pools_and_bindings() {
     assert_eq!(sizes["default"], 2, "{sizes:?}");
     berth.stop().await;
 }
+
+/// Listing and taking single warm slots (reconciliation, pool shrink) behave the
+/// same in both stores, and a slot is either handed out or taken, never both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_warm_slots_are_listed_and_taken_once_in_both_stores() {
+    let redis = RedisServer::start().unwrap();
+    for store in [Store::memory(), Store::redis(&redis.url()).await.unwrap()] {
+        let store = Arc::new(store);
+        for i in 0..20 {
+            store.push_warm(slot(&format!("s{i}"), "h")).await.unwrap();
+        }
+        let listed = store.warm_slots().await.unwrap();
+        assert_eq!(listed.len(), 20);
+        assert!(store.take_warm_slot(&slot("s3", "h")).await.unwrap());
+        assert!(
+            !store.take_warm_slot(&slot("s3", "h")).await.unwrap(),
+            "taken twice"
+        );
+        assert!(!store.take_warm_slot(&slot("nope", "h")).await.unwrap());
+        // Takers and acquirers race for the remaining 19: each slot goes once.
+        let mut tasks = Vec::new();
+        for i in 0..19 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                if i % 2 == 0 {
+                    s.take_warm_slot(&slot(&format!("s{}", if i >= 3 { i + 1 } else { i }), "h"))
+                        .await
+                        .unwrap() as usize
+                } else {
+                    matches!(
+                        s.acquire(&record(&format!("w{i}"), &format!("c{i}")), &[])
+                            .await
+                            .unwrap(),
+                        Acquired::Warm(_)
+                    ) as usize
+                }
+            }));
+        }
+        let mut got = 0;
+        for t in tasks {
+            got += t.await.unwrap();
+        }
+        let left = store.pool_sizes().await.unwrap()["default"];
+        assert_eq!(got + left, 19, "{got} taken or handed out, {left} left");
+    }
+}
