@@ -54,29 +54,29 @@ async fn token(State(seen): State<Arc<Mutex<Seen>>>, headers: HeaderMap) -> (Sta
 }
 
 /// IMDSv2 only: a read without the session token is refused, as on the Berth AMI.
-fn meta(
-    value: &'static str,
-) -> impl Fn(
-    State<Arc<Mutex<Seen>>>,
-    HeaderMap,
-    axum::http::Uri,
-) -> std::future::Ready<(StatusCode, String)>
-+ Clone {
-    move |State(seen): State<Arc<Mutex<Seen>>>, headers: HeaderMap, uri: axum::http::Uri| {
-        let presented = headers
-            .get("x-aws-ec2-metadata-token")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let ok = presented.as_deref() == Some(TOKEN);
-        seen.lock()
-            .unwrap()
-            .reads
-            .push((uri.path().to_owned(), presented));
-        std::future::ready(if ok {
-            (StatusCode::OK, value.to_owned())
-        } else {
-            (StatusCode::UNAUTHORIZED, String::new())
-        })
+async fn meta(
+    State(seen): State<Arc<Mutex<Seen>>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> (StatusCode, String) {
+    let presented = headers
+        .get("x-aws-ec2-metadata-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let ok = presented.as_deref() == Some(TOKEN);
+    seen.lock()
+        .unwrap()
+        .reads
+        .push((uri.path().to_owned(), presented));
+    let value = match uri.path() {
+        "/latest/meta-data/instance-id" => "i-0b3e7c0ffee000001",
+        "/latest/meta-data/instance-type" => "m6i.xlarge",
+        _ => return (StatusCode::NOT_FOUND, String::new()),
+    };
+    if ok {
+        (StatusCode::OK, value.to_owned())
+    } else {
+        (StatusCode::UNAUTHORIZED, String::new())
     }
 }
 
@@ -95,11 +95,8 @@ async fn hostd_in_ecs_mode_reads_its_identity_with_imdsv2_and_reports_without_im
     let imds = serve(
         Router::new()
             .route("/latest/api/token", put(token))
-            .route(
-                "/latest/meta-data/instance-id",
-                get(meta("i-0b3e7c0ffee000001")),
-            )
-            .route("/latest/meta-data/instance-type", get(meta("m6i.xlarge")))
+            .route("/latest/meta-data/instance-id", get(meta))
+            .route("/latest/meta-data/instance-type", get(meta))
             .with_state(seen.clone()),
     )
     .await;
