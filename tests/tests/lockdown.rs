@@ -764,3 +764,56 @@ async fn the_ecs_credential_path_is_closed_in_input_and_restored() {
             .any(|ev| ev.kind == "rules_reapplied")
     );
 }
+
+/// hostd in ECS mode turns the credential path's INPUT rule on by itself, and
+/// leaves it off when the proxy signs with the task's credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecs_mode_closes_the_credential_path_unless_the_proxy_uses_task_credentials() {
+    // An ECS agent with nothing running: hostd's first pass applies host rules.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/v1/tasks",
+        axum::routing::get(|| async { axum::Json(serde_json::json!({"Tasks": []})) }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    for (switch, closed) in [(false, true), (true, false)] {
+        let ns = TestNetns::new();
+        ns.exec_ok(&["iptables", "-N", "DOCKER-USER"]);
+        let config = berth_hostd::Config {
+            host_id: format!("i-{}", &uuid::Uuid::new_v4().simple().to_string()[..17]),
+            runtime: berth_hostd::HostRuntime::Ecs {
+                agent_url: agent_url.clone(),
+            },
+            instance_type: "c6i.large".into(),
+            branch_limit: 10,
+            branch_limit_source: berth_hostd::capacity::BranchSource::Table,
+            memory_system_mib: 512,
+            advertise_url: "http://127.0.0.1:1".into(),
+            scheduler_url: None,
+            token: "0123456789abcdef0123".into(),
+            templates: Vec::new(),
+            cleanup_on_exit: false,
+            extra_labels: Default::default(),
+            self_seccomp: None,
+            host_rules: Some(Netns::Path(ns.path())),
+            egress: EgressPolicy {
+                proxy_task_credentials: switch,
+                ..EgressPolicy::default()
+            },
+            check_every: Duration::from_secs(1),
+            daemon_seccomp: None,
+        };
+        let hostd = berth_hostd::Hostd::start(config).await.unwrap();
+        let v4 = ns.exec_ok(&["iptables-save", "-t", "filter"]);
+        assert_eq!(
+            v4.contains("-A INPUT -j BERTH-HOST-INPUT"),
+            closed,
+            "proxy_task_credentials={switch}: {v4}"
+        );
+        assert!(hostd.report().compliant, "{:?}", hostd.report().checks);
+        assert_eq!(hostd.report().runtime, "ecs");
+    }
+}
