@@ -57,6 +57,8 @@ struct RunningTask {
 
 #[derive(Default)]
 struct State_ {
+    /// While set, RunTask placements are ignored (an agent that never starts them).
+    ignoring: bool,
     tasks: BTreeMap<String, RunningTask>,
     /// Task definitions already described, by the name RunTask used.
     definitions: HashMap<String, Value>,
@@ -178,6 +180,15 @@ impl EcsAgentStandIn {
     /// The introspection API's base URL (hostd's `--ecs-agent-url`).
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Makes this agent ignore new tasks (they stay PENDING as far as ECS knows), or
+    /// start them again.
+    pub fn ignore_new_tasks(&self, ignore: bool) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ignoring = ignore;
     }
 
     /// Task ARNs this stand-in runs now.
@@ -381,6 +392,14 @@ impl Ctx {
 
     /// Starts the tasks of `response` as `request` (a RunTask) defined them.
     async fn start_from(&self, request: &Value, response: &Value) {
+        if self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ignoring
+        {
+            return;
+        }
         let Some(td_name) = request["taskDefinition"].as_str() else {
             return;
         };

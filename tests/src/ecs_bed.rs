@@ -46,6 +46,8 @@ pub struct BedOptions {
     pub orphan_grace: Duration,
     /// Scale-out through this capacity provider (see the forwarder's scale-out play).
     pub capacity_provider: Option<String>,
+    /// How long a started task may take to be ready before it is stopped.
+    pub start_deadline: Duration,
 }
 
 impl Default for BedOptions {
@@ -58,6 +60,7 @@ impl Default for BedOptions {
             refill_parallelism: 4,
             orphan_grace: Duration::from_secs(300),
             capacity_provider: None,
+            start_deadline: Duration::from_secs(60),
         }
     }
 }
@@ -254,7 +257,7 @@ impl EcsBed {
         ecs_config.started_by = format!("berth-{tag}");
         ecs_config.scheduler_name = "test".into();
         ecs_config.mutate_bucket = opts.run_bucket;
-        ecs_config.start_deadline = Duration::from_secs(60);
+        ecs_config.start_deadline = opts.start_deadline;
         ecs_config.retry_deadline = Duration::from_secs(30);
         ecs_config.capacity_provider = opts.capacity_provider.clone();
         ecs_config.provision_deadline = Duration::from_secs(90);

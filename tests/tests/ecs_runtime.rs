@@ -838,3 +838,75 @@ async fn a_shrunk_pool_empties_the_hosts_without_claimed_workspaces_first() {
     assert_eq!(pools["pools"][0]["target"], 1);
     bed.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_that_never_becomes_ready_is_stopped_and_5xx_are_retried() {
+    let bed = EcsBed::start(BedOptions {
+        hosts: 1,
+        pool: 0,
+        start_deadline: Duration::from_secs(3),
+        ..BedOptions::default()
+    })
+    .await;
+    assert!(
+        bed.wait_hosts(1, Duration::from_secs(20)).await,
+        "host did not report"
+    );
+    // ECS answers 500 twice, then the call goes through.
+    bed.forwarder.inject(
+        Fault::ServerError {
+            action: "RunTask".into(),
+        },
+        2,
+    );
+    // The host's agent accepts the task but never starts it.
+    bed.hosts[0].agent.ignore_new_tasks(true);
+    let resp = bed
+        .http
+        .post(format!("{}/v1/workspaces", bed.api))
+        .json(&json!({"conversation_id": "stuck"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "runtime_failed");
+    let runs = bed.forwarder.calls_of("RunTask");
+    assert_eq!(runs.iter().filter(|r| r.status == 500).count(), 2);
+    assert!(
+        runs.iter().any(|r| r.status == 200),
+        "retried through the 5xx"
+    );
+    let stuck: Vec<_> = bed
+        .forwarder
+        .calls_of("StopTask")
+        .into_iter()
+        .filter(|r| {
+            r.request["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not ready")
+        })
+        .collect();
+    assert_eq!(
+        stuck.len(),
+        1,
+        "the cold start's task was stopped: {stuck:?}"
+    );
+    let metrics = bed
+        .http
+        .get(format!("{}/metrics", bed.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(metric(&metrics, "berth_ecs_tasks_stuck_total"), 1);
+    assert_eq!(metric(&metrics, "berth_ecs_server_errors_total"), 2);
+    // The agent recovers: the next acquire is served.
+    bed.hosts[0].agent.ignore_new_tasks(false);
+    let ws = acquire(&bed, "unstuck").await;
+    assert_eq!(ws.source, berth_wire::Source::Cold);
+    bed.stop().await;
+}
