@@ -788,6 +788,12 @@ impl EcsRuntime {
     }
 }
 
+/// `count` tasks as RunTask call sizes: tens, then the rest.
+fn call_sizes(count: usize) -> impl Iterator<Item = usize> {
+    (0..count.div_ceil(MAX_TASKS_PER_CALL))
+        .map(move |i| (count - i * MAX_TASKS_PER_CALL).min(MAX_TASKS_PER_CALL))
+}
+
 fn env(name: &str, value: &str) -> KeyValuePair {
     KeyValuePair::builder().name(name).value(value).build()
 }
@@ -804,14 +810,7 @@ impl Runtime for EcsRuntime {
         count: usize,
     ) -> BoxFuture<'a, Vec<Result<SlotInfo, RuntimeError>>> {
         Box::pin(async move {
-            let mut sizes = Vec::new();
-            let mut left = count;
-            while left > 0 {
-                let n = left.min(MAX_TASKS_PER_CALL);
-                sizes.push(n);
-                left -= n;
-            }
-            let batches = sizes.into_iter().map(|n| self.run_batch(host, template, n));
+            let batches = call_sizes(count).map(|n| self.run_batch(host, template, n));
             futures_util::future::join_all(batches)
                 .await
                 .into_iter()
@@ -853,16 +852,8 @@ impl Runtime for EcsRuntime {
         resolve: crate::runtime::HostResolver,
     ) -> BoxFuture<'a, Vec<Result<SlotInfo, RuntimeError>>> {
         Box::pin(async move {
-            let mut sizes = Vec::new();
-            let mut left = count;
-            while left > 0 {
-                let n = left.min(MAX_TASKS_PER_CALL);
-                sizes.push(n);
-                left -= n;
-            }
-            let batches = sizes
-                .into_iter()
-                .map(|n| self.run_unplaced(template, n, resolve.clone()));
+            let batches =
+                call_sizes(count).map(|n| self.run_unplaced(template, n, resolve.clone()));
             futures_util::future::join_all(batches)
                 .await
                 .into_iter()
@@ -920,6 +911,14 @@ mod tests {
             classify(Some("AccessDeniedException"), Some(400), false),
             Failure::Final
         );
+    }
+
+    #[test]
+    fn starts_are_split_into_calls_of_at_most_ten() {
+        assert_eq!(call_sizes(0).collect::<Vec<_>>(), Vec::<usize>::new());
+        assert_eq!(call_sizes(7).collect::<Vec<_>>(), vec![7]);
+        assert_eq!(call_sizes(10).collect::<Vec<_>>(), vec![10]);
+        assert_eq!(call_sizes(23).collect::<Vec<_>>(), vec![10, 10, 3]);
     }
 
     #[test]

@@ -858,17 +858,7 @@ impl Scheduler {
                 tokio::spawn(async move {
                     for r in me.start_batch(&template, n).await {
                         match r {
-                            Ok(slot) => {
-                                if let Err(e) = me.inner.store.push_warm(slot.clone()).await {
-                                    tracing::warn!(error = %e, "could not record warm slot; discarding it");
-                                    me.discard_slot(
-                                        &slot.host_id,
-                                        &slot.slot_id,
-                                        "could not be recorded",
-                                    )
-                                    .await;
-                                }
-                            }
+                            Ok(slot) => me.record_warm(slot).await,
                             Err(ApiError::NoCapacity) => {
                                 tracing::debug!(%template, "no host has room for another warm slot")
                             }
@@ -888,6 +878,16 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// Puts a started slot into its pool; one that cannot be recorded is discarded
+    /// (no state would know it).
+    async fn record_warm(&self, slot: WarmSlot) {
+        if let Err(e) = self.inner.store.push_warm(slot.clone()).await {
+            tracing::warn!(error = %e, "could not record warm slot; discarding it");
+            self.discard_slot(&slot.host_id, &slot.slot_id, "could not be recorded")
+                .await;
+        }
     }
 
     /// Every pool's target now.
@@ -1042,17 +1042,7 @@ impl Scheduler {
             for r in started {
                 match r {
                     Ok(info) => match me.accept_started(&template, info).await {
-                        Ok(slot) => {
-                            if let Err(e) = me.inner.store.push_warm(slot.clone()).await {
-                                tracing::warn!(error = %e, "could not record warm slot; discarding it");
-                                me.discard_slot(
-                                    &slot.host_id,
-                                    &slot.slot_id,
-                                    "could not be recorded",
-                                )
-                                .await;
-                            }
-                        }
+                        Ok(slot) => me.record_warm(slot).await,
                         Err(e) => tracing::warn!(%template, error = %e, "scale-out slot refused"),
                     },
                     Err(e) => {
@@ -1291,11 +1281,16 @@ mod tests {
 
     /// A scheduler on the recording runtime, with host `h1` alive in its store.
     async fn on_fake_runtime(pool: usize) -> (Scheduler, runtime::RecordingRuntime) {
-        let fake = runtime::RecordingRuntime::new();
-        let config = Config {
+        on_fake_runtime_with(Config {
             pools: [("default".to_owned(), pool)].into(),
             ..Config::default()
-        };
+        })
+        .await
+    }
+
+    /// The same with `config`.
+    async fn on_fake_runtime_with(config: Config) -> (Scheduler, runtime::RecordingRuntime) {
+        let fake = runtime::RecordingRuntime::new();
         let s = Scheduler::with_runtime(config, Store::memory(), Arc::new(fake.clone()));
         let mut report = host_with("none", SlotState::Ready).report;
         report.slots.clear();
@@ -1455,18 +1450,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_running_slot_no_state_knows_is_stopped_after_the_grace_period() {
-        let fake = runtime::RecordingRuntime::new();
-        let config = Config {
+        let (s, fake) = on_fake_runtime_with(Config {
             pools: [("default".to_owned(), 1)].into(),
             orphan_grace: Duration::from_millis(80),
             ..Config::default()
-        };
-        let s = Scheduler::with_runtime(config, Store::memory(), Arc::new(fake.clone()));
-        let mut report = host_with("none", SlotState::Ready).report;
-        report.slots.clear();
-        report.branch_limit = 10;
-        report.memory_total_mib = 4096;
-        s.store().put_host(report, now_ms()).await.unwrap();
+        })
+        .await;
         // A warm slot the pool knows, and one started behind the state's back.
         let known = s.start_slot("default").await.unwrap();
         s.store().push_warm(known.clone()).await.unwrap();

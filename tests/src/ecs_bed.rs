@@ -392,22 +392,7 @@ impl EcsBed {
 
     /// Waits until the default pool holds `n` ready slots.
     pub async fn wait_pool(&self, n: usize, limit: Duration) -> bool {
-        let start = std::time::Instant::now();
-        while start.elapsed() < limit {
-            let ready = self
-                .scheduler
-                .store()
-                .pool_sizes()
-                .await
-                .ok()
-                .and_then(|s| s.get("default").copied())
-                .unwrap_or(0);
-            if ready >= n {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        crate::wait_pool(&self.scheduler, "default", n, limit).await
     }
 
     /// What the bed knows, for a failing test's message: every ECS call (action,
@@ -425,6 +410,17 @@ impl EcsBed {
             out.push_str(&format!("agent {i}: {:?}\n", self.hosts[i].agent.running()));
         }
         out
+    }
+
+    /// Waits until the default pool holds `n` ready slots, failing the test with
+    /// everything the bed knows if it does not within `limit`.
+    pub async fn expect_pool(&self, n: usize, limit: Duration) {
+        if !self.wait_pool(n, limit).await {
+            panic!(
+                "the pool did not reach {n} slots:\n{}",
+                self.diagnose().await
+            );
+        }
     }
 
     /// Waits until `n` hosts have reported to the scheduler.

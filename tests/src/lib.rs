@@ -48,6 +48,30 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// Waits until `scheduler`'s `template` pool holds `n` ready slots.
+pub async fn wait_pool(
+    scheduler: &berth_scheduler::Scheduler,
+    template: &str,
+    n: usize,
+    limit: Duration,
+) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let ready = scheduler
+            .store()
+            .pool_sizes()
+            .await
+            .ok()
+            .and_then(|s| s.get(template).copied())
+            .unwrap_or(0);
+        if ready >= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// The directory holding the workspace's built binaries (`target/debug`).
 pub fn bin_dir() -> std::path::PathBuf {
     let here = std::env::current_exe().expect("current exe");

@@ -183,22 +183,7 @@ impl LocalBerth {
 
     /// Waits until the default pool holds `n` ready slots.
     pub async fn wait_pool(&self, n: usize, limit: Duration) -> bool {
-        let start = std::time::Instant::now();
-        while start.elapsed() < limit {
-            let ready = self
-                .scheduler
-                .store()
-                .pool_sizes()
-                .await
-                .ok()
-                .and_then(|s| s.get("default").copied())
-                .unwrap_or(0);
-            if ready >= n {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        crate::wait_pool(&self.scheduler, "default", n, limit).await
     }
 
     /// Starts another scheduler replica on the same Redis state (the system must

@@ -42,6 +42,17 @@ fn moto_addresses(bed: &EcsBed) -> Vec<String> {
         .collect()
 }
 
+async fn scheduler_metrics(bed: &EcsBed) -> String {
+    bed.http
+        .get(format!("{}/metrics", bed.api))
+        .send()
+        .await
+        .expect("scheduler /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
@@ -132,15 +143,7 @@ async fn a_warm_pool_fills_across_two_ecs_hosts_and_release_stops_the_task() {
     // addresses on the bed's network, never moto's fictional ENI addresses.
     let moto = moto_addresses(&bed);
     assert!(!moto.is_empty());
-    let metrics = bed
-        .http
-        .get(format!("{}/metrics", bed.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scheduler_metrics(&bed).await;
     assert_eq!(metric(&metrics, "berth_agent_address_refused_total"), 0);
     for i in 0..bed.hosts.len() {
         let status = bed.host_status(i).await;
@@ -290,15 +293,7 @@ async fn a_throttled_runtask_burst_succeeds_after_retries_within_the_bucket() {
             );
         }
     }
-    let metrics = bed
-        .http
-        .get(format!("{}/metrics", bed.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scheduler_metrics(&bed).await;
     assert_eq!(metric(&metrics, "berth_ecs_throttled_total"), 3);
     assert!(metric(&metrics, "berth_ecs_retries_total") >= 3);
     // The figure: what this bucket allows one replica, measured against its arithmetic.
@@ -361,15 +356,7 @@ async fn resource_eni_on_one_host_moves_placement_to_the_other() {
         "one refusal, then the host's view is stale: {on_full:?}"
     );
     assert_eq!(on_full[0]["failures"][0]["reason"], "RESOURCE:ENI");
-    let metrics = bed
-        .http
-        .get(format!("{}/metrics", bed.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scheduler_metrics(&bed).await;
     assert_eq!(metric(&metrics, "berth_host_refusals_total"), 1);
     assert_eq!(metric(&metrics, "berth_ecs_task_failures_total"), 1);
     bed.stop().await;
@@ -383,11 +370,7 @@ async fn hostd_on_an_ecs_host_publishes_a_task_and_withdraws_it_when_it_dies() {
         ..BedOptions::default()
     })
     .await;
-    assert!(
-        bed.wait_pool(1, Duration::from_secs(30)).await,
-        "pool did not fill:\n{}",
-        bed.diagnose().await
-    );
+    bed.expect_pool(1, Duration::from_secs(30)).await;
     let status = bed.host_status(0).await;
     let slot = &status["slots"][0];
     assert_eq!(slot["state"], "ready", "{slot}");
@@ -453,11 +436,7 @@ async fn an_orphan_task_is_stopped_after_its_grace_period_and_known_ones_are_not
         ..BedOptions::default()
     })
     .await;
-    assert!(
-        bed.wait_pool(1, Duration::from_secs(60)).await,
-        "pool did not fill:\n{}",
-        bed.diagnose().await
-    );
+    bed.expect_pool(1, Duration::from_secs(60)).await;
     let known = bed.scheduler.store().warm_slots().await.unwrap()[0]
         .slot_id
         .clone();
@@ -586,26 +565,14 @@ async fn a_full_fleet_scales_out_through_the_capacity_provider_and_adopts_the_ne
         .container_instance_arn
         .clone();
     bed.forwarder.place_unplaced_on(&ci);
-    assert!(
-        bed.wait_pool(2, Duration::from_secs(60)).await,
-        "the pool did not reach its target:\n{}",
-        bed.diagnose().await
-    );
+    bed.expect_pool(2, Duration::from_secs(60)).await;
     let warm = bed.scheduler.store().warm_slots().await.unwrap();
     let on_new = warm.iter().filter(|w| w.host_id == new_host).count();
     assert_eq!(
         on_new, scale_out_tasks,
         "each scale-out task became a warm slot on the new host: {warm:?}"
     );
-    let metrics = bed
-        .http
-        .get(format!("{}/metrics", bed.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scheduler_metrics(&bed).await;
     assert_eq!(
         metric(&metrics, "berth_ecs_scale_out_tasks_total") as usize,
         scale_out_tasks
@@ -652,11 +619,7 @@ async fn an_ecs_workspace_is_locked_down_as_a_docker_one_is() {
         ..BedOptions::default()
     })
     .await;
-    assert!(
-        bed.wait_pool(1, Duration::from_secs(60)).await,
-        "pool did not fill:\n{}",
-        bed.diagnose().await
-    );
+    bed.expect_pool(1, Duration::from_secs(60)).await;
     // A listener on the bed network's gateway: an address of this machine that the
     // task's namespace routes to, standing for "anything outside".
     let out = std::process::Command::new("docker")
@@ -760,11 +723,7 @@ async fn a_shrunk_pool_empties_the_hosts_without_claimed_workspaces_first() {
         ..BedOptions::default()
     })
     .await;
-    assert!(
-        bed.wait_pool(4, Duration::from_secs(60)).await,
-        "pool did not fill:\n{}",
-        bed.diagnose().await
-    );
+    bed.expect_pool(4, Duration::from_secs(60)).await;
     let ws = acquire(&bed, "stays").await;
     // Evening: the operator lowers the pool (bad input first: clear errors).
     let put = |template: &str, body: Value| {
@@ -893,15 +852,7 @@ async fn a_task_that_never_becomes_ready_is_stopped_and_5xx_are_retried() {
         1,
         "the cold start's task was stopped: {stuck:?}"
     );
-    let metrics = bed
-        .http
-        .get(format!("{}/metrics", bed.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scheduler_metrics(&bed).await;
     assert_eq!(metric(&metrics, "berth_ecs_tasks_stuck_total"), 1);
     assert_eq!(metric(&metrics, "berth_ecs_server_errors_total"), 2);
     // The agent recovers: the next acquire is served.
