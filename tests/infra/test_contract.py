@@ -1,6 +1,10 @@
 """The contract between ami/, terraform/, the CI workflow and the Rust side:
 names, ports and settings that hostd and the scheduler read must be the ones
 the image and the infrastructure actually provide.
+
+The lists below pin what the files say; that every name is one the binaries
+accept, and that every setting they require is passed, is checked against the
+built binaries themselves by tests/tests/deploy_flags.rs.
 """
 
 from __future__ import annotations
@@ -26,13 +30,17 @@ SCHEDULER_ENV = {
     "BERTH_ECS_TASK_DEFINITION",
     "BERTH_ECS_SUBNETS",
     "BERTH_ECS_SECURITY_GROUPS",
+    "BERTH_AGENT_NETWORKS",
     "BERTH_POOLS",
+    "BERTH_ECS_CAPACITY_PROVIDER",
+    "BERTH_SCALE_OUT_HEADROOM",
     "AWS_REGION",
 }
 SCHEDULER_SECRETS = {"BERTH_API_TOKEN", "BERTH_HOST_TOKEN"}
 HOSTD_ENV = {
     "BERTH_HOST_RUNTIME",
     "BERTH_HOSTD_LISTEN",
+    "BERTH_HOSTD_ADVERTISE_URL",
     "BERTH_SCHEDULER_URL",
     "BERTH_HOST_TOKEN_FILE",
     "BERTH_ECS_CLUSTER",
@@ -46,10 +54,10 @@ def env_lines(text: str) -> dict[str, str]:
 
 
 def set_keys(text: str, target: str) -> dict[str, str]:
-    """KEY -> VALUE of the ``set_key TARGET KEY 'VALUE'`` lines of the boot script."""
-    found = re.findall(r"^set_key " + re.escape(target) + r" (\w+) '([^']*)'$", text, re.M)
+    """KEY -> VALUE of the ``set_key TARGET KEY 'VALUE'`` (or ``"VALUE"``) lines of the boot script."""
+    found = re.findall(r"^set_key " + re.escape(target) + r""" (\w+) (?:'([^']*)'|"([^"]*)")$""", text, re.M)
     assert found, f"the boot script does not set anything in {target}"
-    return dict(found)
+    return {k: single or double for k, single, double in found}
 
 
 # --- scheduler -------------------------------------------------------------------
@@ -64,6 +72,7 @@ def test_scheduler_environment_is_the_contract(module):
     assert env["BERTH_STATE"] == "${var.state_url}"
     assert env["BERTH_ECS_SUBNETS"] == '${join(",", var.workspace_subnet_ids)}'
     assert env["BERTH_ECS_SECURITY_GROUPS"] == '${join(",", var.workspace_security_group_ids)}'
+    assert env["BERTH_AGENT_NETWORKS"] == '${join(",", var.agent_networks)}'
     secrets = {s["name"] for s in locals_["container"]["secrets"]}
     assert secrets == SCHEDULER_SECRETS
 
@@ -81,6 +90,7 @@ def test_scheduler_is_wired_to_the_workspace_pieces(module):
     assert wiring["workspace_security_group_ids"] == ["${module.security_groups.workspace_id}"]
     assert wiring["workspace_subnet_ids"] == "${module.network.private_subnet_ids}"
     assert wiring["state_url"] == "${module.data.redis_url}"
+    assert wiring["agent_networks"] == ["${module.network.vpc_cidr_block}"], "agents are reached in the VPC only"
 
 
 @pytest.mark.parametrize("env", ["staging", "production"])
@@ -149,9 +159,10 @@ def test_user_data_renders_to_a_clean_script(tmp_path):
         assert result.returncode == 0, result.stdout
 
 
-def boot(root: Path, token: str | None) -> subprocess.CompletedProcess[str]:
+def boot(root: Path, token: str | None, imds_address: str | None = "10.40.7.9") -> subprocess.CompletedProcess[str]:
     """Run the rendered boot script against files under root, with a stand-in
-    aws CLI that answers the secret (or fails, when token is None)."""
+    aws CLI that answers the secret (or fails, when token is None) and a
+    stand-in curl for instance metadata (failing, when imds_address is None)."""
     bin_dir = root / "bin"
     bin_dir.mkdir(exist_ok=True)
     aws = bin_dir / "aws"
@@ -160,6 +171,21 @@ def boot(root: Path, token: str | None) -> subprocess.CompletedProcess[str]:
     sleep = bin_dir / "sleep"
     sleep.write_text("#!/bin/sh\nexit 0\n")
     sleep.chmod(0o755)
+    # Instance metadata (IMDSv2): a token for the PUT, then the private address.
+    # The stand-in answers without any network; no test reaches 169.254.169.254.
+    curl = bin_dir / "curl"
+    if imds_address is None:
+        curl.write_text("#!/bin/sh\nexit 7\n")
+    else:
+        curl.write_text(
+            "#!/bin/sh\n"
+            'case "$*" in\n'
+            "  *api/token*) printf '%s' stand-in-imds-token ;;\n"
+            f"  *meta-data/local-ipv4*) printf '%s' '{imds_address}' ;;\n"
+            "  *) exit 22 ;;\n"
+            "esac\n"
+        )
+    curl.chmod(0o755)
     script = root / "boot.sh"
     script.write_text(render_user_data(root))
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
@@ -181,6 +207,8 @@ def test_boot_script_is_idempotent_across_boots(host_root):
         assert result.returncode == 0, result.stderr
     hostd = env_lines((host_root / "etc/berth/hostd.env").read_text())
     assert hostd["BERTH_SCHEDULER_URL"] == "rendered-scheduler_url"
+    assert hostd["BERTH_HOSTD_ADVERTISE_URL"] == "http://10.40.7.9:7701"
+    assert (host_root / "etc/berth/hostd.env").read_text().count("BERTH_HOSTD_ADVERTISE_URL=") == 1
     assert (host_root / "etc/berth/hostd.env").read_text().count("BERTH_ECS_CLUSTER=") == 1
     ecs = (host_root / "etc/ecs/ecs.config").read_text()
     assert ecs.count("ECS_CLUSTER=") == 1 and "ECS_ENABLE_TASK_ENI=true" in ecs
@@ -197,6 +225,19 @@ def test_boot_script_fails_closed_without_a_token(host_root):
     assert boot(host_root, "first-token").returncode == 0
     result = boot(host_root, None)
     assert result.returncode == 0 and "keeping the host token" in result.stderr
+
+
+def test_boot_script_fails_closed_without_a_private_address(host_root):
+    result = boot(host_root, "first-token", imds_address=None)
+    assert result.returncode != 0 and "hostd cannot be advertised" in result.stderr
+    assert not (host_root / "etc/berth/host-token").exists(), "hostd must not start advertising 0.0.0.0"
+    assert "BERTH_HOSTD_ADVERTISE_URL" not in env_lines((host_root / "etc/berth/hostd.env").read_text())
+
+
+def test_advertised_port_is_the_listen_port():
+    hostd = env_lines((AMI / "files" / "hostd.env").read_text())
+    advertised = set_keys(USER_DATA.read_text(), "/etc/berth/hostd.env")["BERTH_HOSTD_ADVERTISE_URL"]
+    assert advertised.endswith(":" + hostd["BERTH_HOSTD_LISTEN"].rsplit(":", 1)[1])
 
 
 def test_placement_attribute_is_what_the_ami_sets(module):

@@ -568,13 +568,19 @@ fn terraform_settings(dep: &mut Deployment) {
             if hcl.lines[open].trim() != "{" {
                 continue;
             }
-            let Some(name) = hcl.child(open, "name").and_then(|n| hcl_literal(&n)) else {
+            let children = hcl.children(open);
+            let Some((name_line, name)) = children
+                .iter()
+                .find(|(_, k, _)| k == "name")
+                .and_then(|(i, _, v)| Some((*i, hcl_literal(v)?)))
+            else {
                 continue;
             };
             let value = hcl
                 .child(open, "value")
                 .or_else(|| hcl.child(open, "valueFrom"));
             if let Some(v) = value {
+                seen.insert(name_line);
                 entries.push((open, name, v));
             }
         }
@@ -807,7 +813,13 @@ fn probe_value(s: &Setting) -> String {
     if let Some(v) = hcl_literal(&s.value) {
         return v;
     }
-    if let Some(var) = s.value.trim().strip_prefix("var.")
+    // `var.x`, or `tostring(var.x)` for a number the container needs as text.
+    let expr = s.value.trim();
+    let expr = expr
+        .strip_prefix("tostring(")
+        .and_then(|e| e.strip_suffix(')'))
+        .unwrap_or(expr);
+    if let Some(var) = expr.strip_prefix("var.")
         && let Some(file) = s.at.split(':').next()
         && let Some(default) = variable_default(Path::new(file), var)
     {
@@ -832,7 +844,14 @@ fn variable_default(file: &Path, var: &str) -> Option<String> {
         let hcl = Hcl::parse(&std::fs::read_to_string(&f).ok()?);
         for (&open, _) in hcl.close.iter() {
             if hcl.lines[open].trim() == format!("variable \"{var}\" {{") {
-                return hcl.child(open, "default").and_then(|d| hcl_literal(&d));
+                return hcl.child(open, "default").and_then(|d| {
+                    // A quoted string, or a bare number or boolean.
+                    hcl_literal(&d).or_else(|| {
+                        let bare = d.trim();
+                        (bare.parse::<f64>().is_ok() || bare == "true" || bare == "false")
+                            .then(|| bare.to_owned())
+                    })
+                });
             }
         }
     }
@@ -856,6 +875,8 @@ fn run_scheduler(a: &Accepts, settings: &BTreeMap<String, String>) -> Run {
         .map(|a| a.port())
         .unwrap_or(9);
     let b = Binary::Scheduler;
+    // `env_of` panics when the scheduler no longer shows one of these: it is not run
+    // at all unless its endpoint, store and listen address can be pinned here.
     let overrides = [
         (a.env_of(b, "--listen").to_owned(), listen),
         (a.env_of(b, "--state").to_owned(), "memory".to_owned()),

@@ -1,5 +1,5 @@
 output "scheduler_environment" {
-  description = "Non-secret settings of the scheduler container, exactly as set (BERTH_LISTEN, BERTH_RUNTIME, BERTH_STATE, BERTH_ECS_*, BERTH_POOLS, AWS_REGION)."
+  description = "Non-secret settings of the scheduler container, exactly as set (BERTH_LISTEN, BERTH_RUNTIME, BERTH_STATE, BERTH_ECS_*, BERTH_AGENT_NETWORKS, BERTH_POOLS, AWS_REGION)."
   value       = module.berth.scheduler_environment
 }
 
@@ -14,7 +14,7 @@ output "scheduler_url" {
 }
 
 output "hostd_environment" {
-  description = "What the launch template's user-data adds to /etc/berth/hostd.env at boot (the AMI holds the rest)."
+  description = "What the launch template's user-data adds to /etc/berth/hostd.env at boot from Terraform (it also sets BERTH_HOSTD_ADVERTISE_URL from the instance's own address; the AMI holds the rest)."
   value       = module.berth.hostd_environment
 }
 
@@ -24,7 +24,7 @@ output "host_token_secret_arn" {
 }
 
 output "proxy_credentials_secret_arn" {
-  description = "Secret handed to the credential proxy (BERTH_PROXY_CREDENTIALS)."
+  description = "Secret meant for the credential proxy's upstream credentials; not yet delivered to the proxy (docs/DEPLOY.md, Known limits)."
   value       = module.berth.proxy_credentials_secret_arn
 }
 

@@ -137,11 +137,10 @@ module "workspace" {
     local.repository_arns[local.repository.workspace],
     local.repository_arns[local.repository.proxy],
   ]
-  proxy_credentials_secret_arn = module.secrets.proxy_credentials_arn
-  kms_key_arn                  = module.kms.key_arn
-  agent_memory_mib             = var.workspace_memory_mib
-  log_retention_days           = var.log_retention_days
-  tags                         = local.tags
+  kms_key_arn        = module.kms.key_arn
+  agent_memory_mib   = var.workspace_memory_mib
+  log_retention_days = var.log_retention_days
+  tags               = local.tags
 }
 
 module "scheduler" {
@@ -160,6 +159,9 @@ module "scheduler" {
   workspace_execution_role_arn     = module.workspace.execution_role_arn
   workspace_subnet_ids             = module.network.private_subnet_ids
   workspace_security_group_ids     = [module.security_groups.workspace_id]
+  agent_networks                   = [module.network.vpc_cidr_block]
+  capacity_provider_name           = module.ecs_cluster.capacity_provider_name
+  scale_out_headroom               = var.scale_out_headroom
   pools                            = var.pools
   api_token_secret_arn             = module.secrets.api_token_arn
   host_token_secret_arn            = module.secrets.host_token_arn

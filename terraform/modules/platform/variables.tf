@@ -77,6 +77,12 @@ variable "pools" {
   type        = string
 }
 
+variable "scale_out_headroom" {
+  description = "BERTH_SCALE_OUT_HEADROOM: slots of room kept free across the fleet; below it the scheduler starts tasks through the capacity provider so ECS adds hosts."
+  type        = number
+  default     = 0
+}
+
 variable "scheduler_count" {
   description = "Scheduler replicas."
   type        = number

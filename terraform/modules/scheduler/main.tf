@@ -32,7 +32,15 @@ locals {
     { name = "BERTH_ECS_TASK_DEFINITION", value = var.workspace_task_definition_arn },
     { name = "BERTH_ECS_SUBNETS", value = join(",", var.workspace_subnet_ids) },
     { name = "BERTH_ECS_SECURITY_GROUPS", value = join(",", var.workspace_security_group_ids) },
+    # A slot whose agent answers outside these ranges (the VPC) is discarded.
+    { name = "BERTH_AGENT_NETWORKS", value = join(",", var.agent_networks) },
     { name = "BERTH_POOLS", value = var.pools },
+    # Scale-out: when no host has room for the pools plus the headroom, tasks are
+    # started with this capacity provider and no instance constraint, so ECS
+    # managed scaling adds instances (managed termination protection keeps every
+    # instance that runs a task).
+    { name = "BERTH_ECS_CAPACITY_PROVIDER", value = var.capacity_provider_name },
+    { name = "BERTH_SCALE_OUT_HEADROOM", value = tostring(var.scale_out_headroom) },
     { name = "AWS_REGION", value = local.region },
   ]
 

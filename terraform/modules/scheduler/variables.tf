@@ -68,6 +68,16 @@ variable "workspace_security_group_ids" {
   type        = list(string)
 }
 
+variable "agent_networks" {
+  description = "BERTH_AGENT_NETWORKS: CIDRs workspace agents may be reached in (the VPC's); a slot whose agent address is elsewhere is discarded."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.agent_networks) > 0 && alltrue([for c in var.agent_networks : can(cidrhost(c, 0))])
+    error_message = "agent_networks must name at least one CIDR (an empty list would let agents be anywhere)."
+  }
+}
+
 variable "pools" {
   description = "BERTH_POOLS: warm slots per template, e.g. default=20."
   type        = string
@@ -123,4 +133,20 @@ variable "tags" {
   description = "Tags for every resource of the module."
   type        = map(string)
   default     = {}
+}
+
+variable "capacity_provider_name" {
+  description = "BERTH_ECS_CAPACITY_PROVIDER: the hosts' capacity provider, used to scale out when no host has room."
+  type        = string
+}
+
+variable "scale_out_headroom" {
+  description = "BERTH_SCALE_OUT_HEADROOM: slots of room kept free across the fleet before scaling out."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.scale_out_headroom >= 0 && floor(var.scale_out_headroom) == var.scale_out_headroom
+    error_message = "scale_out_headroom must be a whole number of slots, 0 or more."
+  }
 }

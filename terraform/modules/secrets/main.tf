@@ -5,9 +5,11 @@
 #   api-token          bearer token the backend presents to the scheduler
 #   host-token         token hostd presents to the scheduler; read by the
 #                      launch template's user-data at boot
-#   proxy-credentials  JSON the credential proxy gets at task start (through
-#                      the workspace's execution role): per-route upstream
-#                      credentials such as MCP bearer tokens
+#   proxy-credentials  per-route upstream credentials (JSON) for the credential
+#                      proxy, such as MCP bearer tokens. Not yet handed to the
+#                      proxy: it reads credentials only through its
+#                      configuration file (terraform/modules/workspace/main.tf
+#                      explains; docs/DEPLOY.md, Known limits)
 
 resource "aws_secretsmanager_secret" "this" {
   #checkov:skip=CKV2_AWS_57:tokens and upstream credentials are rotated by the runbook in docs/DEPLOY.md (no rotation Lambda can mint upstream MCP credentials)

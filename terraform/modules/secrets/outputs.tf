@@ -9,6 +9,6 @@ output "host_token_arn" {
 }
 
 output "proxy_credentials_arn" {
-  description = "Secret handed to the credential proxy at task start."
+  description = "Secret meant for the credential proxy's upstream credentials (not yet delivered to it)."
   value       = aws_secretsmanager_secret.this["proxy-credentials"].arn
 }

@@ -4,13 +4,20 @@
 #
 #   workspace-agent   :9000  runs the agent's commands and files; untrusted
 #                            code runs here. uid 1000.
-#   credential-proxy  :8080  on loopback only; holds the upstream credentials
-#                            and injects them. uid 2000 (hostd's egress lock lets only this uid out).
+#   credential-proxy  :8080  on loopback only; the workspace's only door out,
+#                            holding and injecting upstream credentials (none
+#                            reach it here yet: see proxy_container). uid 2000
+#                            (hostd's egress lock lets only this uid out).
 #
 # There is no task role: nothing in the task can obtain AWS credentials from
-# the ECS credential endpoint, because there are none to obtain. Credentials
-# the proxy needs arrive as the proxy-credentials secret at task start, read
-# by the execution role (which the containers never see).
+# the ECS credential endpoint, because there are none to obtain. The execution
+# role (which the containers never see) pulls the images and writes the logs.
+#
+# Every environment variable here is one the binary in that container reads:
+# tests/tests/deploy_flags.rs checks them against the binaries' --help and
+# code. The scheduler adds the per-task ones (BERTH_TEMPLATE,
+# BERTH_CLAIM_SECRET_SHA256) to each RunTask as container overrides; they are
+# never part of the task definition.
 #
 # Both containers run as non-root users with a read-only root filesystem, all
 # capabilities dropped, no-new-privileges, memory limits and file-descriptor
@@ -48,6 +55,15 @@ locals {
     environment = [
       { name = "BERTH_AGENT_LISTEN", value = "0.0.0.0:9000" },
       { name = "BERTH_AGENT_ROOT", value = "/workspace" },
+      # Ordinary tools go out through the credential-proxy, as in hostd's docker
+      # runtime: the agent hands exactly these to every command it runs, and
+      # hostd's egress lock lets only the proxy's uid out of the task.
+      { name = "HTTPS_PROXY", value = "http://127.0.0.1:8080" },
+      { name = "HTTP_PROXY", value = "http://127.0.0.1:8080" },
+      { name = "https_proxy", value = "http://127.0.0.1:8080" },
+      { name = "http_proxy", value = "http://127.0.0.1:8080" },
+      { name = "NO_PROXY", value = "localhost,127.0.0.1,::1" },
+      { name = "no_proxy", value = "localhost,127.0.0.1,::1" },
     ]
     dockerSecurityOptions = ["no-new-privileges"]
     linuxParameters = {
@@ -76,12 +92,24 @@ locals {
     memory                 = var.proxy_memory_mib
     memoryReservation      = var.proxy_memory_mib
     cpu                    = var.proxy_cpu_units
-    # No port mapping: the proxy listens on the task's loopback only.
+    # No port mapping: the proxy listens on the task's loopback only
+    # (BERTH_PROXY_LISTEN is one of the proxy's configuration overrides,
+    # proxy/src/config.rs ENV_VARS).
+    #
+    # No upstream credentials either, because nothing in this task could hand
+    # them over the way the proxy takes them. It reads credentials only through
+    # its TOML configuration (BERTH_PROXY_CONFIG, a file path): from Secrets
+    # Manager with its own AWS credentials, or from a file. The task has no
+    # role (and workspace ENIs cannot reach the Secrets Manager endpoint), ECS
+    # delivers secrets only as environment variables, which the proxy does not
+    # read credentials from, and hostd's audit refuses any mount but tmpfs on a
+    # workspace container, so no init container can write a file for it. The
+    # proxy therefore runs without a configuration, as in hostd's docker
+    # runtime: /health and /metrics answer, everything else is refused. The
+    # proxy-credentials secret stays in the secrets module for when the proxy
+    # can read a secret from its environment (docs/DEPLOY.md, Known limits).
     environment = [
       { name = "BERTH_PROXY_LISTEN", value = "127.0.0.1:8080" },
-    ]
-    secrets = [
-      { name = "BERTH_PROXY_CREDENTIALS", valueFrom = var.proxy_credentials_secret_arn },
     ]
     dockerSecurityOptions = ["no-new-privileges"]
     linuxParameters = {
@@ -140,11 +168,6 @@ data "aws_iam_policy_document" "execution" {
     sid       = "WriteWorkspaceLogs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.workspace.arn}:*"]
-  }
-  statement {
-    sid       = "ReadProxyCredentials"
-    actions   = ["secretsmanager:GetSecretValue"]
-    resources = [var.proxy_credentials_secret_arn]
   }
   statement {
     sid       = "DecryptWithEnvironmentKey"

@@ -18,13 +18,8 @@ variable "image_repository_arns" {
   type        = list(string)
 }
 
-variable "proxy_credentials_secret_arn" {
-  description = "Secret injected into the proxy as BERTH_PROXY_CREDENTIALS."
-  type        = string
-}
-
 variable "kms_key_arn" {
-  description = "KMS key of the log group and the proxy secret."
+  description = "KMS key of the log group."
   type        = string
 }
 
