@@ -68,6 +68,8 @@ struct Shared {
     faults: VecDeque<Fault>,
     /// Scale-out play: unconstrained RunTask tasks are held PROVISIONING …
     hold_unplaced: bool,
+    /// ListTasks answered in pages of this many ARNs (moto answers all at once).
+    page_size: Option<usize>,
     unplaced: std::collections::BTreeSet<String>,
     /// … until a new instance (container instance ARN) is there to take them.
     place_on: Option<String>,
@@ -139,6 +141,12 @@ impl EcsForwarder {
         for _ in 0..times {
             s.faults.push_back(fault.clone());
         }
+    }
+
+    /// Answers ListTasks in pages of `n` task ARNs with a `nextToken`, as ECS does
+    /// for long lists, so that the caller's pagination is exercised.
+    pub fn page_list_tasks(&self, n: usize) {
+        self.lock().page_size = Some(n.max(1));
     }
 
     /// Plays ECS managed scaling for tasks started without an instance constraint:
@@ -234,6 +242,22 @@ async fn forward(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Res
             true,
         ),
         None => {
+            let page_size = ctx
+                .shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .page_size;
+            let paging = page_size.filter(|_| action == "ListTasks");
+            let body = match (&paging, request.as_object()) {
+                // moto gets the whole question; the forwarder cuts the pages.
+                (Some(_), Some(o)) => {
+                    let mut whole = o.clone();
+                    whole.remove("nextToken");
+                    whole.remove("maxResults");
+                    Bytes::from(Value::Object(whole).to_string())
+                }
+                _ => body,
+            };
             let mut req = ctx.http.post(format!("{}/", ctx.moto)).body(body.to_vec());
             for (k, v) in &headers {
                 if k != "host" && k != "content-length" {
@@ -248,6 +272,10 @@ async fn forward(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Res
                     let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
                         Value::String(String::from_utf8_lossy(&bytes).chars().take(2000).collect())
                     });
+                    let v = match paging {
+                        Some(n) if status == StatusCode::OK => page(&request, v, n),
+                        _ => v,
+                    };
                     (status, v, false)
                 }
                 Err(e) => {
@@ -279,6 +307,29 @@ async fn forward(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Res
         response.to_string(),
     )
         .into_response()
+}
+
+/// One page of a whole ListTasks answer: from the offset the request's `nextToken`
+/// names, `n` ARNs, and a `nextToken` while more remain.
+fn page(request: &Value, mut whole: Value, n: usize) -> Value {
+    let from = request["nextToken"]
+        .as_str()
+        .and_then(|t| t.strip_prefix("berth-page-"))
+        .and_then(|o| o.parse::<usize>().ok())
+        .unwrap_or(0);
+    let arns: Vec<Value> = whole["taskArns"].as_array().cloned().unwrap_or_default();
+    let end = (from + n).min(arns.len());
+    whole["taskArns"] = Value::Array(arns.get(from..end).map(<[_]>::to_vec).unwrap_or_default());
+    match whole.as_object_mut() {
+        Some(o) if end < arns.len() => {
+            o.insert("nextToken".into(), json!(format!("berth-page-{end}")));
+        }
+        Some(o) => {
+            o.remove("nextToken");
+        }
+        None => {}
+    }
+    whole
 }
 
 /// The scale-out play (see [`EcsForwarder::hold_unplaced`]) on moto's answer.
@@ -324,6 +375,18 @@ fn rewrite_unplaced(s: &mut Shared, action: &str, request: &Value, mut response:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_answers_are_cut_into_pages_that_chain() {
+        let whole = json!({"taskArns": ["a", "b", "c"]});
+        let p1 = page(&json!({}), whole.clone(), 2);
+        assert_eq!(
+            p1,
+            json!({"taskArns": ["a", "b"], "nextToken": "berth-page-2"})
+        );
+        let p2 = page(&json!({"nextToken": "berth-page-2"}), whole, 2);
+        assert_eq!(p2, json!({"taskArns": ["c"]}));
+    }
 
     #[test]
     fn the_constraint_names_the_instance() {
