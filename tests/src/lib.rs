@@ -12,11 +12,14 @@
 //! - [`ecs_bed::EcsBed`]: the ECS path — moto behind a recording, fault-injecting
 //!   forwarder ([`ecs_forwarder`]), an ECS-agent stand-in ([`ecs_agent`]) and a hostd
 //!   in ECS mode per "host", and the scheduler on the ECS runtime.
+//! - [`deployment`]: what `terraform/` and `ami/` pass to each binary, and what each
+//!   binary accepts (its real `--help`), for `tests/tests/deploy_flags.rs`.
 //! - [`system::LocalBerth`]: hostd (docker runtime) and the scheduler (in memory),
 //!   in this process, on free ports — the same code path as `scheduler dev`.
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod deployment;
 pub mod docker;
 pub mod ecs_agent;
 pub mod ecs_bed;
