@@ -124,11 +124,13 @@ pub struct DockerRuntime {
 }
 
 impl DockerRuntime {
-    /// Connects to the local engine (negotiating the API version) and makes sure the
-    /// host's network exists.
+    /// Connects to the local engine (negotiating the API version) and, when this
+    /// host makes its own slots (`own_network`), makes sure its bridge network exists.
+    /// ECS tasks bring their own network (awsvpc), so ECS mode makes none.
     pub async fn connect(
         host_id: &str,
         extra_labels: HashMap<String, String>,
+        own_network: bool,
     ) -> Result<Self, DockerError> {
         let docker = Docker::connect_with_local_defaults()
             .map_err(DockerError::Connect)?
@@ -145,7 +147,9 @@ impl DockerRuntime {
                 .build()
                 .unwrap_or_default(),
         };
-        rt.ensure_network().await?;
+        if own_network {
+            rt.ensure_network().await?;
+        }
         Ok(rt)
     }
 

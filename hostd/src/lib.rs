@@ -207,7 +207,12 @@ impl Hostd {
     /// runs a first enforcement pass (so rediscovered slots are re-verified before
     /// any of them is reported ready).
     pub async fn start(config: Config) -> Result<Self, DockerError> {
-        let runtime = DockerRuntime::connect(&config.host_id, config.extra_labels.clone()).await?;
+        let runtime = DockerRuntime::connect(
+            &config.host_id,
+            config.extra_labels.clone(),
+            config.runtime == HostRuntime::Docker,
+        )
+        .await?;
         let privileged: Arc<dyn Privileged> =
             Arc::new(HostPrivileged::new(runtime.docker().clone()));
         let found = match config.runtime {

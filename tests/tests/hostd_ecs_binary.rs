@@ -209,6 +209,21 @@ async fn hostd_in_ecs_mode_reads_its_identity_with_imdsv2_and_reports_without_im
     assert_eq!(resp.status(), 409);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "ecs_managed");
+    // ECS tasks bring their own network: hostd makes no bridge of its own.
+    let nets = Command::new("docker")
+        .args([
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            "name=berth-i-0b3e7c0ffee000001",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&nets.stdout).trim().is_empty(),
+        "hostd made a Docker network in ECS mode"
+    );
     let proc_status = std::fs::read_to_string(format!("/proc/{}/status", hostd.0.id())).unwrap();
     assert!(proc_status.contains("Seccomp:\t2"), "hostd is not filtered");
     drop(hostd);
