@@ -20,6 +20,7 @@ pub mod redis_store;
 pub mod runtime;
 pub mod store;
 pub mod throttle;
+pub mod validate;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -487,7 +488,7 @@ impl Scheduler {
     /// a warm slot, else a cold one. See `POST /v1/workspaces`.
     pub async fn acquire(&self, req: CreateWorkspace) -> Result<Workspace, ApiError> {
         let template = req.template.clone().unwrap_or_else(|| "default".into());
-        validate(&req, &template, &self.inner.config)?;
+        validate::create(&req, &template, &self.inner.config)?;
         let ttl = req
             .ttl_seconds
             .unwrap_or(self.inner.config.default_ttl_seconds);
@@ -594,7 +595,8 @@ impl Scheduler {
                 workspace_id: record.workspace.id.clone(),
                 token: record.workspace.token.clone(),
                 claim_secret: Some(slot.claim_secret.clone()).filter(|s| !s.is_empty()),
-                env: Default::default(),
+                // Pushed to the agent only: the state store never holds it.
+                env: req.env.clone(),
             };
             if let Err(e) = self
                 .inner
@@ -1126,38 +1128,6 @@ impl Scheduler {
     }
 }
 
-fn validate(req: &CreateWorkspace, template: &str, config: &Config) -> Result<(), ApiError> {
-    let conv = &req.conversation_id;
-    if conv.is_empty() || conv.len() > 256 {
-        return Err(ApiError::InvalidField {
-            field: "conversation_id",
-            reason: "must be 1 to 256 characters".into(),
-        });
-    }
-    if conv.chars().any(|c| c.is_control()) {
-        return Err(ApiError::InvalidField {
-            field: "conversation_id",
-            reason: "must not contain control characters".into(),
-        });
-    }
-    if !config.pools.contains_key(template) {
-        // Templates are configured; their targets change at run time.
-        return Err(ApiError::InvalidField {
-            field: "template",
-            reason: format!("unknown template `{template}`"),
-        });
-    }
-    if let Some(ttl) = req.ttl_seconds
-        && (ttl == 0 || ttl > config.max_ttl_seconds)
-    {
-        return Err(ApiError::InvalidField {
-            field: "ttl_seconds",
-            reason: format!("must be between 1 and {}", config.max_ttl_seconds),
-        });
-    }
-    Ok(())
-}
-
 /// A 128-bit random bearer token, hex.
 fn token() -> String {
     hex::encode(rand::random::<[u8; 16]>())
@@ -1413,6 +1383,7 @@ mod tests {
                 template: None,
                 ttl_seconds: None,
                 labels: Default::default(),
+                env: Default::default(),
             })
             .await
             .unwrap_err();

@@ -187,6 +187,11 @@ pub struct CreateWorkspace {
     pub ttl_seconds: Option<u64>,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Environment for every command the workspace runs, pushed to its agent at
+    /// claim (any warm slot serves it); never stored. See the scheduler's
+    /// `validate::env` for the limits.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// Whether a workspace came from a warm pool or was started for the request.
