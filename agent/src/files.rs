@@ -283,6 +283,70 @@ pub(crate) async fn mkdir(
         .into_response())
 }
 
+/// Places a claim's files before the claim is answered (small, so written in
+/// place): each is written to a temporary beside its target and renamed over it,
+/// confined to the root like every other write. The first failure fails the claim.
+pub(crate) fn place(
+    state: &AgentState,
+    files: &[berth_wire::WorkspaceFile],
+) -> Result<u64, AgentError> {
+    use std::io::Write;
+    let mut total = 0u64;
+    for f in files {
+        let rel = state.rel_path(Some(f.path.as_str()))?;
+        if rel.parts.is_empty() {
+            return Err(AgentError::IsADirectory { path: rel.shown });
+        }
+        let bytes = match f.encoding {
+            berth_wire::settings::FileEncoding::Utf8 => f.content.as_bytes().to_vec(),
+            berth_wire::settings::FileEncoding::Base64 => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(f.content.as_bytes())
+                    .map_err(|e| AgentError::InvalidField {
+                        field: "files",
+                        reason: format!("{}: content is not base64: {e}", rel.shown),
+                    })?
+            }
+        };
+        if bytes.len() as u64 > state.inner.config.max_file_bytes {
+            return Err(AgentError::FileTooLarge {
+                limit: state.inner.config.max_file_bytes,
+            });
+        }
+        let mode = f
+            .mode
+            .as_deref()
+            .map(parse_mode)
+            .transpose()?
+            .unwrap_or(Mode::from_bits_truncate(0o644));
+        let resolved = resolve(state, &rel, true, true)?;
+        let name = resolved.name.clone().unwrap_or_default();
+        let dir = resolved.dir;
+        if fstatat(&dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| kind_of(st.st_mode) == SFlag::S_IFDIR)
+        {
+            return Err(AgentError::IsADirectory { path: rel.shown });
+        }
+        let (tmp_name, tmp_fd) = create_temp(&dir, &name, &rel.shown)?;
+        let mut temp = TempFile {
+            dir: &dir,
+            name: tmp_name,
+            committed: false,
+        };
+        fchmod(&tmp_fd, mode).map_err(|e| map_errno("chmod", &rel.shown, e))?;
+        let mut file = std::fs::File::from(tmp_fd);
+        file.write_all(&bytes)
+            .map_err(|e| write_error(&rel.shown, &e))?;
+        drop(file);
+        renameat(&dir, temp.name.as_str(), &dir, name.as_str())
+            .map_err(|e| map_errno("rename", &rel.shown, e))?;
+        temp.committed = true;
+        total += bytes.len() as u64;
+    }
+    Ok(total)
+}
+
 // === helpers ===
 
 fn resolve(

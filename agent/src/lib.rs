@@ -347,6 +347,9 @@ async fn claim(
             return Err(AgentError::ClaimRefused);
         }
     }
+    // Files first: a claim whose files cannot be placed binds nothing (the
+    // scheduler discards the slot and tries the next).
+    let placed = files::place(&state, &req.files)?;
     *slot = Some(Claim {
         workspace_id: req.workspace_id.clone(),
         token_sha256: Sha256::digest(req.token.as_bytes()).into(),
@@ -354,7 +357,7 @@ async fn claim(
     });
     drop(slot);
     state.inner.procs.touch();
-    tracing::info!(workspace_id = %req.workspace_id, "claimed");
+    tracing::info!(workspace_id = %req.workspace_id, files = req.files.len(), bytes = placed, "claimed");
     Ok((
         StatusCode::OK,
         axum::Json(serde_json::json!({"workspace_id": req.workspace_id})),

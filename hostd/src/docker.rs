@@ -40,6 +40,34 @@ pub struct SlotTemplate {
     /// Seccomp profile (Docker JSON) for the workspace container; `None` keeps the
     /// daemon's default profile.
     pub seccomp_profile: Option<String>,
+    /// Extra `KEY=VALUE` environment for the proxy container (for example its
+    /// Secrets Manager region or endpoint). The workspace container never sees it.
+    pub proxy_env: Vec<String>,
+    /// A host directory mounted read-only at [`PROXY_CONFIG_DIR`] in the proxy
+    /// container only; its `proxy.toml`, when present, is the proxy's file
+    /// configuration (name resolution, extra CAs, file routes).
+    pub proxy_config_dir: Option<std::path::PathBuf>,
+}
+
+/// Where a slot's proxy finds its configuration directory.
+pub const PROXY_CONFIG_DIR: &str = "/etc/berth/proxy";
+
+/// The proxy container's environment: its admin channel (open only to the slot's
+/// claim secret, whose hash it holds), its configuration file when the template
+/// gives one, and the template's extra variables.
+pub fn proxy_env(slot_id: &str, claim_secret_sha256: &str, t: &SlotTemplate) -> Vec<String> {
+    let mut env = vec![
+        format!("BERTH_SLOT_ID={slot_id}"),
+        format!("BERTH_PROXY_ADMIN_LISTEN=0.0.0.0:{}", ports::PROXY_ADMIN),
+        format!("BERTH_CLAIM_SECRET_SHA256={claim_secret_sha256}"),
+    ];
+    if let Some(dir) = &t.proxy_config_dir
+        && dir.join("proxy.toml").is_file()
+    {
+        env.push(format!("BERTH_PROXY_CONFIG={PROXY_CONFIG_DIR}/proxy.toml"));
+    }
+    env.extend(t.proxy_env.iter().cloned());
+    env
 }
 
 /// Why a docker-runtime operation failed.
@@ -259,8 +287,13 @@ impl DockerRuntime {
             image: Some(t.proxy_image.clone()),
             user: Some(format!("{0}:{0}", uids::PROXY)),
             labels: Some(self.labels(slot_id, &t.name, "proxy")),
+            env: Some(proxy_env(slot_id, claim_secret_sha256, t)),
             host_config: Some(HostConfig {
                 network_mode: Some(self.network.clone()),
+                binds: t
+                    .proxy_config_dir
+                    .as_ref()
+                    .map(|d| vec![format!("{}:{PROXY_CONFIG_DIR}:ro", d.display())]),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges:true".into()]),
                 readonly_rootfs: Some(true),

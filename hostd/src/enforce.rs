@@ -462,7 +462,7 @@ mod tests {
         let locked = e.lock_slot(&slot_ns()).await.unwrap();
         assert_eq!(locked.repaired.len(), 1);
         assert!(
-            locked.repaired[0].starts_with("v4: BERTH-EGRESS: 9 missing"),
+            locked.repaired[0].starts_with("v4: BERTH-EGRESS: 10 missing"),
             "{locked:?}"
         );
         // The hook was intact, so no second jump was inserted.

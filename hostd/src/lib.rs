@@ -26,6 +26,7 @@ mod adopt;
 pub mod audit;
 pub mod capabilities;
 pub mod capacity;
+mod claim;
 pub mod docker;
 pub mod ecs;
 pub mod enforce;
@@ -159,6 +160,18 @@ pub enum ApiError {
         "this host runs ECS tasks: slots are started with RunTask and stopped with StopTask, not through hostd"
     )]
     EcsManaged,
+    #[error("no slot `{0}` on this host")]
+    UnknownSlot(String),
+    #[error("slot `{slot_id}` is {state}, not ready")]
+    SlotNotReady { slot_id: String, state: String },
+    #[error("the slot's {what} answered {status} {code}: {message}")]
+    Push {
+        what: &'static str,
+        status: u16,
+        code: String,
+        message: String,
+        field: Option<String>,
+    },
     #[error(transparent)]
     Docker(#[from] DockerError),
 }
@@ -172,12 +185,37 @@ impl IntoResponse for ApiError {
             ApiError::SlotExists(_) => (StatusCode::CONFLICT, "slot_exists"),
             ApiError::Full { .. } => (StatusCode::SERVICE_UNAVAILABLE, "host_full"),
             ApiError::EcsManaged => (StatusCode::CONFLICT, "ecs_managed"),
+            ApiError::UnknownSlot(_) => (StatusCode::NOT_FOUND, "unknown_slot"),
+            ApiError::SlotNotReady { .. } => (StatusCode::CONFLICT, "slot_not_ready"),
+            // What the slot refused as invalid passes through (the caller named the
+            // field); a refused secret or a failure is the slot's, not the caller's.
+            ApiError::Push { status, code, .. } => match (*status, code.as_str()) {
+                (400 | 422, c) => (
+                    StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+                    match c {
+                        "invalid_policy" => "invalid_policy",
+                        "invalid_json" => "invalid_json",
+                        _ => "invalid_field",
+                    },
+                ),
+                (401 | 403, _) => (StatusCode::FORBIDDEN, "claim_refused"),
+                (409, "already_claimed") => (StatusCode::CONFLICT, "already_claimed"),
+                _ => (StatusCode::BAD_GATEWAY, "push_failed"),
+            },
             ApiError::Docker(_) => (StatusCode::BAD_GATEWAY, "runtime_failed"),
         };
         tracing::warn!(code, error = %self, "hostd request failed");
         let mut body = ErrorBody::new(code, self.to_string());
         if matches!(self, ApiError::UnknownTemplate(_)) {
             body = body.with_field("template");
+        }
+        if let ApiError::Push {
+            field: Some(f),
+            status: 400 | 422,
+            ..
+        } = &self
+        {
+            body = body.with_field(f);
         }
         (status, axum::Json(body)).into_response()
     }
@@ -773,6 +811,8 @@ pub fn router(hostd: Hostd) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/slots", post(create_slot))
         .route("/v1/slots/{id}", get(get_slot).delete(destroy_slot))
+        .route("/v1/slots/{id}/claim", post(claim_slot))
+        .route("/v1/slots/{id}/egress", get(get_egress).put(put_egress))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -846,6 +886,59 @@ async fn destroy_slot(
     let removed = h.destroy_slot(&id).await?;
     Ok(axum::Json(
         serde_json::json!({"slot_id": id, "containers_removed": removed}),
+    ))
+}
+
+/// `POST /v1/slots/{id}/claim`: binds the slot (see [`claim`]).
+async fn claim_slot(
+    State(h): State<Hostd>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    h.check_token(&headers)?;
+    let req: berth_wire::SlotClaim =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let workspace_id = req.workspace_id.clone();
+    h.claim_slot(&id, req).await?;
+    Ok(axum::Json(
+        serde_json::json!({"slot_id": id, "workspace_id": workspace_id}),
+    ))
+}
+
+fn claim_secret(headers: &HeaderMap) -> String {
+    headers
+        .get(berth_wire::settings::CLAIM_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `GET /v1/slots/{id}/egress`: the proxy's allowlist and latest refusals.
+async fn get_egress(
+    State(h): State<Hostd>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    h.check_token(&headers)?;
+    Ok(axum::Json(
+        h.slot_egress(&id, &claim_secret(&headers)).await?,
+    ))
+}
+
+/// `PUT /v1/slots/{id}/egress`: replaces the proxy's allowlist.
+async fn put_egress(
+    State(h): State<Hostd>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    h.check_token(&headers)?;
+    let update: berth_wire::EgressUpdate =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    Ok(axum::Json(
+        h.set_slot_egress(&id, &claim_secret(&headers), &update)
+            .await?,
     ))
 }
 

@@ -66,6 +66,14 @@ struct Args {
     /// profile (seccomp/workspace.json, built in) is used.
     #[arg(long, env = "BERTH_SECCOMP_PROFILE")]
     seccomp_profile: Option<std::path::PathBuf>,
+    /// Extra `KEY=VALUE` environment for every slot's proxy container (docker
+    /// runtime), e.g. `AWS_REGION=eu-west-1`; repeat the flag for more.
+    #[arg(long = "proxy-env", value_name = "KEY=VALUE")]
+    proxy_env: Vec<String>,
+    /// A directory mounted read-only at /etc/berth/proxy in every slot's proxy
+    /// container (docker runtime); its proxy.toml is the proxy's file configuration.
+    #[arg(long, env = "BERTH_PROXY_CONFIG_DIR")]
+    proxy_config_dir: Option<std::path::PathBuf>,
     #[arg(long, env = "BERTH_MEMORY_LIMIT_MIB", default_value_t = 512)]
     memory_limit_mib: u64,
     /// Memory placement counts for one slot (both containers, at idle); the limits
@@ -185,6 +193,21 @@ async fn async_main(args: Args) -> std::process::ExitCode {
     };
     if token.len() < 16 {
         return config_error("the host token must be at least 16 characters");
+    }
+    if let Some(bad) = args.proxy_env.iter().find(|kv| {
+        kv.split_once('=').is_none_or(|(k, _)| {
+            k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+    }) {
+        return config_error(&format!("--proxy-env {bad:?} is not KEY=VALUE"));
+    }
+    if let Some(dir) = &args.proxy_config_dir
+        && !dir.is_dir()
+    {
+        return config_error(&format!(
+            "--proxy-config-dir {} is not a directory",
+            dir.display()
+        ));
     }
     let seccomp_profile = match args.seccomp_profile {
         Some(p) if p.as_os_str() == "docker-default" => None,
@@ -315,6 +338,8 @@ async fn async_main(args: Args) -> std::process::ExitCode {
             pids_limit: args.pids_limit,
             workspace_size_mib: args.workspace_size_mib,
             seccomp_profile,
+            proxy_env: args.proxy_env.clone(),
+            proxy_config_dir: args.proxy_config_dir.clone(),
         }],
         cleanup_on_exit: args.cleanup_on_exit,
         extra_labels,

@@ -17,7 +17,9 @@
 //! 2. the workspace's uid may not resolve names: Docker's embedded DNS (127.0.0.11)
 //!    and any port 53 are refused to it, so DNS cannot carry data out (the proxy
 //!    resolves the names it needs);
-//! 3. loopback is allowed (the workspace reaches the proxy on 127.0.0.1:8080);
+//! 3. the proxy's admin port ([`berth_wire::ports::PROXY_ADMIN`]) is refused to the
+//!    workspace's uid on every address; then loopback is allowed (the workspace
+//!    reaches the proxy on 127.0.0.1:8080);
 //! 4. replies of connections that came in are allowed (the backend reaching the agent);
 //! 5. the proxy's uid may go out; everything else is refused.
 //!
@@ -184,6 +186,12 @@ pub fn egress_spec(p: &EgressPolicy, family: Family) -> ChainSpec {
     ));
     rules.push(format!(
         "-p tcp -m owner --uid-owner {ws} -m tcp --dport 53 -j REJECT --reject-with tcp-reset"
+    ));
+    // The proxy's admin channel is hostd's alone: the workspace may not even
+    // open a connection to it (its claim secret is the second lock).
+    rules.push(format!(
+        "-p tcp -m owner --uid-owner {ws} -m tcp --dport {} -j REJECT --reject-with tcp-reset",
+        berth_wire::ports::PROXY_ADMIN
     ));
     rules.push("-o lo -j ACCEPT".into());
     rules.push("-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".into());
@@ -387,6 +395,15 @@ mod tests {
         assert!(
             dns < lo,
             "DNS refusal must precede the loopback accept (127.0.0.11 is loopback)"
+        );
+        let admin = spec
+            .rules
+            .iter()
+            .position(|r| r.contains("--dport 8081") && r.contains("--uid-owner 1000"))
+            .expect("the proxy's admin port is refused to the workspace");
+        assert!(
+            admin < lo,
+            "the admin refusal must precede the loopback accept (hostd alone pushes policy)"
         );
         assert!(
             spec.rules

@@ -73,9 +73,16 @@ pub struct Config {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The workspace this proxy serves, written on every audit line.
+    /// The workspace this proxy serves, written on every audit line (a claim's
+    /// policy sets it).
     #[serde(default)]
     pub workspace_id: Option<String>,
+    /// The admin channel hostd pushes a claim's policy to; off when absent.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// SHA-256 (hex) of the slot's claim secret, which every admin call must carry.
+    #[serde(default)]
+    pub admin_secret_sha256: Option<String>,
     /// How upstream names are resolved.
     #[serde(default)]
     pub dns: DnsMode,
@@ -291,6 +298,8 @@ impl Default for Config {
         Self {
             listen: default_listen(),
             workspace_id: None,
+            admin_listen: None,
+            admin_secret_sha256: None,
             dns: DnsMode::default(),
             limits: Limits::default(),
             tls: TlsConfig::default(),
@@ -307,6 +316,8 @@ impl Default for Config {
 pub const ENV_VARS: &[&str] = &[
     "BERTH_PROXY_LISTEN",
     "BERTH_WORKSPACE_ID",
+    "BERTH_PROXY_ADMIN_LISTEN",
+    "BERTH_CLAIM_SECRET_SHA256",
     "BERTH_PROXY_DNS",
     "BERTH_PROXY_MAX_HEADER_BYTES",
     "BERTH_PROXY_MAX_HEADERS",
@@ -373,6 +384,12 @@ impl Config {
         if let Some(v) = env.get("BERTH_WORKSPACE_ID") {
             self.workspace_id = Some(v);
         }
+        if let Some(v) = parse_env(env, "BERTH_PROXY_ADMIN_LISTEN")? {
+            self.admin_listen = Some(v);
+        }
+        if let Some(v) = env.get("BERTH_CLAIM_SECRET_SHA256") {
+            self.admin_secret_sha256 = Some(v.trim().to_ascii_lowercase());
+        }
         if let Some(v) = env.get("BERTH_PROXY_DNS") {
             self.dns = match v.as_str() {
                 "system" => DnsMode::System,
@@ -436,6 +453,17 @@ impl Config {
             return Err(invalid(
                 "limits",
                 "upstream_response_timeout_ms and max_connections must be positive",
+            ));
+        }
+        if let Some(h) = &self.admin_secret_sha256
+            && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(invalid("admin_secret_sha256", "must be 64 hex digits"));
+        }
+        if self.admin_listen.is_some() && self.admin_secret_sha256.is_none() {
+            return Err(invalid(
+                "admin_secret_sha256",
+                "required with admin_listen (BERTH_CLAIM_SECRET_SHA256): the admin channel never runs open",
             ));
         }
         if self.secrets_manager.refresh_seconds == 0 {
@@ -661,36 +689,7 @@ pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
     Some((host, port.parse().ok()?))
 }
 
-/// A host must be a canonical IP literal or an ASCII DNS name that cannot be read
-/// as a number (`2852039166`, `0251.0376.0251.0376` and `0xa9fea9fe` are what
-/// `inet_aton` turns into 169.254.169.254).
-pub fn check_host_name(host: &str) -> Result<(), String> {
-    if host.parse::<IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let valid = !host.is_empty()
-        && host.len() <= 253
-        && !host.ends_with('.')
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
-    if !valid {
-        return Err(format!("{host:?} is not a valid host name"));
-    }
-    let last = host.rsplit('.').next().unwrap_or_default();
-    let numeric = last.bytes().all(|b| b.is_ascii_digit())
-        || (last.len() > 2 && last[..2].eq_ignore_ascii_case("0x"));
-    if numeric {
-        return Err(format!("{host:?} looks like a non-canonical IP address"));
-    }
-    Ok(())
-}
+pub use berth_wire::settings::check_host_name;
 
 #[cfg(test)]
 mod tests {

@@ -118,6 +118,27 @@ impl ProxyError {
         }
     }
 
+    /// The destination a refusal was about, for the egress view (`None` for
+    /// refusals that name no destination: paths, methods, bodies).
+    pub fn destination(&self) -> Option<String> {
+        match self {
+            Self::UpstreamNotAllowed { authority } | Self::ConnectNotAllowed { authority } => {
+                Some(authority.clone())
+            }
+            Self::Connect(c) => Some(match c {
+                ConnectError::NotConfigured { host, port }
+                | ConnectError::Tcp { host, port, .. }
+                | ConnectError::Timeout { host, port } => format!("{host}:{port}"),
+                ConnectError::Forbidden { host, .. } | ConnectError::Tls { host, .. } => {
+                    host.clone()
+                }
+                ConnectError::Resolve(crate::net::ResolveError::NotFound { host })
+                | ConnectError::Resolve(crate::net::ResolveError::Io { host, .. }) => host.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The message for the client: TLS and TCP details stay in the log.
     pub fn public_message(&self) -> String {
         match self {

@@ -12,15 +12,19 @@
 //! Modules, in the order a request meets them: [`server`] (connection limits),
 //! [`proxy`] (gates, rewrite, forward), [`route`], [`headers`], [`sign`],
 //! [`secrets`], [`upstream`] and [`net`] (where a socket may go), [`body`]
-//! (streaming, audit), [`metrics`], [`error`]; [`config`] feeds them all.
+//! (streaming, audit), [`metrics`], [`error`]; [`config`] feeds them all. A claim's
+//! own routes and egress allowlist ([`policy`]) arrive over the admin channel
+//! ([`admin`]), which only hostd can use.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod headers;
 pub mod metrics;
 pub mod net;
+pub mod policy;
 pub mod proxy;
 pub mod route;
 pub mod secrets;

@@ -100,6 +100,24 @@ async fn run(config: berth_proxy::Config) -> std::process::ExitCode {
         routes = proxy.config().routes.len(),
         "credential-proxy ready"
     );
+    if let (Some(addr), Some(hash)) = (
+        proxy.config().admin_listen,
+        proxy.config().admin_secret_sha256.clone(),
+    ) {
+        let admin = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(listen = %addr, error = %e, "cannot listen for the admin channel");
+                return std::process::ExitCode::from(69);
+            }
+        };
+        tokio::spawn(berth_proxy::admin::serve_admin(
+            admin,
+            proxy.clone(),
+            hash,
+            std::future::pending(),
+        ));
+    }
     let shutdown = async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -10,10 +10,10 @@
 //! made by [`crate::upstream::Connector`]. Nothing a request carries chooses the
 //! address the proxy connects to.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -30,22 +30,59 @@ use crate::config::{AuthMethod, Config, split_host_port};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::net::{AddressPolicy, ConnectError, SharedResolver, connect_checked};
+use crate::policy::{Egress, compile_routes};
 use crate::route::{Route, RouteTable, check_path};
 use crate::secrets::SecretStore;
 use crate::sign::{ChainCredentials, credentials_from_secret, sign};
 use crate::upstream::Connector;
 
+/// How long a request waits for a claim's secrets to be fetched the first time.
+const FIRST_FETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Everything a request needs, shared by all connections.
 pub struct Proxy {
-    routes: RouteTable,
+    /// The file's routes plus the claim's; swapped whole when a claim arrives.
+    live: RwLock<Arc<Live>>,
+    /// The file's CONNECT targets.
     tunnels: HashMap<(String, u16), AddressPolicy>,
+    /// The claim's egress allowlist; swapped whole on every change.
+    egress: RwLock<Arc<Egress>>,
+    connector: Connector,
     client: Client<Connector, ProxyBody>,
     resolver: SharedResolver,
+    /// The file's secrets.
     pub secrets: Arc<SecretStore>,
-    chain: Option<Arc<ChainCredentials>>,
+    sdk: tokio::sync::OnceCell<aws_config::SdkConfig>,
+    chain: tokio::sync::OnceCell<Option<Arc<ChainCredentials>>>,
     pub metrics: Arc<Metrics>,
     config: Config,
-    workspace_id: Arc<str>,
+    workspace_id: RwLock<Arc<str>>,
+    refusals: Mutex<VecDeque<berth_wire::Refusal>>,
+}
+
+/// The routes in force and the claim's secrets behind them.
+struct Live {
+    routes: RouteTable,
+    claim_secrets: Arc<SecretStore>,
+    /// The claim secrets' refresh loop, stopped when this policy is replaced.
+    refresh: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(h) = &self.refresh {
+            h.abort();
+        }
+    }
+}
+
+/// What a policy push installed, as the admin channel answers it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PolicySummary {
+    pub workspace_id: String,
+    pub routes: usize,
+    pub egress_rules: usize,
+    pub secrets: usize,
 }
 
 /// The proxy could not be built from a validated configuration.
@@ -67,22 +104,8 @@ impl Proxy {
         sdk: Option<&aws_config::SdkConfig>,
     ) -> Result<Self, BuildError> {
         let metrics = Arc::new(Metrics::default());
-        let routes: Vec<Route> = config
-            .routes
-            .iter()
-            .map(|r| {
-                Route::compile(r, config.limits.max_body_bytes).map_err(|message| {
-                    BuildError::Route {
-                        route: r.name.clone(),
-                        message,
-                    }
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        let mut targets = HashMap::new();
-        for r in &routes {
-            targets.insert((r.upstream.host.clone(), r.upstream.port), r.policy.clone());
-        }
+        let routes = file_routes(&config)?;
+        let targets = targets_of(&routes);
         let mut tunnels = HashMap::new();
         for c in &config.connect {
             if let Some((h, p)) = split_host_port(&c.target) {
@@ -108,28 +131,172 @@ impl Proxy {
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .pool_max_idle_per_host(32)
             .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
+            .build(connector.clone());
         let secrets = Arc::new(match sdk {
             Some(sdk) if SecretStore::needs_secrets_manager(&config.secrets) => {
                 SecretStore::new(&config.secrets, &config.secrets_manager, Some(sdk))
             }
             _ => SecretStore::new(&config.secrets, &config.secrets_manager, None),
         });
-        let chain = sdk
-            .and_then(|s| s.credentials_provider())
-            .map(|p| Arc::new(ChainCredentials::new(p)));
+        let chain = tokio::sync::OnceCell::new();
+        let sdk_cell = tokio::sync::OnceCell::new();
+        if let Some(sdk) = sdk {
+            let _ = chain.set(
+                sdk.credentials_provider()
+                    .map(|p| Arc::new(ChainCredentials::new(p))),
+            );
+            let _ = sdk_cell.set(sdk.clone());
+        }
         let workspace_id: Arc<str> = Arc::from(config.workspace_id.as_deref().unwrap_or("-"));
         Ok(Self {
-            routes: RouteTable::new(routes),
+            live: RwLock::new(Arc::new(Live {
+                routes: RouteTable::new(routes),
+                claim_secrets: Arc::new(SecretStore::empty()),
+                refresh: None,
+            })),
             tunnels,
+            egress: RwLock::new(Arc::new(Egress::default())),
+            connector,
             client,
             resolver,
             secrets,
+            sdk: sdk_cell,
             chain,
             metrics,
             config,
-            workspace_id,
+            workspace_id: RwLock::new(workspace_id),
+            refusals: Mutex::new(VecDeque::new()),
         })
+    }
+
+    fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn egress_now(&self) -> Arc<Egress> {
+        self.egress
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn workspace(&self) -> Arc<str> {
+        self.workspace_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The AWS configuration, loaded from the standard chain the first time a
+    /// claim needs it (an idle sidecar never pays for it).
+    async fn aws(&self) -> &aws_config::SdkConfig {
+        self.sdk.get_or_init(|| crate::load_aws(&self.config)).await
+    }
+
+    async fn chain(&self) -> Option<Arc<ChainCredentials>> {
+        self.chain
+            .get_or_init(|| async {
+                self.aws()
+                    .await
+                    .credentials_provider()
+                    .map(|p| Arc::new(ChainCredentials::new(p)))
+            })
+            .await
+            .clone()
+    }
+
+    /// Installs a claim's policy: its credential routes beside the file's, its
+    /// egress allowlist, and a store for the secrets its routes reference (fetched
+    /// from here on, in the background). Validated whole first: a policy that does
+    /// not pass changes nothing.
+    pub async fn apply_policy(
+        &self,
+        policy: &berth_wire::ProxyPolicy,
+    ) -> Result<PolicySummary, crate::ConfigError> {
+        let egress = Egress::compile(&policy.egress, &policy.allow_private)?;
+        let claimed = compile_routes(&self.config, policy)?;
+        let file = file_routes(&self.config).map_err(|e| crate::ConfigError::Invalid {
+            field: "routes".into(),
+            message: e.to_string(),
+        })?;
+        let store = if claimed.secrets.is_empty() {
+            SecretStore::empty()
+        } else {
+            let sdk = self.aws().await;
+            SecretStore::new(&claimed.secrets, &self.config.secrets_manager, Some(sdk))
+        };
+        let store = Arc::new(store);
+        let refresh = (!claimed.secrets.is_empty())
+            .then(|| tokio::spawn(store.clone().run_refresh()).abort_handle());
+        let mut routes = file;
+        let n_routes = claimed.routes.len();
+        routes.extend(claimed.routes);
+        self.connector.set_targets(targets_of(&routes));
+        let summary = PolicySummary {
+            workspace_id: policy.workspace_id.clone(),
+            routes: n_routes,
+            egress_rules: egress.rules.len(),
+            secrets: claimed.secrets.len(),
+        };
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Live {
+            routes: RouteTable::new(routes),
+            claim_secrets: store,
+            refresh,
+        });
+        *self.egress.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(egress);
+        if !policy.workspace_id.is_empty() {
+            *self.workspace_id.write().unwrap_or_else(|e| e.into_inner()) =
+                Arc::from(policy.workspace_id.as_str());
+        }
+        tracing::info!(
+            workspace_id = %policy.workspace_id,
+            routes = summary.routes,
+            egress_rules = summary.egress_rules,
+            secrets = summary.secrets,
+            "claim policy installed"
+        );
+        Ok(summary)
+    }
+
+    /// Replaces the egress allowlist alone (the claim's private ranges stay); new
+    /// tunnels follow it at once.
+    pub fn set_egress(
+        &self,
+        rules: &[berth_wire::EgressRule],
+    ) -> Result<usize, crate::ConfigError> {
+        let allow_private = self.egress_now().allow_private.clone();
+        let egress = Egress::compile(rules, &allow_private)?;
+        let n = egress.rules.len();
+        *self.egress.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(egress);
+        tracing::info!(egress_rules = n, "egress allowlist replaced");
+        Ok(n)
+    }
+
+    /// The allowlist in force and the latest refusals, oldest first.
+    pub fn egress_view(&self) -> berth_wire::EgressView {
+        berth_wire::EgressView {
+            egress: self.egress_now().rules.clone(),
+            refused: self
+                .refusals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn record_refusal(&self, destination: String, err: &ProxyError) {
+        let mut q = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() == berth_wire::settings::REFUSALS_KEPT {
+            q.pop_front();
+        }
+        q.push_back(berth_wire::Refusal {
+            at_ms: berth_wire::now_ms(),
+            destination,
+            code: err.code().to_owned(),
+            reason: err.public_message(),
+        });
     }
 
     /// Whether the AWS configuration is needed (Secrets Manager or chain signing).
@@ -174,10 +341,13 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let status = err.status();
         let code = err.code();
+        if let Some(dest) = err.destination() {
+            self.record_refusal(dest, &err);
+        }
         self.metrics.refused(code);
         tracing::debug!(error = %err, code, "refused");
         Audit {
-            workspace_id: self.workspace_id.clone(),
+            workspace_id: self.workspace(),
             route: route.unwrap_or_else(|| "-".into()),
             method: method.to_string(),
             upstream_host: "-".into(),
@@ -202,6 +372,7 @@ impl Proxy {
         start: Instant,
     ) -> Result<Response<ProxyBody>, (Option<String>, ProxyError)> {
         let (mut parts, body) = req.into_parts();
+        let live = self.live();
         let no_route = |e| (None, e);
         if parts.headers.get_all(header::HOST).iter().count() > 1 {
             return Err(no_route(ProxyError::BadHost("more than one Host header")));
@@ -228,7 +399,7 @@ impl Proxy {
                 .trim_end_matches(']')
                 .to_ascii_lowercase();
             let port = auth.port_u16().unwrap_or(443);
-            match self.routes.by_upstream(&host, port, &path) {
+            match live.routes.by_upstream(&host, port, &path) {
                 Some((route, rest)) => (route, rest.to_owned()),
                 None => return Err(no_route(ProxyError::UpstreamNotAllowed { authority })),
             }
@@ -237,7 +408,7 @@ impl Proxy {
                 return Ok(self.admin(&path));
             }
             check_path(&path).map_err(|b| no_route(ProxyError::BadPath(b.as_str())))?;
-            match self.routes.by_path(&path) {
+            match live.routes.by_path(&path) {
                 Some(route) => (route, route.rest(&path).to_owned()),
                 None => return Err(no_route(ProxyError::RouteNotAllowed)),
             }
@@ -298,7 +469,7 @@ impl Proxy {
             AuthMethod::None => limited(body, limit, &bytes_in, &body_status),
             AuthMethod::Bearer | AuthMethod::Header => {
                 let secret = route.secret.as_deref().unwrap_or_default();
-                let Some(v) = self.secrets.get(secret) else {
+                let Some(v) = self.secret(&live, route, secret).await else {
                     return Err(on_route(ProxyError::CredentialUnavailable {
                         route: route.name.clone(),
                     }));
@@ -337,11 +508,11 @@ impl Proxy {
                 bytes_in.store(bytes.len() as u64, Ordering::Relaxed);
                 let creds = match &route.secret {
                     Some(name) => self
-                        .secrets
-                        .get(name)
+                        .secret(&live, route, name)
+                        .await
                         .ok_or(())
                         .and_then(|v| credentials_from_secret(name, &v).map_err(|_| ())),
-                    None => match &self.chain {
+                    None => match self.chain().await {
                         Some(c) => c.get().await.map_err(|e| {
                             tracing::warn!(route = %route.name, error = %e, "no AWS credentials from the chain");
                         }),
@@ -416,7 +587,7 @@ impl Proxy {
         let status = rparts.status.as_u16();
         self.metrics.answered(&route.name, status);
         let audit = Audit {
-            workspace_id: self.workspace_id.clone(),
+            workspace_id: self.workspace(),
             route: route.name.clone(),
             method: method_s,
             upstream_host,
@@ -463,8 +634,11 @@ impl Proxy {
             return Err(refused());
         };
         let host = host.to_ascii_lowercase();
-        let Some(policy) = self.tunnels.get(&(host.clone(), port)) else {
-            return Err(refused());
+        let egress = self.egress_now();
+        let policy = match self.tunnels.get(&(host.clone(), port)) {
+            Some(p) => p,
+            None if egress.allows(&host, port) => &egress.addresses,
+            None => return Err(refused()),
         };
         let counter = self.metrics.upstream_connects.clone();
         let tcp = tokio::time::timeout(
@@ -498,7 +672,7 @@ impl Proxy {
                 }
             }
             Audit {
-                workspace_id: this.workspace_id.clone(),
+                workspace_id: this.workspace(),
                 route: "connect".into(),
                 method: "CONNECT".into(),
                 upstream_host: host,
@@ -565,11 +739,56 @@ impl Proxy {
             StatusCode::OK,
             &serde_json::json!({
                 "status": if degraded { "degraded" } else { "ok" },
-                "routes": self.routes.len(),
+                "routes": self.live().routes.len(),
+                "egress_rules": self.egress_now().rules.len(),
                 "secrets": secrets,
             }),
         )
     }
+}
+
+impl Proxy {
+    /// A route's secret from the store it belongs to, waiting once for a claim's
+    /// first fetch.
+    async fn secret(
+        &self,
+        live: &Live,
+        route: &Route,
+        name: &str,
+    ) -> Option<crate::secrets::SecretValue> {
+        let store = if route.claimed {
+            &live.claim_secrets
+        } else {
+            &self.secrets
+        };
+        if let Some(v) = store.get(name) {
+            return Some(v);
+        }
+        store.wait_first_pass(FIRST_FETCH_WAIT).await;
+        store.get(name)
+    }
+}
+
+/// Compiles the file's routes.
+fn file_routes(config: &Config) -> Result<Vec<Route>, BuildError> {
+    config
+        .routes
+        .iter()
+        .map(|r| {
+            Route::compile(r, config.limits.max_body_bytes).map_err(|message| BuildError::Route {
+                route: r.name.clone(),
+                message,
+            })
+        })
+        .collect()
+}
+
+/// The upstreams routes may connect to, with what each may resolve to.
+fn targets_of(routes: &[Route]) -> HashMap<(String, u16), AddressPolicy> {
+    routes
+        .iter()
+        .map(|r| ((r.upstream.host.clone(), r.upstream.port), r.policy.clone()))
+        .collect()
 }
 
 fn limited(

@@ -84,6 +84,8 @@ pub struct Route {
     pub paths: Option<Vec<String>>,
     pub max_body_bytes: u64,
     pub policy: AddressPolicy,
+    /// Pushed with a claim (its secret lives in the claim's store), not from the file.
+    pub claimed: bool,
 }
 
 const DEFAULT_METHODS: &[Method] = &[
@@ -133,6 +135,7 @@ impl Route {
             paths: c.paths.clone(),
             max_body_bytes: c.max_body_bytes.unwrap_or(default_body),
             policy: AddressPolicy::from_strings(&c.allow_private_upstream)?,
+            claimed: false,
         })
     }
 
@@ -190,6 +193,11 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// The table's routes, consumed (to build a new table with more).
+    pub fn into_routes(self) -> Vec<Route> {
+        self.routes
+    }
+
     pub fn new(mut routes: Vec<Route>) -> Self {
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Self { routes }

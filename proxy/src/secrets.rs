@@ -87,6 +87,9 @@ pub struct SecretStore {
     entries: BTreeMap<String, Entry>,
     client: Option<aws_sdk_secretsmanager::Client>,
     refresh: Duration,
+    /// Set once every secret was tried once (a request may wait for it).
+    first_pass: std::sync::atomic::AtomicBool,
+    first_pass_done: tokio::sync::Notify,
 }
 
 impl SecretStore {
@@ -96,6 +99,8 @@ impl SecretStore {
             entries: BTreeMap::new(),
             client: None,
             refresh: Duration::from_secs(300),
+            first_pass: std::sync::atomic::AtomicBool::new(false),
+            first_pass_done: tokio::sync::Notify::new(),
         }
     }
 
@@ -131,6 +136,8 @@ impl SecretStore {
                 .collect(),
             client,
             refresh: Duration::from_secs(sm.refresh_seconds),
+            first_pass: std::sync::atomic::AtomicBool::new(false),
+            first_pass_done: tokio::sync::Notify::new(),
         }
     }
 
@@ -174,6 +181,22 @@ impl SecretStore {
         self.refresh
     }
 
+    /// Waits (at most `limit`) until every secret was tried once: a claim's secrets
+    /// are fetched after the claim is answered, and its first request may come
+    /// sooner.
+    pub async fn wait_first_pass(&self, limit: Duration) {
+        use std::sync::atomic::Ordering;
+        if self.entries.is_empty() || self.first_pass.load(Ordering::Acquire) {
+            return;
+        }
+        // Registered before the second look, so a pass ending in between wakes it.
+        let done = self.first_pass_done.notified();
+        if self.first_pass.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, done).await;
+    }
+
     /// Fetches every secret once; failures keep the previous value.
     pub async fn refresh_all(&self) {
         for (name, entry) in &self.entries {
@@ -194,6 +217,12 @@ impl SecretStore {
                     tracing::warn!(secret = %name, error = %e, "secret refresh failed; keeping the last good value");
                 }
             }
+        }
+        if !self
+            .first_pass
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.first_pass_done.notify_waiters();
         }
     }
 

@@ -93,8 +93,9 @@ pub struct Connector {
 }
 
 struct ConnectorInner {
-    /// `(host, port)` → what the host may resolve to.
-    targets: HashMap<(String, u16), AddressPolicy>,
+    /// `(host, port)` → what the host may resolve to. Replaced when a claim's
+    /// routes arrive.
+    targets: std::sync::RwLock<Arc<HashMap<(String, u16), AddressPolicy>>>,
     resolver: SharedResolver,
     /// Built on the first connection: a warm, idle sidecar never pays for it.
     tls: std::sync::OnceLock<tokio_rustls::TlsConnector>,
@@ -114,7 +115,7 @@ impl Connector {
     ) -> Self {
         Self {
             inner: Arc::new(ConnectorInner {
-                targets,
+                targets: std::sync::RwLock::new(Arc::new(targets)),
                 resolver,
                 tls: std::sync::OnceLock::new(),
                 roots,
@@ -122,6 +123,15 @@ impl Connector {
                 attempts,
             }),
         }
+    }
+
+    /// Replaces the upstreams this connector may reach.
+    pub fn set_targets(&self, targets: HashMap<(String, u16), AddressPolicy>) {
+        *self
+            .inner
+            .targets
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(targets);
     }
 
     async fn connect(self, uri: http::Uri) -> Result<UpstreamConn, ConnectError> {
@@ -133,11 +143,16 @@ impl Connector {
             .trim_end_matches(']')
             .to_owned();
         let port = uri.port_u16().unwrap_or(443);
-        let Some(policy) = inner.targets.get(&(host.clone(), port)) else {
+        let targets = inner
+            .targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(policy) = targets.get(&(host.clone(), port)).cloned() else {
             return Err(ConnectError::NotConfigured { host, port });
         };
         let work = async {
-            let tcp = connect_checked(inner.resolver.as_ref(), policy, &host, port, || {
+            let tcp = connect_checked(inner.resolver.as_ref(), &policy, &host, port, || {
                 inner.attempts.fetch_add(1, Ordering::Relaxed);
             })
             .await?;

@@ -26,6 +26,20 @@ pub enum ApiError {
     InvalidJson(String),
     #[error("field `{field}` is invalid: {reason}")]
     InvalidField { field: &'static str, reason: String },
+    /// A per-conversation setting the template's policy refuses, or malformed.
+    #[error("`{field}`: {reason}")]
+    Setting {
+        code: &'static str,
+        field: String,
+        reason: String,
+    },
+    /// The workspace's slot could not take a change (its host or proxy said why).
+    #[error("the workspace's slot: {message}")]
+    Slot {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("{what} `{id}` not found")]
     NotFound { what: &'static str, id: String },
     #[error("missing or wrong bearer token")]
@@ -43,6 +57,10 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            ApiError::Setting { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ApiError::Slot { status: 409, .. } => (StatusCode::CONFLICT, "workspace_not_ready"),
+            ApiError::Slot { status: 404, .. } => (StatusCode::CONFLICT, "workspace_not_ready"),
+            ApiError::Slot { .. } => (StatusCode::BAD_GATEWAY, "slot_unreachable"),
             ApiError::NotFound { what: "host", .. } => (StatusCode::NOT_FOUND, "host_not_found"),
             ApiError::NotFound {
                 what: "template", ..
@@ -74,6 +92,9 @@ impl IntoResponse for ApiError {
         if let ApiError::InvalidField { field, .. } = &self {
             body = body.with_field(field);
         }
+        if let ApiError::Setting { field, .. } = &self {
+            body = body.with_field(field);
+        }
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
@@ -99,6 +120,10 @@ pub fn router(s: Scheduler) -> Router {
             get(get_workspace).delete(delete_workspace),
         )
         .route("/v1/workspaces/{id}/keepalive", post(keepalive))
+        .route(
+            "/v1/workspaces/{id}/egress",
+            get(get_egress).put(put_egress),
+        )
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/{id}/drain", post(drain_host))
         .route("/v1/hosts/{id}/report", post(host_report))
@@ -146,6 +171,28 @@ async fn create_workspace(
     let req: CreateWorkspace = parse(&body)?;
     let ws = s.acquire(req).await?;
     Ok((StatusCode::OK, axum::Json(ws)).into_response())
+}
+
+/// `GET /v1/workspaces/{id}/egress`: the allowlist in force and the last refusals.
+async fn get_egress(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    Ok(axum::Json(s.egress(&id, None).await?).into_response())
+}
+
+/// `PUT /v1/workspaces/{id}/egress`: replaces the allowlist of a running workspace.
+async fn put_egress(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    let update: berth_wire::EgressUpdate = parse(&body)?;
+    Ok(axum::Json(s.egress(&id, Some(update)).await?).into_response())
 }
 
 #[derive(Deserialize)]

@@ -1,9 +1,11 @@
-//! HTTP clients for the two things the scheduler calls: hostd's slot API (the docker
-//! runtime) and the workspace-agent's claim endpoint.
+//! HTTP clients for hostd's slot API: slots made and removed (the docker runtime),
+//! claims and per-slot changes (both runtimes: hostd pushes them into the slot).
 
 use std::time::Duration;
 
-use berth_wire::{ClaimRequest, CreateSlot, ErrorBody, HostReport, SlotInfo};
+use berth_wire::{
+    CreateSlot, EgressUpdate, EgressView, ErrorBody, HostReport, SlotClaim, SlotInfo,
+};
 
 /// Why a call to hostd or an agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -131,21 +133,55 @@ impl Clients {
         decode("hostd", url, resp).await
     }
 
-    /// Binds a slot's agent to a workspace and its token.
-    pub async fn claim_agent(&self, agent_url: &str, req: &ClaimRequest) -> Result<(), CallError> {
-        let url = format!("{agent_url}/v1/claim");
+    /// Binds a slot to a workspace: hostd pushes the token, env and files to its
+    /// agent and the policy to its proxy.
+    pub async fn claim_slot(
+        &self,
+        hostd_url: &str,
+        host_id: &str,
+        slot_id: &str,
+        req: &SlotClaim,
+    ) -> Result<(), CallError> {
+        let url = format!("{hostd_url}/v1/slots/{slot_id}/claim");
         let resp = send(
-            "agent",
+            "hostd",
             &url,
             self.http
                 .post(&url)
-                .timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(10))
+                .bearer_auth(berth_wire::host_token(&self.host_secret, host_id))
                 .json(req),
         )
         .await?;
-        decode::<serde_json::Value>("agent", url, resp)
+        decode::<serde_json::Value>("hostd", url, resp)
             .await
             .map(|_| ())
+    }
+
+    /// A claimed slot's egress allowlist and latest refusals; with `update`, replaces
+    /// the allowlist first.
+    pub async fn slot_egress(
+        &self,
+        hostd_url: &str,
+        host_id: &str,
+        slot_id: &str,
+        claim_secret: &str,
+        update: Option<&EgressUpdate>,
+    ) -> Result<EgressView, CallError> {
+        let url = format!("{hostd_url}/v1/slots/{slot_id}/egress");
+        let req = match update {
+            Some(u) => self.http.put(&url).json(u),
+            None => self.http.get(&url),
+        };
+        let resp = send(
+            "hostd",
+            &url,
+            req.timeout(Duration::from_secs(10))
+                .bearer_auth(berth_wire::host_token(&self.host_secret, host_id))
+                .header(berth_wire::settings::CLAIM_SECRET_HEADER, claim_secret),
+        )
+        .await?;
+        decode("hostd", url, resp).await
     }
 }
 

@@ -22,6 +22,8 @@ pub struct DevOptions {
     pub pool_size: usize,
     /// Seccomp profile for workspace containers; `None` keeps Docker's default.
     pub seccomp_profile: Option<PathBuf>,
+    /// Templates' policies for claims.
+    pub templates: crate::templates::Templates,
 }
 
 /// Why the local system could not start.
@@ -115,6 +117,7 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
     let config = Config {
         pools: [("default".to_owned(), opts.pool_size)].into(),
         host_token,
+        templates: opts.templates.clone(),
         ..Config::default()
     };
     let scheduler = Scheduler::new(config, Store::memory());

@@ -390,6 +390,21 @@ impl EcsRuntime {
                     ))
                     .build(),
             )
+            // The proxy's admin channel, where hostd pushes each claim's policy,
+            // opens only to the same secret.
+            .container_overrides(
+                ContainerOverride::builder()
+                    .name(names::PROXY_CONTAINER)
+                    .environment(env(
+                        names::ENV_CLAIM_SECRET_SHA256,
+                        &berth_wire::sha256_hex(claim_secret.as_bytes()),
+                    ))
+                    .environment(env(
+                        names::ENV_PROXY_ADMIN_LISTEN,
+                        &format!("0.0.0.0:{}", berth_wire::ports::PROXY_ADMIN),
+                    ))
+                    .build(),
+            )
             .build();
         let count_i32 = i32::try_from(count.min(MAX_TASKS_PER_CALL)).unwrap_or(1);
         let strategy = match (host, &self.config.capacity_provider) {

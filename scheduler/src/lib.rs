@@ -19,6 +19,7 @@ pub mod placement;
 pub mod redis_store;
 pub mod runtime;
 pub mod store;
+pub mod templates;
 pub mod throttle;
 pub mod validate;
 
@@ -31,7 +32,7 @@ use std::{
     time::Duration,
 };
 
-use berth_wire::{ClaimRequest, CreateWorkspace, SlotInfo, Source, Workspace};
+use berth_wire::{CreateWorkspace, SlotClaim, SlotInfo, Source, Workspace};
 use placement::{HostView, Strategy};
 use store::{Acquired, HostRecord, Store, StoreError, WarmSlot, WorkspaceRecord, WorkspaceStatus};
 
@@ -67,6 +68,8 @@ pub struct Config {
     /// The fleet's host secret. Each host's token is [`berth_wire::host_token`] of it
     /// and the host id: hosts present theirs on heartbeats, we present it on slot calls.
     pub host_token: String,
+    /// What a claim may push into each template's slots (late binding).
+    pub templates: templates::Templates,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             orphan_grace: Duration::from_secs(300),
             scale_out_headroom: 0,
             host_token: String::new(),
+            templates: templates::Templates::default(),
         }
     }
 }
@@ -552,6 +556,7 @@ impl Scheduler {
                 },
                 slot_id: String::new(),
                 status: WorkspaceStatus::Claiming,
+                claim_secret: String::new(),
             };
             let (slot, source) = match self.inner.store.acquire(&candidate, &dead).await? {
                 Acquired::Existing(_) => continue,
@@ -591,19 +596,36 @@ impl Scheduler {
             record.workspace.host_id = slot.host_id.clone();
             record.workspace.agent_url = slot.agent_url.clone();
             record.workspace.source = source;
-            let claim = ClaimRequest {
+            record.claim_secret = slot.claim_secret.clone();
+            let policy = self.inner.config.templates.policy(&template);
+            let mut routes = policy.credentials.clone();
+            routes.extend(req.credentials.iter().cloned());
+            // Env and files go to the agent, routes and egress to the proxy, all
+            // through the slot's hostd; none of it is written to the state store.
+            let claim = SlotClaim {
                 workspace_id: record.workspace.id.clone(),
                 token: record.workspace.token.clone(),
                 claim_secret: Some(slot.claim_secret.clone()).filter(|s| !s.is_empty()),
-                // Pushed to the agent only: the state store never holds it.
                 env: req.env.clone(),
+                files: req.files.clone(),
+                policy: berth_wire::ProxyPolicy {
+                    workspace_id: record.workspace.id.clone(),
+                    egress: req.egress.clone().unwrap_or_else(|| policy.egress.clone()),
+                    routes,
+                    allow_private: policy.allow_private.clone(),
+                },
             };
-            if let Err(e) = self
+            let hostd_url = hosts
+                .iter()
+                .find(|h| h.report.host_id == slot.host_id)
+                .map(|h| h.report.hostd_url.clone())
+                .unwrap_or_default();
+            let claimed = self
                 .inner
                 .clients
-                .claim_agent(&slot.agent_url, &claim)
-                .await
-            {
+                .claim_slot(&hostd_url, &slot.host_id, &slot.slot_id, &claim)
+                .await;
+            if let Err(e) = claimed {
                 tracing::warn!(slot_id = %slot.slot_id, error = %e, "claim failed; discarding slot");
                 self.inner
                     .store
@@ -651,6 +673,75 @@ impl Scheduler {
         }
         tracing::info!(workspace_id = %id, "workspace released");
         Ok(record.workspace)
+    }
+
+    /// A running workspace's egress allowlist and its proxy's latest refusals; with
+    /// `update`, the allowlist is replaced first (checked against the template's
+    /// policy like a create's), effective for new connections at once.
+    pub async fn egress(
+        &self,
+        id: &str,
+        update: Option<berth_wire::EgressUpdate>,
+    ) -> Result<berth_wire::EgressView, ApiError> {
+        let record = self
+            .inner
+            .store
+            .workspace(id)
+            .await?
+            .filter(|r| r.status == WorkspaceStatus::Ready)
+            .ok_or_else(|| ApiError::NotFound {
+                what: "workspace",
+                id: id.into(),
+            })?;
+        if let Some(u) = &update {
+            let policy = self
+                .inner
+                .config
+                .templates
+                .policy(&record.workspace.template);
+            validate::egress(&policy, &u.egress)?;
+        }
+        let Some(url) = self.hostd_url(&record.workspace.host_id).await? else {
+            return Err(ApiError::Slot {
+                status: 502,
+                code: "host_unknown".into(),
+                message: format!("host {} is not in the fleet", record.workspace.host_id),
+            });
+        };
+        let result = self
+            .inner
+            .clients
+            .slot_egress(
+                &url,
+                &record.workspace.host_id,
+                &record.slot_id,
+                &record.claim_secret,
+                update.as_ref(),
+            )
+            .await;
+        match result {
+            Ok(view) => {
+                if let Some(u) = &update {
+                    tracing::info!(workspace_id = %id, rules = u.egress.len(), "egress allowlist replaced");
+                }
+                Ok(view)
+            }
+            Err(clients::CallError::Refused {
+                status,
+                code,
+                message,
+                ..
+            }) => Err(ApiError::Slot {
+                status,
+                code,
+                message,
+            }),
+            Err(e) => Err(ApiError::Slot {
+                status: 502,
+                code: "unreachable".into(),
+                message: e.to_string(),
+            }),
+        }
     }
 
     /// Pushes a workspace's expiry `ttl` seconds into the future.
@@ -1382,8 +1473,7 @@ mod tests {
                 conversation_id: "c1".into(),
                 template: None,
                 ttl_seconds: None,
-                labels: Default::default(),
-                env: Default::default(),
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -16,6 +16,7 @@ use berth_scheduler::{
     ecs::{EcsConfig, EcsRuntime},
     placement::Strategy,
     store::Store,
+    templates::Templates,
     throttle::BucketShape,
 };
 use clap::{Parser, Subcommand};
@@ -50,6 +51,10 @@ enum Command {
         /// Token shared with hostd.
         #[arg(long, env = "BERTH_HOST_TOKEN", hide_env_values = true)]
         host_token: String,
+        /// Templates' policies (TOML): what a claim may ask for (egress, credential
+        /// routes, files). Without it every template gets the default policy.
+        #[arg(long, env = "BERTH_TEMPLATES")]
+        templates: Option<std::path::PathBuf>,
         #[command(flatten)]
         runtime: Box<RuntimeArgs>,
     },
@@ -67,6 +72,9 @@ enum Command {
         /// without it hostd applies Berth's workspace profile.
         #[arg(long, env = "BERTH_SECCOMP_PROFILE")]
         seccomp_profile: Option<std::path::PathBuf>,
+        /// Templates' policies (TOML), as for `serve`.
+        #[arg(long, env = "BERTH_TEMPLATES")]
+        templates: Option<std::path::PathBuf>,
     },
 }
 
@@ -214,12 +222,18 @@ async fn main() -> std::process::ExitCode {
             hostd_listen,
             pool,
             seccomp_profile,
+            templates,
         } => {
+            let templates = match templates.as_deref().map(Templates::load).transpose() {
+                Ok(t) => t.unwrap_or_default(),
+                Err(e) => return config_error(&format!("--templates: {e}")),
+            };
             let opts = dev::DevOptions {
                 listen,
                 hostd_listen,
                 pool_size: pool,
                 seccomp_profile,
+                templates,
             };
             match dev::run(opts).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -236,8 +250,13 @@ async fn main() -> std::process::ExitCode {
             placement,
             api_token,
             host_token,
+            templates,
             runtime,
         } => {
+            let templates = match templates.as_deref().map(Templates::load).transpose() {
+                Ok(t) => t.unwrap_or_default(),
+                Err(e) => return config_error(&format!("--templates: {e}")),
+            };
             let store = if state == "memory" {
                 Store::memory()
             } else if state.starts_with("redis://") || state.starts_with("rediss://") {
@@ -270,6 +289,7 @@ async fn main() -> std::process::ExitCode {
                 api_token,
                 host_token,
                 agent_networks,
+                templates,
                 ..Config::default()
             };
             config.scale_out_headroom = runtime.scale_out_headroom;

@@ -39,6 +39,10 @@ pub struct WorkspaceRecord {
     pub workspace: Workspace,
     pub slot_id: String,
     pub status: WorkspaceStatus,
+    /// The slot's claim secret, which hostd's per-slot calls (egress changes) need
+    /// again; never part of the API view.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub claim_secret: String,
 }
 
 /// The last report of a host and when it came.
@@ -360,6 +364,7 @@ mod tests {
             },
             slot_id: String::new(),
             status: WorkspaceStatus::Claiming,
+            claim_secret: String::new(),
         }
     }
 

@@ -9,8 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use berth_wire::CreateWorkspace;
+use berth_wire::{CreateWorkspace, CredentialAuth, CredentialRoute, EgressRule, WorkspaceFile};
 
+use crate::templates::{TemplatePolicy, host_matches, secret_allowed};
 use crate::{ApiError, Config};
 
 /// Variables one request may set.
@@ -53,6 +54,353 @@ pub fn create(req: &CreateWorkspace, template: &str, config: &Config) -> Result<
         });
     }
     env(&req.env)?;
+    let policy = config.templates.policy(template);
+    if let Some(rules) = &req.egress {
+        egress(&policy, rules)?;
+    }
+    credentials(&policy, &req.credentials)?;
+    files(&policy, &req.files)?;
+    Ok(())
+}
+
+/// Why one setting is refused: its stable code, the part of it at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bad {
+    pub code: &'static str,
+    pub part: &'static str,
+    pub reason: String,
+}
+
+fn bad(code: &'static str, part: &'static str, reason: impl Into<String>) -> Bad {
+    Bad {
+        code,
+        part,
+        reason: reason.into(),
+    }
+}
+
+impl Bad {
+    fn at(self, list: &str, i: usize) -> ApiError {
+        ApiError::Setting {
+            code: self.code,
+            field: if self.part.is_empty() {
+                format!("{list}[{i}]")
+            } else {
+                format!("{list}[{i}].{}", self.part)
+            },
+            reason: self.reason,
+        }
+    }
+}
+
+/// One egress rule against the template's policy.
+pub fn egress_rule(p: &TemplatePolicy, r: &EgressRule) -> Result<(), Bad> {
+    let host = r.host.to_ascii_lowercase();
+    if host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+    {
+        if !p.allow_ip_literals {
+            return Err(bad(
+                "ip_literal_not_allowed",
+                "host",
+                format!("{host} is an IP address; this template allows host names only"),
+            ));
+        }
+    } else if let Some(suffix) = host.strip_prefix("*.") {
+        berth_wire::settings::check_host_name(suffix)
+            .map_err(|m| bad("invalid_field", "host", m))?;
+        if !suffix.contains('.') {
+            return Err(bad(
+                "invalid_field",
+                "host",
+                "a wildcard needs a domain of at least two labels, e.g. *.example.com",
+            ));
+        }
+    } else {
+        berth_wire::settings::check_host_name(&host)
+            .map_err(|m| bad("invalid_field", "host", m))?;
+    }
+    if r.ports.contains(&0) {
+        return Err(bad("invalid_field", "ports", "port 0 is not a port"));
+    }
+    if r.ports.len() > 16 {
+        return Err(bad("invalid_field", "ports", "at most 16 ports per rule"));
+    }
+    if !p.egress_allowed.iter().any(|pat| host_matches(pat, &host)) {
+        return Err(bad(
+            "egress_not_allowed",
+            "host",
+            format!("{host} is outside what this template lets a workspace reach"),
+        ));
+    }
+    Ok(())
+}
+
+/// A request's (or a change's) egress allowlist.
+pub fn egress(p: &TemplatePolicy, rules: &[EgressRule]) -> Result<(), ApiError> {
+    if rules.len() > p.max_egress_rules {
+        return Err(ApiError::Setting {
+            code: "invalid_field",
+            field: "egress".into(),
+            reason: format!("{} rules; at most {}", rules.len(), p.max_egress_rules),
+        });
+    }
+    for (i, r) in rules.iter().enumerate() {
+        egress_rule(p, r).map_err(|b| b.at("egress", i))?;
+    }
+    Ok(())
+}
+
+/// The host of an `https://host[:port][/path]` upstream.
+pub fn upstream_host(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{url:?}: only https:// upstreams are allowed"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') || rest.contains('?') || rest.contains('#') {
+        return Err(format!(
+            "{url:?}: user info, query and fragment are not allowed"
+        ));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+            if p.parse::<u16>().ok().filter(|p| *p != 0).is_none() {
+                return Err(format!("{url:?}: bad port"));
+            }
+            (h, Some(p))
+        }
+        _ => (authority, None),
+    };
+    let _ = port;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    berth_wire::settings::check_host_name(&host)?;
+    Ok(host)
+}
+
+/// A reference to a secret: a Secrets Manager ARN or name, never a value.
+fn secret_reference(s: &str) -> Result<(), String> {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 512
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b))
+    };
+    if let Some(rest) = s.strip_prefix("arn:") {
+        let parts: Vec<&str> = rest.splitn(6, ':').collect();
+        if parts.len() == 6
+            && parts[1] == "secretsmanager"
+            && parts[4] == "secret"
+            && name_ok(parts[5])
+        {
+            return Ok(());
+        }
+        return Err(format!("{s:?} is not a Secrets Manager secret ARN"));
+    }
+    if name_ok(s) {
+        Ok(())
+    } else {
+        Err("must be a Secrets Manager secret name or ARN (the secret's value never goes in a request)".into())
+    }
+}
+
+/// A credential route's own shape (no policy).
+pub fn route_shape(r: &CredentialRoute) -> Result<(), Bad> {
+    let p = &r.prefix;
+    let plain = p.len() >= 3
+        && p.len() <= 128
+        && p.starts_with('/')
+        && p.ends_with('/')
+        && !p.contains("//")
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b))
+        && !p.split('/').any(|seg| seg == "." || seg == "..");
+    if !plain {
+        return Err(bad(
+            "invalid_field",
+            "prefix",
+            format!("{p:?} must be a plain path starting and ending with '/', e.g. \"/mcp/\""),
+        ));
+    }
+    if p.starts_with("/health/") || p.starts_with("/metrics/") {
+        return Err(bad(
+            "invalid_field",
+            "prefix",
+            "must not shadow /health or /metrics",
+        ));
+    }
+    upstream_host(&r.upstream).map_err(|m| bad("invalid_field", "upstream", m))?;
+    match (&r.auth, &r.secret) {
+        (CredentialAuth::Bearer | CredentialAuth::Header, None) => {
+            return Err(bad(
+                "invalid_field",
+                "secret",
+                "required for bearer and header",
+            ));
+        }
+        (_, Some(s)) => secret_reference(s).map_err(|m| bad("invalid_field", "secret", m))?,
+        _ => {}
+    }
+    if r.auth == CredentialAuth::Header {
+        let h = r.header.as_deref().unwrap_or_default();
+        let token = !h.is_empty()
+            && h.len() <= 64
+            && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let reserved = matches!(
+            h.to_ascii_lowercase().as_str(),
+            "host"
+                | "connection"
+                | "content-length"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+                | "trailer"
+                | "proxy-authorization"
+                | "keep-alive"
+        );
+        if !token || reserved {
+            return Err(bad(
+                "invalid_field",
+                "header",
+                "a plain, non-hop-by-hop header name is required for auth = header",
+            ));
+        }
+    }
+    if r.auth == CredentialAuth::Sigv4 {
+        for (part, v) in [("region", &r.region), ("service", &r.service)] {
+            let ok = v.as_deref().is_some_and(|v| {
+                !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+            if !ok {
+                return Err(bad(
+                    "invalid_field",
+                    part,
+                    "required for sigv4 (letters, digits, '-')",
+                ));
+            }
+        }
+    }
+    if r.json_key
+        .as_deref()
+        .is_some_and(|k| k.is_empty() || k.len() > 256)
+    {
+        return Err(bad(
+            "invalid_field",
+            "json_key",
+            "must be 1 to 256 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A request's credential routes, against the template's policy.
+pub fn credentials(p: &TemplatePolicy, routes: &[CredentialRoute]) -> Result<(), ApiError> {
+    if routes.len() > p.max_credentials {
+        return Err(ApiError::Setting {
+            code: "invalid_field",
+            field: "credentials".into(),
+            reason: format!("{} routes; at most {}", routes.len(), p.max_credentials),
+        });
+    }
+    let mut prefixes: std::collections::HashSet<&str> =
+        p.credentials.iter().map(|r| r.prefix.as_str()).collect();
+    for (i, r) in routes.iter().enumerate() {
+        route_shape(r).map_err(|b| b.at("credentials", i))?;
+        let host = upstream_host(&r.upstream).unwrap_or_default();
+        if !p.upstreams.iter().any(|pat| host_matches(pat, &host)) {
+            return Err(bad(
+                "upstream_not_allowed",
+                "upstream",
+                format!("{host} is not an upstream this template lets a request add"),
+            )
+            .at("credentials", i));
+        }
+        if let Some(s) = &r.secret
+            && !secret_allowed(&p.secrets, s)
+        {
+            return Err(bad(
+                "secret_not_allowed",
+                "secret",
+                "this template does not let a request use that secret",
+            )
+            .at("credentials", i));
+        }
+        if !prefixes.insert(r.prefix.as_str()) {
+            return Err(bad(
+                "invalid_field",
+                "prefix",
+                format!("{} is already a route of this workspace", r.prefix),
+            )
+            .at("credentials", i));
+        }
+    }
+    Ok(())
+}
+
+/// Files a request places, against the template's limits.
+pub fn files(p: &TemplatePolicy, files: &[WorkspaceFile]) -> Result<(), ApiError> {
+    if files.len() > p.max_files {
+        return Err(ApiError::Setting {
+            code: "invalid_field",
+            field: "files".into(),
+            reason: format!("{} files; at most {}", files.len(), p.max_files),
+        });
+    }
+    let mut total = 0usize;
+    for (i, f) in files.iter().enumerate() {
+        let path = &f.path;
+        let escapes = path.starts_with('/')
+            || path.split('/').any(|seg| seg == "..")
+            || path.is_empty()
+            || path.len() > 1024
+            || path.contains('\0')
+            || path.ends_with('/');
+        if escapes {
+            return Err(bad(
+                "invalid_field",
+                "path",
+                format!("{path:?} must be a relative file path inside the workspace, without '..'"),
+            )
+            .at("files", i));
+        }
+        if let Some(m) = &f.mode
+            && u32::from_str_radix(m.trim_start_matches("0o"), 8).map_or(true, |b| b > 0o777)
+        {
+            return Err(bad(
+                "invalid_field",
+                "mode",
+                format!("{m:?} is not a mode such as \"0644\""),
+            )
+            .at("files", i));
+        }
+        let size = match f.encoding {
+            berth_wire::settings::FileEncoding::Utf8 => f.content.len(),
+            berth_wire::settings::FileEncoding::Base64 => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(f.content.as_bytes())
+                    .map_err(|e| {
+                        bad("invalid_field", "content", format!("not base64: {e}")).at("files", i)
+                    })?
+                    .len()
+            }
+        };
+        total += size;
+    }
+    if total > p.max_files_bytes {
+        return Err(ApiError::Setting {
+            code: "invalid_field",
+            field: "files".into(),
+            reason: format!("{total} bytes in all; at most {}", p.max_files_bytes),
+        });
+    }
     Ok(())
 }
 

@@ -360,6 +360,8 @@ impl EcsBed {
                 pids_limit: 128,
                 workspace_size_mib: 64,
                 seccomp_profile: None,
+                proxy_env: Vec::new(),
+                proxy_config_dir: None,
             }],
             cleanup_on_exit: false,
             extra_labels: HashMap::from([(

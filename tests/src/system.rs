@@ -35,6 +35,11 @@ pub struct Options {
     pub branch_limit: u32,
     /// `redis://…` to share state with other replicas; `None` keeps it in memory.
     pub state_url: Option<String>,
+    /// Extra environment and a configuration directory for every slot's proxy.
+    pub proxy_env: Vec<String>,
+    pub proxy_config_dir: Option<std::path::PathBuf>,
+    /// The scheduler's template policies (`None`: the defaults).
+    pub templates: Option<berth_scheduler::templates::Templates>,
 }
 
 impl Default for Options {
@@ -45,6 +50,9 @@ impl Default for Options {
             seccomp_profile: Some(berth_seccomp::WORKSPACE_PROFILE_JSON.to_owned()),
             branch_limit: 50,
             state_url: None,
+            proxy_env: Vec::new(),
+            proxy_config_dir: None,
+            templates: None,
         }
     }
 }
@@ -85,6 +93,8 @@ impl LocalBerth {
                 pids_limit: 128,
                 workspace_size_mib: 256,
                 seccomp_profile: opts.seccomp_profile.clone(),
+                proxy_env: opts.proxy_env.clone(),
+                proxy_config_dir: opts.proxy_config_dir.clone(),
             }],
             cleanup_on_exit: true,
             extra_labels: HashMap::from([(

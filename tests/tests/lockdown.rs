@@ -521,6 +521,8 @@ async fn a_restarted_hostd_finds_its_slots_and_reverifies_their_rules() {
             pids_limit: 64,
             workspace_size_mib: 64,
             seccomp_profile: Some(berth_seccomp::WORKSPACE_PROFILE_JSON.to_owned()),
+            proxy_env: Vec::new(),
+            proxy_config_dir: None,
         }],
         cleanup_on_exit: true,
         extra_labels: [(docker::TEST_RUN.to_owned(), docker::run_id().to_owned())].into(),

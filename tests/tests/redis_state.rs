@@ -29,6 +29,7 @@ fn record(id: &str, conv: &str) -> WorkspaceRecord {
         },
         slot_id: String::new(),
         status: WorkspaceStatus::Claiming,
+        claim_secret: String::new(),
     }
 }
 

@@ -7,6 +7,12 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod settings;
+pub use settings::{
+    CredentialAuth, CredentialRoute, EgressRule, EgressUpdate, EgressView, ProxyPolicy, Refusal,
+    SlotClaim, WorkspaceFile,
+};
+
 /// Default TCP ports of the four services.
 pub mod ports {
     /// The scheduler's HTTP API.
@@ -17,6 +23,10 @@ pub mod ports {
     pub const AGENT: u16 = 9000;
     /// The credential-proxy sidecar inside every workspace task.
     pub const PROXY: u16 = 8080;
+    /// The proxy's admin channel (hostd pushes a claim's policy here). hostd's
+    /// egress lock refuses it to the workspace's uid, and every call must carry the
+    /// slot's claim secret.
+    pub const PROXY_ADMIN: u16 = 8081;
 }
 
 /// The uids of a workspace task's two containers. hostd's egress rules tell them
@@ -67,6 +77,8 @@ pub mod ecs {
     /// Environment the scheduler sets on the workspace container (overrides).
     pub const ENV_TEMPLATE: &str = "BERTH_TEMPLATE";
     pub const ENV_CLAIM_SECRET_SHA256: &str = "BERTH_CLAIM_SECRET_SHA256";
+    /// Set on the proxy container: where its admin channel listens.
+    pub const ENV_PROXY_ADMIN_LISTEN: &str = "BERTH_PROXY_ADMIN_LISTEN";
 
     /// A task's id, the last segment of its ARN; it is the slot's id.
     pub fn task_id(arn: &str) -> &str {
@@ -177,7 +189,7 @@ pub fn html_escape(s: &str) -> String {
 // === scheduler API ===
 
 /// `POST /v1/workspaces`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspace {
     pub conversation_id: String,
@@ -192,6 +204,16 @@ pub struct CreateWorkspace {
     /// `validate::env` for the limits.
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// Destinations the workspace may reach through its proxy (HTTPS tunnels);
+    /// the template's default when absent.
+    #[serde(default)]
+    pub egress: Option<Vec<EgressRule>>,
+    /// Credential routes, added to the template's own.
+    #[serde(default)]
+    pub credentials: Vec<CredentialRoute>,
+    /// Small files placed in the workspace before it is handed out.
+    #[serde(default)]
+    pub files: Vec<WorkspaceFile>,
 }
 
 /// Whether a workspace came from a warm pool or was started for the request.
@@ -355,6 +377,9 @@ pub struct ClaimRequest {
     pub claim_secret: Option<String>,
     #[serde(default)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// Written under the workspace root before the claim is answered.
+    #[serde(default)]
+    pub files: Vec<WorkspaceFile>,
 }
 
 /// `POST /v1/exec` on the agent, and the first message of a `GET /v1/exec/ws` session.

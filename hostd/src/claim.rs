@@ -1,0 +1,190 @@
+//! Claims: binding a warm slot to one conversation, on the slot's own host.
+//!
+//! Background: the scheduler decides which slot serves a conversation; hostd, which
+//! sits beside the slot in both runtimes, does the binding. It pushes the claim's
+//! [`berth_wire::ProxyPolicy`] to the proxy's admin channel and the token, env and
+//! files to the agent, at the same time, and answers only when both took it. Both
+//! calls carry the slot's claim secret, which only the scheduler and hostd hold
+//! (the containers have its SHA-256). hostd keeps no secret itself: later calls
+//! for the slot (the egress allowlist) bring the secret in
+//! [`berth_wire::settings::CLAIM_SECRET_HEADER`].
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use berth_wire::{ClaimRequest, EgressUpdate, EgressView, SlotClaim, SlotState, ports};
+
+use crate::{ApiError, Hostd};
+
+/// How long one push to a slot's agent or proxy may take.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn http() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(PUSH_TIMEOUT)
+            .build()
+            .unwrap_or_default()
+    })
+}
+
+/// The slot's address, from its agent URL (both containers share it).
+fn slot_address(agent_url: &str) -> Option<String> {
+    let rest = agent_url.strip_prefix("http://")?;
+    let (host, _port) = rest.rsplit_once(':')?;
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+impl Hostd {
+    /// The admin URL of a ready slot's proxy.
+    fn proxy_admin(&self, slot_id: &str) -> Result<(String, String), ApiError> {
+        let slots = self.slots();
+        let info = slots
+            .get(slot_id)
+            .ok_or_else(|| ApiError::UnknownSlot(slot_id.to_owned()))?;
+        if info.state != SlotState::Ready {
+            return Err(ApiError::SlotNotReady {
+                slot_id: slot_id.to_owned(),
+                state: format!("{:?}", info.state).to_lowercase(),
+            });
+        }
+        let addr = slot_address(&info.agent_url)
+            .ok_or_else(|| ApiError::UnknownSlot(slot_id.to_owned()))?;
+        Ok((
+            format!("http://{addr}:{}", ports::PROXY_ADMIN),
+            info.agent_url.clone(),
+        ))
+    }
+
+    /// Binds slot `slot_id`: the proxy's policy and the agent's claim, pushed at once.
+    pub async fn claim_slot(&self, slot_id: &str, claim: SlotClaim) -> Result<(), ApiError> {
+        let (admin, agent_url) = self.proxy_admin(slot_id)?;
+        let secret = claim.claim_secret.clone().unwrap_or_default();
+        let to_proxy = push(
+            "proxy",
+            http()
+                .put(format!("{admin}/v1/policy"))
+                .bearer_auth(&secret)
+                .json(&claim.policy),
+        );
+        let agent_claim = ClaimRequest {
+            workspace_id: claim.workspace_id.clone(),
+            token: claim.token,
+            claim_secret: claim.claim_secret,
+            env: claim.env,
+            files: claim.files,
+        };
+        let to_agent = push(
+            "agent",
+            http()
+                .post(format!("{agent_url}/v1/claim"))
+                .json(&agent_claim),
+        );
+        let (proxy, agent) = tokio::join!(to_proxy, to_agent);
+        proxy?;
+        agent?;
+        tracing::info!(slot_id, workspace_id = %claim.workspace_id,
+            routes = claim.policy.routes.len(), egress_rules = claim.policy.egress.len(),
+            "slot claimed: policy on its proxy, env and files on its agent");
+        Ok(())
+    }
+
+    /// The slot's egress allowlist and latest refusals, from its proxy.
+    pub async fn slot_egress(&self, slot_id: &str, secret: &str) -> Result<EgressView, ApiError> {
+        let (admin, _) = self.proxy_admin(slot_id)?;
+        let resp = push(
+            "proxy",
+            http().get(format!("{admin}/v1/egress")).bearer_auth(secret),
+        )
+        .await?;
+        resp.json().await.map_err(|e| ApiError::Push {
+            what: "proxy",
+            status: 502,
+            code: "bad_answer".into(),
+            message: e.to_string(),
+            field: None,
+        })
+    }
+
+    /// Replaces the slot's egress allowlist on its proxy.
+    pub async fn set_slot_egress(
+        &self,
+        slot_id: &str,
+        secret: &str,
+        update: &EgressUpdate,
+    ) -> Result<EgressView, ApiError> {
+        let (admin, _) = self.proxy_admin(slot_id)?;
+        let resp = push(
+            "proxy",
+            http()
+                .put(format!("{admin}/v1/egress"))
+                .bearer_auth(secret)
+                .json(update),
+        )
+        .await?;
+        let view: EgressView = resp.json().await.map_err(|e| ApiError::Push {
+            what: "proxy",
+            status: 502,
+            code: "bad_answer".into(),
+            message: e.to_string(),
+            field: None,
+        })?;
+        self.journal().event(
+            "egress_changed",
+            Some(slot_id),
+            format!("egress allowlist replaced: {} rules", view.egress.len()),
+        );
+        Ok(view)
+    }
+}
+
+/// Sends one push, turning every failure into [`ApiError::Push`] with what the far
+/// side said.
+async fn push(
+    what: &'static str,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, ApiError> {
+    let resp = req.send().await.map_err(|e| ApiError::Push {
+        what,
+        status: 502,
+        code: "unreachable".into(),
+        message: e.to_string(),
+        field: None,
+    })?;
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status().as_u16();
+    let body: Option<berth_wire::ErrorBody> = resp.json().await.ok();
+    let (code, message, field) = body
+        .map(|b| (b.error.code, b.error.message, b.error.field))
+        .unwrap_or_else(|| ("unknown".into(), "no error body".into(), None));
+    Err(ApiError::Push {
+        what,
+        status,
+        code,
+        message,
+        field,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slot_address_comes_from_its_agent_url() {
+        assert_eq!(
+            slot_address("http://172.18.0.5:9000").as_deref(),
+            Some("172.18.0.5")
+        );
+        assert_eq!(
+            slot_address("http://[fd00::5]:9000").as_deref(),
+            Some("[fd00::5]")
+        );
+        assert_eq!(slot_address("https://x:9000"), None);
+        assert_eq!(slot_address(""), None);
+    }
+}
