@@ -18,6 +18,7 @@ pub fn ecs_expectations(labels: &BTreeMap<String, String>) -> Option<audit::Expe
             Some(audit::Expectations {
                 seccomp_profile: None,
                 joins_netns: true,
+                read_only_bind: None,
             })
         }
         _ => None,

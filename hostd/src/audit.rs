@@ -21,6 +21,9 @@ pub struct Expectations {
     /// The container must share another container's network namespace
     /// (`container:<id>`), as a slot's workspace joins its proxy's.
     pub joins_netns: bool,
+    /// A host directory the container may have mounted, read-only (a slot's proxy
+    /// gets its template's configuration directory this way).
+    pub read_only_bind: Option<String>,
 }
 
 /// One failed check: its stable name and what was found.
@@ -107,8 +110,11 @@ pub fn audit(c: &ContainerFacts, want: &Expectations) -> Vec<Finding> {
     let host_mounts: Vec<&str> = c
         .mounts
         .iter()
-        .filter(|(kind, _)| kind != "tmpfs")
-        .map(|(_, source)| source.as_str())
+        .filter(|(kind, source, read_only)| {
+            kind != "tmpfs"
+                && !(kind == "bind" && *read_only && want.read_only_bind.as_deref() == Some(source))
+        })
+        .map(|(_, source, _)| source.as_str())
         .collect();
     if !host_mounts.is_empty() {
         fail("no_host_mounts", format!("mounts {host_mounts:?}"));
@@ -239,7 +245,7 @@ mod tests {
             readonly_rootfs: true,
             pids_limit: Some(128),
             memory_limit: 256 << 20,
-            mounts: vec![("tmpfs".into(), String::new())],
+            mounts: vec![("tmpfs".into(), String::new(), false)],
             network_mode: "container:abc".into(),
             pid_mode: String::new(),
             ipc_mode: "private".into(),
@@ -251,6 +257,7 @@ mod tests {
         Expectations {
             seccomp_profile: Some(profile()),
             joins_netns: true,
+            read_only_bind: None,
         }
     }
 
@@ -309,7 +316,7 @@ mod tests {
                 "no_host_mounts",
                 Box::new(|c| {
                     c.mounts
-                        .push(("bind".into(), "/var/run/docker.sock".into()))
+                        .push(("bind".into(), "/var/run/docker.sock".into(), false))
                 }),
             ),
             ("no_devices", Box::new(|c| c.devices = 1)),
@@ -330,12 +337,39 @@ mod tests {
     }
 
     #[test]
+    fn only_the_named_directory_may_be_mounted_and_only_read_only() {
+        let want = Expectations {
+            read_only_bind: Some("/etc/berth/proxy-config".into()),
+            ..want()
+        };
+        let mut c = good();
+        c.mounts
+            .push(("bind".into(), "/etc/berth/proxy-config".into(), true));
+        assert!(audit(&c, &want).is_empty());
+        for (source, ro) in [("/etc/berth/proxy-config", false), ("/", true)] {
+            let mut c = good();
+            c.mounts.push(("bind".into(), source.into(), ro));
+            assert_eq!(
+                audit(&c, &want)[0].check,
+                "no_host_mounts",
+                "{source} ro={ro}"
+            );
+        }
+        // Without the expectation, none is allowed.
+        let mut c = good();
+        c.mounts
+            .push(("bind".into(), "/etc/berth/proxy-config".into(), true));
+        assert_eq!(audit(&c, &self::want())[0].check, "no_host_mounts");
+    }
+
+    #[test]
     fn the_daemon_default_profile_is_accepted_where_expected() {
         let mut c = good();
         c.security_opt = vec!["no-new-privileges:true".into()];
         let daemon = Expectations {
             seccomp_profile: None,
             joins_netns: false,
+            read_only_bind: None,
         };
         assert!(audit(&c, &daemon).is_empty());
         c.security_opt.push("seccomp=unconfined".into());

@@ -548,6 +548,7 @@ mod tests {
                 Some(Expectations {
                     seccomp_profile: None,
                     joins_netns: true,
+                    read_only_bind: None,
                 })
             })
             .await;
@@ -570,6 +571,7 @@ mod tests {
                 Some(Expectations {
                     seccomp_profile: None,
                     joins_netns: true,
+                    read_only_bind: None,
                 })
             })
             .await;

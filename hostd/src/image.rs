@@ -122,13 +122,21 @@ pub fn workspace_spec(agent_binary: &Path) -> ImageSpec {
 }
 
 /// The standard proxy image: proxy only, user [`berth_wire::uids::PROXY`].
+/// The system's CA bundle, copied into the proxy image when the build machine has
+/// one, so that the proxy verifies Secrets Manager's certificate.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 pub fn proxy_spec(proxy_binary: &Path) -> ImageSpec {
+    let mut files = vec![(
+        proxy_binary.to_path_buf(),
+        "/usr/local/bin/credential-proxy".into(),
+    )];
+    if Path::new(CA_BUNDLE).is_file() {
+        files.push((PathBuf::from(CA_BUNDLE), CA_BUNDLE.into()));
+    }
     ImageSpec {
         repo: PROXY_REPO.into(),
-        files: vec![(
-            proxy_binary.to_path_buf(),
-            "/usr/local/bin/credential-proxy".into(),
-        )],
+        files,
         with_busybox: false,
         dirs: vec!["/tmp".into()],
         user: format!("{0}:{0}", berth_wire::uids::PROXY),

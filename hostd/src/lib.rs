@@ -583,6 +583,17 @@ impl Hostd {
         // takes each namespace's pid from what it saw.
         let profiles = self.profiles.clone();
         let ecs_mode = self.ecs_agent.is_some();
+        let proxy_dirs: BTreeMap<String, Option<String>> = self
+            .config
+            .templates
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.proxy_config_dir.as_ref().map(|d| d.display().to_string()),
+                )
+            })
+            .collect();
         // ECS mode: a task's containers are judged once adopted (adoption sets the
         // pids limit ECS cannot, then audits them itself before anything else).
         let adopted: std::collections::BTreeSet<String> =
@@ -608,12 +619,14 @@ impl Hostd {
                     audit::Expectations {
                         seccomp_profile: None,
                         joins_netns: false,
+                        read_only_bind: proxy_dirs.get(template).cloned().flatten(),
                     }
                 } else {
                     // Workspaces, and anything else claiming to be ours: the strictest.
                     audit::Expectations {
                         seccomp_profile: profiles.get(template).cloned().flatten(),
                         joins_netns: true,
+                        read_only_bind: None,
                     }
                 })
             })

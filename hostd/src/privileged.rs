@@ -123,8 +123,9 @@ pub struct ContainerFacts {
     pub pids_limit: Option<i64>,
     /// Bytes; 0 means unlimited.
     pub memory_limit: i64,
-    /// (type, source) of every mount: `bind` mounts of host paths are refused.
-    pub mounts: Vec<(String, String)>,
+    /// (type, source, read-only) of every mount: `bind` mounts of host paths are
+    /// refused, but for a read-only one the expectations name.
+    pub mounts: Vec<(String, String, bool)>,
     pub devices: usize,
     pub network_mode: String,
     pub pid_mode: String,
@@ -517,6 +518,7 @@ fn facts_of(c: bollard::models::ContainerInspectResponse) -> ContainerFacts {
                 (
                     m.typ.map(|t| t.to_string()).unwrap_or_default(),
                     m.source.unwrap_or_default(),
+                    !m.rw.unwrap_or(true),
                 )
             })
             .collect(),

@@ -133,10 +133,13 @@ impl Proxy {
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector.clone());
         let secrets = Arc::new(match sdk {
-            Some(sdk) if SecretStore::needs_secrets_manager(&config.secrets) => {
-                SecretStore::new(&config.secrets, &config.secrets_manager, Some(sdk))
-            }
-            _ => SecretStore::new(&config.secrets, &config.secrets_manager, None),
+            Some(sdk) if SecretStore::needs_secrets_manager(&config.secrets) => SecretStore::new(
+                &config.secrets,
+                &config.secrets_manager,
+                &config.tls,
+                Some(sdk),
+            ),
+            _ => SecretStore::new(&config.secrets, &config.secrets_manager, &config.tls, None),
         });
         let chain = tokio::sync::OnceCell::new();
         let sdk_cell = tokio::sync::OnceCell::new();
@@ -223,7 +226,12 @@ impl Proxy {
             SecretStore::empty()
         } else {
             let sdk = self.aws().await;
-            SecretStore::new(&claimed.secrets, &self.config.secrets_manager, Some(sdk))
+            SecretStore::new(
+                &claimed.secrets,
+                &self.config.secrets_manager,
+                &self.config.tls,
+                Some(sdk),
+            )
         };
         let store = Arc::new(store);
         let refresh = (!claimed.secrets.is_empty())

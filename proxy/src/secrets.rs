@@ -12,7 +12,46 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::config::{SecretConfig, SecretsManagerConfig};
+use crate::config::{SecretConfig, SecretsManagerConfig, TlsConfig};
+
+/// The file of system CA certificates: `SSL_CERT_FILE`, else Debian's bundle (the
+/// proxy image carries it when the machine that built the image had one).
+fn system_bundle() -> Option<Vec<u8>> {
+    let path = std::env::var("SSL_CERT_FILE")
+        .unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".to_owned());
+    std::fs::read(path).ok().filter(|b| !b.is_empty())
+}
+
+/// The HTTPS client of the Secrets Manager client: rustls trusting the system
+/// bundle and the configured extra CAs, read here (a `FROM scratch` image has no
+/// platform store for the SDK to find, and its default would refuse to start).
+fn sdk_https_client(tls: &TlsConfig) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    let mut store = tls::TrustStore::empty().with_native_roots(false);
+    match system_bundle() {
+        Some(pem) => store = store.with_pem_certificate(pem),
+        None => tracing::warn!(
+            "no system CA bundle (SSL_CERT_FILE or /etc/ssl/certs/ca-certificates.crt): \
+             Secrets Manager over TLS trusts only tls.extra_ca_files"
+        ),
+    }
+    for path in &tls.extra_ca_files {
+        // Checked at start-up (load_roots); unreadable here only if it vanished.
+        if let Ok(pem) = std::fs::read(path) {
+            store = store.with_pem_certificate(pem);
+        }
+    }
+    let context = tls::TlsContext::builder()
+        .with_trust_store(store)
+        .build()
+        .unwrap_or_default();
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https()
+}
 
 /// A secret's value. Never printed.
 #[derive(Clone)]
@@ -108,10 +147,12 @@ impl SecretStore {
     pub fn new(
         secrets: &BTreeMap<String, SecretConfig>,
         sm: &SecretsManagerConfig,
+        tls: &TlsConfig,
         sdk: Option<&aws_config::SdkConfig>,
     ) -> Self {
         let client = sdk.map(|sdk| {
-            let mut b = aws_sdk_secretsmanager::config::Builder::from(sdk);
+            let mut b = aws_sdk_secretsmanager::config::Builder::from(sdk)
+                .http_client(sdk_https_client(tls));
             if let Some(url) = &sm.endpoint_url {
                 b = b.endpoint_url(url);
             }
@@ -325,7 +366,12 @@ mod tests {
                 json_key: Some("token".into()),
             },
         );
-        let store = SecretStore::new(&secrets, &SecretsManagerConfig::default(), None);
+        let store = SecretStore::new(
+            &secrets,
+            &SecretsManagerConfig::default(),
+            &TlsConfig::default(),
+            None,
+        );
         store.refresh_all().await;
         assert_eq!(store.get("t").unwrap().expose(), "first-value");
         std::fs::remove_file(&path).unwrap();

@@ -627,6 +627,7 @@ impl Scheduler {
                 .await;
             if let Err(e) = claimed {
                 tracing::warn!(slot_id = %slot.slot_id, error = %e, "claim failed; discarding slot");
+
                 self.inner
                     .store
                     .remove_workspace(&record.workspace.id)

@@ -16,6 +16,8 @@ pub struct MotoServer {
     port: u16,
     /// The last lines moto printed (its tracebacks explain its 500s).
     log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    /// The address it listens on.
+    host: String,
 }
 
 /// Where tests/run.sh installs moto.
@@ -29,11 +31,18 @@ pub fn moto_server_path() -> std::path::PathBuf {
 }
 
 impl MotoServer {
-    /// Starts moto on a free port and waits for its "Running on" line.
+    /// Starts moto on a free port of 127.0.0.1 and waits for its "Running on" line.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Starts moto on a free port of `host`, one of this machine's own addresses
+    /// (for example a test network's gateway, so that containers can reach it).
+    pub fn start_on(host: &str) -> anyhow::Result<Self> {
         let path = moto_server_path();
+        let marker = format!("Running on http://{host}:");
         let mut child = Command::new(&path)
-            .args(["-H", "127.0.0.1", "-p", "0"])
+            .args(["-H", host, "-p", "0"])
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -62,6 +71,7 @@ impl MotoServer {
         {
             let tx = tx.clone();
             let log = log.clone();
+            let marker = marker.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     if let Ok(mut l) = log.lock() {
@@ -71,7 +81,7 @@ impl MotoServer {
                         l.push_back(line.clone());
                     }
                     if let Some(port) = line
-                        .split("Running on http://127.0.0.1:")
+                        .split(marker.as_str())
                         .nth(1)
                         .and_then(|rest| rest.trim().parse::<u16>().ok())
                     {
@@ -87,7 +97,12 @@ impl MotoServer {
                 anyhow::bail!("moto_server did not report its port within 30 s");
             }
         };
-        Ok(Self { child, port, log })
+        Ok(Self {
+            child,
+            port,
+            log,
+            host: host.to_owned(),
+        })
     }
 
     /// The last lines moto printed.
@@ -99,7 +114,7 @@ impl MotoServer {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// An ECS client bound to this moto: static credentials, fixed region, no

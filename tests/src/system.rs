@@ -115,6 +115,7 @@ impl LocalBerth {
         let config = Config {
             pools: [("default".to_owned(), opts.pool)].into(),
             host_token: host_token.clone(),
+            templates: opts.templates.clone().unwrap_or_default(),
             ..Config::default()
         };
         let store = match &opts.state_url {
@@ -189,6 +190,46 @@ impl LocalBerth {
             task.abort();
         }
         crate::docker::remove_labelled(berth_wire::labels::HOST, host_id);
+    }
+
+    /// The gateway address of this host's Docker network: the machine's own
+    /// address as its slots see it, where a test may bind listeners for them.
+    /// hostd makes the network as it starts, so this waits for it (up to 20 s).
+    pub fn gateway(&self) -> std::net::IpAddr {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = std::process::Command::new("docker")
+                .args([
+                    "network",
+                    "inspect",
+                    &format!("berth-{}", self.host_id),
+                    "-f",
+                    "{{(index .IPAM.Config 0).Gateway}}",
+                ])
+                .output()
+                .expect("docker network inspect");
+            if let Ok(ip) = String::from_utf8_lossy(&out.stdout).trim().parse() {
+                return ip;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hostd's network berth-{} never appeared",
+                self.host_id
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sets the default pool's target (`PUT /v1/pools/default`).
+    pub async fn set_pool(&self, target: usize) {
+        let resp = self
+            .http
+            .put(format!("{}/v1/pools/default", self.api))
+            .json(&serde_json::json!({ "target": target }))
+            .send()
+            .await
+            .expect("scheduler reachable");
+        assert!(resp.status().is_success(), "set pool: {}", resp.status());
     }
 
     /// Waits until the default pool holds `n` ready slots.

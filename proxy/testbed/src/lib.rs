@@ -161,8 +161,14 @@ pub struct EchoUpstream {
 type EchoBody = BoxBody<Bytes, std::convert::Infallible>;
 
 impl EchoUpstream {
-    /// Starts with a certificate for `names` issued by `ca`.
+    /// Starts on 127.0.0.1 with a certificate for `names` issued by `ca`.
     pub async fn start(ca: &TestCa, names: &[&str]) -> anyhow::Result<Self> {
+        Self::start_on(ca, names, "127.0.0.1:0".parse()?).await
+    }
+
+    /// Starts on `bind` (one of this machine's addresses) with a certificate for
+    /// `names` issued by `ca`.
+    pub async fn start_on(ca: &TestCa, names: &[&str], bind: SocketAddr) -> anyhow::Result<Self> {
         let (chain, key) = ca.issue(names)?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -171,7 +177,7 @@ impl EchoUpstream {
             .with_single_cert(chain, key)?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicU64::new(0));
