@@ -19,7 +19,9 @@
 //! privileges); [`enforce`] proves them, audits containers ([`audit`]) and keeps the
 //! journal; [`status`] shows all of it to on-call; [`capacity`] says what the host
 //! holds; [`image`] builds the local images the docker runtime runs;
-//! [`capabilities`] drops hostd's own capabilities to what that work needs.
+//! [`capabilities`] drops hostd's own capabilities to what that work needs; `claim`
+//! binds a slot to a conversation (the proxy's policy and the agent's claim, pushed
+//! at once) and changes its egress later.
 #![forbid(unsafe_code)]
 
 mod adopt;

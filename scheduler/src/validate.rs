@@ -479,6 +479,211 @@ mod tests {
         }
     }
 
+    fn policy() -> TemplatePolicy {
+        TemplatePolicy {
+            egress_allowed: vec!["*.example.com".into(), "pypi.org".into()],
+            upstreams: vec!["mcp.example.com".into()],
+            secrets: vec!["berth/*".into()],
+            ..TemplatePolicy::default()
+        }
+    }
+
+    fn code_and_field(e: ApiError) -> (&'static str, String) {
+        match e {
+            ApiError::Setting { code, field, .. } => (code, field),
+            other => panic!("not a setting error: {other:?}"),
+        }
+    }
+
+    fn rule(host: &str) -> EgressRule {
+        EgressRule {
+            host: host.into(),
+            ports: vec![],
+        }
+    }
+
+    #[test]
+    fn egress_follows_the_template() {
+        let p = policy();
+        assert!(
+            egress(
+                &p,
+                &[
+                    rule("pypi.org"),
+                    rule("a.example.com"),
+                    rule("*.b.example.com")
+                ]
+            )
+            .is_ok()
+        );
+        for (r, code) in [
+            (rule("evil.org"), "egress_not_allowed"),
+            (rule("example.com"), "egress_not_allowed"),
+            (rule("10.0.0.1"), "ip_literal_not_allowed"),
+            (rule("[::1]"), "ip_literal_not_allowed"),
+            (rule("*.com"), "invalid_field"),
+            (rule("0x7f.0.0.1"), "invalid_field"),
+            (
+                EgressRule {
+                    host: "pypi.org".into(),
+                    ports: vec![0],
+                },
+                "invalid_field",
+            ),
+        ] {
+            let (c, f) = code_and_field(egress(&p, &[rule("pypi.org"), r.clone()]).unwrap_err());
+            assert_eq!(c, code, "{r:?}");
+            assert!(f.starts_with("egress[1]."), "{f}");
+        }
+        let literal = TemplatePolicy {
+            allow_ip_literals: true,
+            egress_allowed: vec!["*".into()],
+            ..TemplatePolicy::default()
+        };
+        assert!(egress(&literal, &[rule("10.0.0.1")]).is_ok());
+        let many: Vec<EgressRule> = (0..65)
+            .map(|i| rule(&format!("h{i}.example.com")))
+            .collect();
+        assert_eq!(code_and_field(egress(&p, &many).unwrap_err()).1, "egress");
+    }
+
+    fn route(upstream: &str, secret: Option<&str>) -> CredentialRoute {
+        CredentialRoute {
+            prefix: "/mcp/".into(),
+            upstream: upstream.into(),
+            auth: CredentialAuth::Bearer,
+            secret: secret.map(str::to_owned),
+            json_key: None,
+            header: None,
+            region: None,
+            service: None,
+        }
+    }
+
+    #[test]
+    fn credential_routes_follow_the_template() {
+        let p = policy();
+        assert!(
+            credentials(
+                &p,
+                &[route("https://mcp.example.com/v1", Some("berth/mcp"))]
+            )
+            .is_ok()
+        );
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:berth/x-AbCdEf";
+        let arn_policy = TemplatePolicy {
+            secrets: vec!["arn:aws:secretsmanager:eu-west-1:123456789012:secret:berth/*".into()],
+            ..policy()
+        };
+        assert!(credentials(&arn_policy, &[route("https://mcp.example.com", Some(arn))]).is_ok());
+        for (r, code, field) in [
+            (
+                route("https://evil.example.org", Some("berth/mcp")),
+                "upstream_not_allowed",
+                "credentials[0].upstream",
+            ),
+            (
+                route("http://mcp.example.com", Some("berth/mcp")),
+                "invalid_field",
+                "credentials[0].upstream",
+            ),
+            (
+                route("https://u@mcp.example.com", Some("berth/mcp")),
+                "invalid_field",
+                "credentials[0].upstream",
+            ),
+            (
+                route("https://mcp.example.com", Some("other/secret")),
+                "secret_not_allowed",
+                "credentials[0].secret",
+            ),
+            (
+                route("https://mcp.example.com", None),
+                "invalid_field",
+                "credentials[0].secret",
+            ),
+            // A value where a reference belongs.
+            (
+                route("https://mcp.example.com", Some("sk-live abc:def")),
+                "invalid_field",
+                "credentials[0].secret",
+            ),
+            (
+                CredentialRoute {
+                    prefix: "/../".into(),
+                    ..route("https://mcp.example.com", Some("berth/a"))
+                },
+                "invalid_field",
+                "credentials[0].prefix",
+            ),
+            (
+                CredentialRoute {
+                    auth: CredentialAuth::Header,
+                    header: Some("connection".into()),
+                    ..route("https://mcp.example.com", Some("berth/a"))
+                },
+                "invalid_field",
+                "credentials[0].header",
+            ),
+            (
+                CredentialRoute {
+                    auth: CredentialAuth::Sigv4,
+                    ..route("https://mcp.example.com", None)
+                },
+                "invalid_field",
+                "credentials[0].region",
+            ),
+        ] {
+            let (c, f) = code_and_field(credentials(&p, std::slice::from_ref(&r)).unwrap_err());
+            assert_eq!((c, f.as_str()), (code, field), "{r:?}");
+        }
+        let twice = [
+            route("https://mcp.example.com", Some("berth/a")),
+            route("https://mcp.example.com", Some("berth/b")),
+        ];
+        assert_eq!(
+            code_and_field(credentials(&p, &twice).unwrap_err()).1,
+            "credentials[1].prefix"
+        );
+    }
+
+    #[test]
+    fn files_stay_inside_and_small() {
+        let p = TemplatePolicy::default();
+        let f = |path: &str, content: &str| WorkspaceFile {
+            path: path.into(),
+            content: content.into(),
+            encoding: Default::default(),
+            mode: None,
+        };
+        assert!(files(&p, &[f("a/b.txt", "x"), f("c", "")]).is_ok());
+        for bad in ["/etc/passwd", "../x", "a/../../x", "", "dir/"] {
+            assert_eq!(
+                code_and_field(files(&p, &[f(bad, "x")]).unwrap_err()).1,
+                "files[0].path",
+                "{bad}"
+            );
+        }
+        let setuid = WorkspaceFile {
+            mode: Some("4755".into()),
+            ..f("x", "y")
+        };
+        assert_eq!(
+            code_and_field(files(&p, &[setuid]).unwrap_err()).1,
+            "files[0].mode"
+        );
+        let bad64 = WorkspaceFile {
+            encoding: berth_wire::settings::FileEncoding::Base64,
+            ..f("x", "not base64!")
+        };
+        assert_eq!(
+            code_and_field(files(&p, &[bad64]).unwrap_err()).1,
+            "files[0].content"
+        );
+        let big = f("big", &"x".repeat(p.max_files_bytes + 1));
+        assert_eq!(code_and_field(files(&p, &[big]).unwrap_err()).1, "files");
+    }
+
     #[test]
     fn plain_names_and_values_pass() {
         assert!(env(&one("GREETING", "hello there")).is_ok());

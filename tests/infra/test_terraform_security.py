@@ -152,19 +152,23 @@ def test_workspace_security_group_egress_is_https_only(module):
 
 
 def test_workspace_security_group_ingress_is_agent_port_from_platform_only(module):
+    # The agent (9000) from the backend, the scheduler and hostd; the proxy's admin
+    # channel (8081) from hostd alone.
     ingress = rules_of("workspace", module, "ingress")
-    sources = set()
+    allowed = {9000: set(), 8081: set()}
     for name, rule in ingress:
-        assert rule["ip_protocol"] == "tcp" and rule["from_port"] == 9000 and rule["to_port"] == 9000, (
-            f"workspace ingress must be tcp/9000 only; {name}"
+        port = rule["from_port"]
+        assert rule["ip_protocol"] == "tcp" and port in allowed and rule["to_port"] == port, (
+            f"workspace ingress must be tcp/9000 or tcp/8081 only; {name}"
         )
         assert "cidr_ipv4" not in rule and "cidr_ipv6" not in rule, f"{name}: workspace ingress from an address range"
-        sources.add(rule["referenced_security_group_id"])
-    assert sources == {
+        allowed[port].add(rule["referenced_security_group_id"])
+    assert allowed[9000] == {
         "${aws_security_group.backend.id}",
         "${aws_security_group.scheduler.id}",
         "${aws_security_group.hosts.id}",
     }
+    assert allowed[8081] == {"${aws_security_group.hosts.id}"}, "only hostd may reach the proxy's admin channel"
 
 
 def test_backend_only_reachable_from_alb(module):

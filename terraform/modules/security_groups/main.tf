@@ -4,6 +4,8 @@
 #
 #   internet ─443─▶ alb ─8000─▶ backend ─7700─▶ scheduler
 #   backend, scheduler, hosts ─9000─▶ workspace        (the agent)
+#   hosts ─8081─▶ workspace                           (hostd pushes a claim's policy
+#                                                      to the proxy's admin channel)
 #   scheduler, operators ─7701─▶ hosts                (hostd status)
 #   hosts ─7700─▶ scheduler                           (hostd reports)
 #   scheduler, backend ─6379─▶ redis;  backend ─5432─▶ postgres
@@ -238,6 +240,15 @@ resource "aws_vpc_security_group_ingress_rule" "workspace_from_hosts" {
   referenced_security_group_id = aws_security_group.hosts.id
 }
 
+resource "aws_vpc_security_group_ingress_rule" "workspace_proxy_admin_from_hosts" {
+  security_group_id            = aws_security_group.workspace.id
+  description                  = "Proxy admin channel from hostd (claim policy, egress changes)"
+  ip_protocol                  = "tcp"
+  from_port                    = 8081
+  to_port                      = 8081
+  referenced_security_group_id = aws_security_group.hosts.id
+}
+
 # The only way out of a workspace task: HTTPS, for the credential proxy.
 resource "aws_vpc_security_group_egress_rule" "workspace_https" {
   security_group_id = aws_security_group.workspace.id
@@ -285,6 +296,15 @@ resource "aws_vpc_security_group_egress_rule" "hosts_to_scheduler" {
   from_port                    = 7700
   to_port                      = 7700
   referenced_security_group_id = aws_security_group.scheduler.id
+}
+
+resource "aws_vpc_security_group_egress_rule" "hosts_to_workspace_proxy_admin" {
+  security_group_id            = aws_security_group.hosts.id
+  description                  = "hostd pushes claim policies to workspace proxies"
+  ip_protocol                  = "tcp"
+  from_port                    = 8081
+  to_port                      = 8081
+  referenced_security_group_id = aws_security_group.workspace.id
 }
 
 resource "aws_vpc_security_group_egress_rule" "hosts_to_workspace" {

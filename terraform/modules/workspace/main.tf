@@ -108,6 +108,8 @@ locals {
     # runtime: /health and /metrics answer, everything else is refused. The
     # proxy-credentials secret stays in the secrets module for when the proxy
     # can read a secret from its environment (docs/DEPLOY.md, Known limits).
+    # The admin channel (BERTH_PROXY_ADMIN_LISTEN, :8081) and the hash of the
+    # claim secret it demands are per-RunTask overrides set by the scheduler.
     environment = [
       { name = "BERTH_PROXY_LISTEN", value = "127.0.0.1:8080" },
     ]
