@@ -78,13 +78,7 @@ pub(crate) async fn put(
         (None, Ok(st)) => Mode::from_bits_truncate(st.st_mode & 0o777),
         (None, Err(_)) => Mode::from_bits_truncate(0o644),
     };
-    let (tmp_name, tmp_fd) = create_temp(&dir, &name, &rel.shown)?;
-    let mut temp = TempFile {
-        dir: &dir,
-        name: tmp_name,
-        committed: false,
-    };
-    fchmod(&tmp_fd, mode).map_err(|e| map_errno("chmod", &rel.shown, e))?;
+    let (temp, tmp_fd) = open_temp(&dir, &name, &rel.shown, mode)?;
     let limit = state.inner.config.max_file_bytes;
     if crate::content_length(&headers).is_some_and(|n| n > limit) {
         return Err(AgentError::FileTooLarge { limit });
@@ -109,9 +103,7 @@ pub(crate) async fn put(
         .await
         .map_err(|e| write_error(&rel.shown, &e))?;
     drop(file);
-    renameat(&dir, temp.name.as_str(), &dir, name.as_str())
-        .map_err(|e| map_errno("rename", &rel.shown, e))?;
-    temp.committed = true;
+    temp.commit(&name, &rel.shown)?;
     Ok((
         StatusCode::OK,
         axum::Json(serde_json::json!({"path": rel.shown, "size": written})),
@@ -328,20 +320,12 @@ pub(crate) fn place(
         {
             return Err(AgentError::IsADirectory { path: rel.shown });
         }
-        let (tmp_name, tmp_fd) = create_temp(&dir, &name, &rel.shown)?;
-        let mut temp = TempFile {
-            dir: &dir,
-            name: tmp_name,
-            committed: false,
-        };
-        fchmod(&tmp_fd, mode).map_err(|e| map_errno("chmod", &rel.shown, e))?;
+        let (temp, tmp_fd) = open_temp(&dir, &name, &rel.shown, mode)?;
         let mut file = std::fs::File::from(tmp_fd);
         file.write_all(&bytes)
             .map_err(|e| write_error(&rel.shown, &e))?;
         drop(file);
-        renameat(&dir, temp.name.as_str(), &dir, name.as_str())
-            .map_err(|e| map_errno("rename", &rel.shown, e))?;
-        temp.committed = true;
+        temp.commit(&name, &rel.shown)?;
         total += bytes.len() as u64;
     }
     Ok(total)
@@ -404,6 +388,34 @@ fn create_temp(dir: &OwnedFd, name: &str, shown: &str) -> Result<(String, OwnedF
 }
 
 /// An upload's temporary file, removed unless the upload was committed.
+/// A temporary beside `name` in `dir`, with its permissions set; removed unless
+/// committed.
+fn open_temp<'a>(
+    dir: &'a OwnedFd,
+    name: &str,
+    shown: &str,
+    mode: Mode,
+) -> Result<(TempFile<'a>, OwnedFd), AgentError> {
+    let (tmp_name, tmp_fd) = create_temp(dir, name, shown)?;
+    let temp = TempFile {
+        dir,
+        name: tmp_name,
+        committed: false,
+    };
+    fchmod(&tmp_fd, mode).map_err(|e| map_errno("chmod", shown, e))?;
+    Ok((temp, tmp_fd))
+}
+
+impl TempFile<'_> {
+    /// Renames the temporary over `name`: readers see the whole file or the old one.
+    fn commit(mut self, name: &str, shown: &str) -> Result<(), AgentError> {
+        renameat(self.dir, self.name.as_str(), self.dir, name)
+            .map_err(|e| map_errno("rename", shown, e))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
 struct TempFile<'a> {
     dir: &'a OwnedFd,
     name: String,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use berth_wire::{CredentialAuth, EgressRule, ProxyPolicy};
 
-use crate::config::{AuthMethod, Config, ConfigError, RouteConfig, SecretConfig, check_host_name};
+use crate::config::{AuthMethod, Config, ConfigError, RouteConfig, SecretConfig};
 use crate::net::AddressPolicy;
 use crate::route::Route;
 
@@ -59,18 +59,18 @@ impl Egress {
                 return Err(invalid(format!("{field}.ports"), "port 0 is not a port"));
             }
             let ports = r.effective_ports();
-            if let Some(suffix) = host.strip_prefix("*.") {
-                check_host_name(suffix).map_err(|m| invalid(format!("{field}.host"), m))?;
-                if suffix.parse::<std::net::IpAddr>().is_ok() || !suffix.contains('.') {
-                    return Err(invalid(
-                        format!("{field}.host"),
-                        "a wildcard needs a domain of at least two labels, e.g. *.example.com",
-                    ));
-                }
-                wildcard.push((format!(".{suffix}"), ports));
-            } else {
-                check_host_name(&host).map_err(|m| invalid(format!("{field}.host"), m))?;
-                exact.entry(host).or_default().extend(ports);
+            berth_wire::settings::check_egress_host(&host)
+                .map_err(|m| invalid(format!("{field}.host"), m))?;
+            match host.strip_prefix("*.") {
+                Some(suffix) => wildcard.push((format!(".{suffix}"), ports)),
+                None => exact
+                    .entry(
+                        host.trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .to_owned(),
+                    )
+                    .or_default()
+                    .extend(ports),
             }
         }
         Ok(Self {
@@ -263,14 +263,8 @@ mod tests {
         secret: Option<&str>,
     ) -> berth_wire::CredentialRoute {
         berth_wire::CredentialRoute {
-            prefix: prefix.into(),
-            upstream: "https://mcp.example.com/v1".into(),
             auth,
-            secret: secret.map(str::to_owned),
-            json_key: None,
-            header: None,
-            region: None,
-            service: None,
+            ..berth_wire::CredentialRoute::bearer(prefix, "https://mcp.example.com/v1", secret)
         }
     }
 

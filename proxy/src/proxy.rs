@@ -52,7 +52,7 @@ pub struct Proxy {
     resolver: SharedResolver,
     /// The file's secrets.
     pub secrets: Arc<SecretStore>,
-    sdk: tokio::sync::OnceCell<aws_config::SdkConfig>,
+    sdk: Arc<tokio::sync::OnceCell<aws_config::SdkConfig>>,
     chain: tokio::sync::OnceCell<Option<Arc<ChainCredentials>>>,
     pub metrics: Arc<Metrics>,
     config: Config,
@@ -63,8 +63,11 @@ pub struct Proxy {
 /// The routes in force and the claim's secrets behind them.
 struct Live {
     routes: RouteTable,
-    claim_secrets: Arc<SecretStore>,
-    /// The claim secrets' refresh loop, stopped when this policy is replaced.
+    /// The claim's secrets, once their store is built (in the background: building
+    /// it loads the AWS configuration, which a claim must not wait for).
+    claim_secrets: tokio::sync::watch::Receiver<Option<Arc<SecretStore>>>,
+    /// Builds the claim's store, then refreshes it; stopped when this policy is
+    /// replaced.
     refresh: Option<tokio::task::AbortHandle>,
 }
 
@@ -142,7 +145,7 @@ impl Proxy {
             _ => SecretStore::new(&config.secrets, &config.secrets_manager, &config.tls, None),
         });
         let chain = tokio::sync::OnceCell::new();
-        let sdk_cell = tokio::sync::OnceCell::new();
+        let sdk_cell = Arc::new(tokio::sync::OnceCell::new());
         if let Some(sdk) = sdk {
             let _ = chain.set(
                 sdk.credentials_provider()
@@ -154,7 +157,7 @@ impl Proxy {
         Ok(Self {
             live: RwLock::new(Arc::new(Live {
                 routes: RouteTable::new(routes),
-                claim_secrets: Arc::new(SecretStore::empty()),
+                claim_secrets: tokio::sync::watch::channel(None).1,
                 refresh: None,
             })),
             tunnels,
@@ -196,6 +199,32 @@ impl Proxy {
         self.sdk.get_or_init(|| crate::load_aws(&self.config)).await
     }
 
+    /// Builds a claim's secret store in the background (the AWS configuration loads
+    /// on the first claim that needs it), publishes it, then keeps it fresh.
+    fn spawn_claim_store(
+        &self,
+        secrets: std::collections::BTreeMap<String, crate::config::SecretConfig>,
+    ) -> (
+        tokio::sync::watch::Receiver<Option<Arc<SecretStore>>>,
+        tokio::task::AbortHandle,
+    ) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let cell = self.sdk.clone();
+        let config = self.config.clone();
+        let task = tokio::spawn(async move {
+            let sdk = cell.get_or_init(|| crate::load_aws(&config)).await;
+            let store = Arc::new(SecretStore::new(
+                &secrets,
+                &config.secrets_manager,
+                &config.tls,
+                Some(sdk),
+            ));
+            let _ = tx.send(Some(store.clone()));
+            store.run_refresh().await;
+        });
+        (rx, task.abort_handle())
+    }
+
     async fn chain(&self) -> Option<Arc<ChainCredentials>> {
         self.chain
             .get_or_init(|| async {
@@ -222,20 +251,13 @@ impl Proxy {
             field: "routes".into(),
             message: e.to_string(),
         })?;
-        let store = if claimed.secrets.is_empty() {
-            SecretStore::empty()
+        let n_secrets = claimed.secrets.len();
+        let (store, refresh) = if claimed.secrets.is_empty() {
+            (tokio::sync::watch::channel(None).1, None)
         } else {
-            let sdk = self.aws().await;
-            SecretStore::new(
-                &claimed.secrets,
-                &self.config.secrets_manager,
-                &self.config.tls,
-                Some(sdk),
-            )
+            let (rx, task) = self.spawn_claim_store(claimed.secrets);
+            (rx, Some(task))
         };
-        let store = Arc::new(store);
-        let refresh = (!claimed.secrets.is_empty())
-            .then(|| tokio::spawn(store.clone().run_refresh()).abort_handle());
         let mut routes = file;
         let n_routes = claimed.routes.len();
         routes.extend(claimed.routes);
@@ -244,7 +266,7 @@ impl Proxy {
             workspace_id: policy.workspace_id.clone(),
             routes: n_routes,
             egress_rules: egress.rules.len(),
-            secrets: claimed.secrets.len(),
+            secrets: n_secrets,
         };
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Live {
             routes: RouteTable::new(routes),
@@ -764,8 +786,15 @@ impl Proxy {
         route: &Route,
         name: &str,
     ) -> Option<crate::secrets::SecretValue> {
+        let claimed;
         let store = if route.claimed {
-            &live.claim_secrets
+            let mut rx = live.claim_secrets.clone();
+            let built = tokio::time::timeout(FIRST_FETCH_WAIT, rx.wait_for(Option::is_some)).await;
+            claimed = match built {
+                Ok(Ok(s)) => s.clone()?,
+                _ => return None,
+            };
+            &claimed
         } else {
             &self.secrets
         };

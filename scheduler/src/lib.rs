@@ -1260,7 +1260,10 @@ fn not_ready_reason(hosts: &[HostRecord], slot: &WarmSlot) -> Option<String> {
         .iter()
         .find(|s| s.slot_id == slot.slot_id)?;
     match info.state {
-        berth_wire::SlotState::Ready => None,
+        // A slot enters a pool only once its hostd answered it ready, so `Starting`
+        // is a report from before that (heartbeats lag by up to one period), not a
+        // reason to throw a good slot away.
+        berth_wire::SlotState::Ready | berth_wire::SlotState::Starting => None,
         other => Some(format!(
             "{other:?}: {}",
             info.reason.as_deref().unwrap_or("no reason given")
@@ -1331,6 +1334,11 @@ mod tests {
             "{why}"
         );
         assert!(not_ready_reason(&[host_with("s1", SlotState::Unhealthy)], &warm("s1")).is_some());
+        // A report older than the slot's readiness still says Starting: not a reason.
+        assert_eq!(
+            not_ready_reason(&[host_with("s1", SlotState::Starting)], &warm("s1")),
+            None
+        );
     }
 
     #[test]
@@ -1462,6 +1470,93 @@ mod tests {
                 .iter()
                 .any(|c| matches!(c, runtime::RuntimeCall::Stop { reason, .. }
             if reason.contains("outside the allowed networks")))
+        );
+    }
+
+    /// A stand-in for one host's hostd claim endpoint: refuses the first claim it gets
+    /// (as when that slot's proxy is gone), takes the others; records what it was sent.
+    async fn claim_endpoint() -> (String, Arc<Mutex<Vec<(String, SlotClaim)>>>) {
+        use axum::{Json, extract::Path, http::StatusCode, routing::post};
+        let seen: Arc<Mutex<Vec<(String, SlotClaim)>>> = Arc::default();
+        let record = seen.clone();
+        let app = axum::Router::new().route(
+            "/v1/slots/{id}/claim",
+            post(move |Path(id): Path<String>, Json(c): Json<SlotClaim>| {
+                let record = record.clone();
+                async move {
+                    let first = {
+                        let mut r = record.lock().unwrap();
+                        r.push((id, c));
+                        r.len() == 1
+                    };
+                    if first {
+                        (
+                            StatusCode::BAD_GATEWAY,
+                            Json(berth_wire::ErrorBody::new(
+                                "push_failed",
+                                "proxy unreachable",
+                            )),
+                        )
+                    } else {
+                        (
+                            StatusCode::OK,
+                            Json(berth_wire::ErrorBody::new("ok", "claimed")),
+                        )
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_slot_whose_push_fails_is_discarded_and_the_next_warm_one_serves() {
+        let (s, fake) = on_fake_runtime(0).await;
+        let (url, seen) = claim_endpoint().await;
+        let mut report = host_with("none", SlotState::Ready).report;
+        report.slots.clear();
+        report.hostd_url = url;
+        s.store().put_host(report, now_ms()).await.unwrap();
+        for id in ["s1", "s2"] {
+            s.store().push_warm(warm(id)).await.unwrap();
+        }
+        let ws = s
+            .acquire(CreateWorkspace {
+                conversation_id: "c1".into(),
+                env: [("GREETING".to_owned(), "hi".to_owned())].into(),
+                egress: Some(vec![berth_wire::EgressRule {
+                    host: "pypi.org".into(),
+                    ports: vec![],
+                }]),
+                ..Default::default()
+            })
+            .await
+            .expect("the second warm slot serves");
+        assert_eq!(ws.source, Source::Warm, "still a warm hand-out");
+        let record = s.store().workspace(&ws.id).await.unwrap().unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let tried: Vec<&str> = seen.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(tried.len(), 2, "{tried:?}");
+        assert_eq!(record.slot_id, tried[1]);
+        let (_, claim) = &seen[1];
+        assert_eq!(claim.env.get("GREETING").map(String::as_str), Some("hi"));
+        assert_eq!(claim.policy.egress[0].host, "pypi.org");
+        assert_eq!(claim.policy.workspace_id, ws.id);
+        let stops: Vec<_> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| matches!(c, runtime::RuntimeCall::Stop { reason, .. } if reason == "claim failed"))
+            .collect();
+        assert_eq!(
+            stops.len(),
+            1,
+            "the refused slot is stopped: {:?}",
+            fake.calls()
         );
     }
 

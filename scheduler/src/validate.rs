@@ -96,32 +96,14 @@ impl Bad {
 /// One egress rule against the template's policy.
 pub fn egress_rule(p: &TemplatePolicy, r: &EgressRule) -> Result<(), Bad> {
     let host = r.host.to_ascii_lowercase();
-    if host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-        .is_ok()
-    {
-        if !p.allow_ip_literals {
-            return Err(bad(
-                "ip_literal_not_allowed",
-                "host",
-                format!("{host} is an IP address; this template allows host names only"),
-            ));
-        }
-    } else if let Some(suffix) = host.strip_prefix("*.") {
-        berth_wire::settings::check_host_name(suffix)
-            .map_err(|m| bad("invalid_field", "host", m))?;
-        if !suffix.contains('.') {
-            return Err(bad(
-                "invalid_field",
-                "host",
-                "a wildcard needs a domain of at least two labels, e.g. *.example.com",
-            ));
-        }
-    } else {
-        berth_wire::settings::check_host_name(&host)
-            .map_err(|m| bad("invalid_field", "host", m))?;
+    let literal = berth_wire::settings::check_egress_host(&host)
+        .map_err(|m| bad("invalid_field", "host", m))?;
+    if literal && !p.allow_ip_literals {
+        return Err(bad(
+            "ip_literal_not_allowed",
+            "host",
+            format!("{host} is an IP address; this template allows host names only"),
+        ));
     }
     if r.ports.contains(&0) {
         return Err(bad("invalid_field", "ports", "port 0 is not a port"));
@@ -548,16 +530,7 @@ mod tests {
     }
 
     fn route(upstream: &str, secret: Option<&str>) -> CredentialRoute {
-        CredentialRoute {
-            prefix: "/mcp/".into(),
-            upstream: upstream.into(),
-            auth: CredentialAuth::Bearer,
-            secret: secret.map(str::to_owned),
-            json_key: None,
-            header: None,
-            region: None,
-            service: None,
-        }
+        CredentialRoute::bearer("/mcp/", upstream, secret)
     }
 
     #[test]

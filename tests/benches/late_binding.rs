@@ -136,9 +136,10 @@ async fn main() {
             .await
             .expect("scheduler");
         let status = resp.status();
-        let ws: Workspace = resp.json().await.expect("workspace");
+        let text = resp.text().await.expect("answer");
         let ms = start.elapsed().as_secs_f64() * 1000.0;
-        assert!(status.is_success(), "{status}");
+        assert!(status.is_success(), "{status}: {text}");
+        let ws: Workspace = serde_json::from_str(&text).expect("workspace");
         if ws.source == Source::Cold {
             cold += 1;
         }

@@ -71,6 +71,44 @@ pub struct CredentialRoute {
     pub service: Option<String>,
 }
 
+impl CredentialRoute {
+    /// A bearer route: `prefix` to `upstream` with the secret `secret` injected.
+    pub fn bearer(prefix: &str, upstream: &str, secret: Option<&str>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            upstream: upstream.into(),
+            auth: CredentialAuth::Bearer,
+            secret: secret.map(str::to_owned),
+            json_key: None,
+            header: None,
+            region: None,
+            service: None,
+        }
+    }
+}
+
+/// The shape of an egress rule's host (lower-case): a name, `*.` and a domain of at
+/// least two labels, or an IP literal (`Ok(true)`; whether one is allowed is the
+/// template's call).
+pub fn check_egress_host(host: &str) -> Result<bool, String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(true);
+    }
+    match host.strip_prefix("*.") {
+        Some(suffix) => {
+            check_host_name(suffix)?;
+            if suffix.parse::<std::net::IpAddr>().is_ok() || !suffix.contains('.') {
+                return Err(
+                    "a wildcard needs a domain of at least two labels, e.g. *.example.com".into(),
+                );
+            }
+            Ok(false)
+        }
+        None => check_host_name(host).map(|()| false),
+    }
+}
+
 /// How a file's `content` is written.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
