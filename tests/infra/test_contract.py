@@ -45,6 +45,7 @@ HOSTD_ENV = {
     "BERTH_HOST_TOKEN_FILE",
     "BERTH_ECS_CLUSTER",
     "BERTH_CHECK_DAEMON_SECCOMP",
+    "BERTH_PROXY_TASK_CREDENTIALS",
 }
 USER_DATA = MODULES / "ecs_cluster" / "user-data.sh.tftpl"
 

@@ -21,12 +21,12 @@ from conftest import REPO
 # (what is removed, file, text before, text after, test that must fail, words of its message)
 MUTATIONS = [
     (
-        "the workspace task gets a task role",
+        "the proxies' task role reads any secret",
         "terraform/modules/workspace/main.tf",
-        "  # task_role_arn is left unset on purpose: workspaces get no IAM role.\n",
-        "  task_role_arn = aws_iam_role.execution.arn\n",
-        "test_terraform_security.py::test_workspace_task_has_no_task_role",
-        "must not have a task role",
+        "    resources = var.proxy_secret_arns\n",
+        '    resources = ["*"]\n',
+        "test_terraform_security.py::test_workspace_task_role_only_reads_claim_secrets",
+        "not resource *",
     ),
     (
         "a workspace container runs as root",
@@ -112,7 +112,7 @@ MUTATIONS = [
     (
         "the scheduler may pass any role",
         "terraform/modules/scheduler/main.tf",
-        "resources = [var.workspace_execution_role_arn]",
+        "resources = compact([var.workspace_execution_role_arn, var.workspace_task_role_arn])",
         'resources = ["*"]',
         "test_terraform_security.py::test_scheduler_may_only_place_and_inspect_tasks",
         "resource *",

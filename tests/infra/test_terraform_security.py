@@ -27,11 +27,25 @@ def workspace_containers(module) -> dict[str, dict]:
     return {c["name"]: c for c in containers}
 
 
-def test_workspace_task_has_no_task_role(module):
-    task = module("workspace").resource("aws_ecs_task_definition", "workspace")
-    assert task.get("task_role_arn") is None, (
-        "the workspace task definition must not have a task role: "
+def test_workspace_task_role_only_reads_claim_secrets(module):
+    # A task role only when claims may name secrets, reading exactly those.
+    ws = module("workspace")
+    task = ws.resource("aws_ecs_task_definition", "workspace")
+    assert task.get("task_role_arn") == "${one(aws_iam_role.proxy[*].arn)}", (
+        "the workspace task's only role is the proxies' (or none): "
         f"task_role_arn = {task.get('task_role_arn')!r}"
+    )
+    role = ws.resource("aws_iam_role", "proxy")
+    assert role["count"] == "${length(var.proxy_secret_arns) > 0 ? 1 : 0}", "the role exists only with proxy_secret_arns"
+    doc = ws.data("aws_iam_policy_document", "proxy")
+    got = {(tuple(st["actions"]), str(st["resources"])) for st in doc["statement"]}
+    assert got == {
+        (("secretsmanager:GetSecretValue",), "${var.proxy_secret_arns}"),
+        (("kms:Decrypt",), "['${var.kms_key_arn}']"),
+    }, f"the proxies' role may read the listed secrets and nothing else, not resource *: {got}"
+    wiring = module("platform").modules()
+    assert wiring["ecs_cluster"]["proxy_task_credentials"] == "${length(var.proxy_secret_arns) > 0}", (
+        "hostd opens the credential endpoint to the proxy's uid exactly when the role exists"
     )
     assert task["network_mode"] == "awsvpc"
     assert task["requires_compatibilities"] == ["EC2"]
@@ -179,8 +193,13 @@ def test_backend_only_reachable_from_alb(module):
 
 
 def test_vpc_endpoints_not_reachable_from_workspaces(module):
+    # Only when proxies read claims' secrets (they alone can leave a task).
     rule = module("security_groups").resource("aws_vpc_security_group_ingress_rule", "endpoints_from_platform")
-    assert "workspace" not in rule["for_each"], "workspaces must not reach the interface endpoints"
+    guarded = "var.workspaces_reach_endpoints ? {workspace = aws_security_group.workspace.id} : {}"
+    unguarded = rule["for_each"].replace(guarded, "")
+    assert "workspace" not in unguarded, "workspaces must not reach the interface endpoints unless proxies read secrets"
+    wiring = module("platform").modules()["security_groups"]
+    assert wiring.get("workspaces_reach_endpoints") == "${length(var.proxy_secret_arns) > 0}"
 
 
 def test_no_rule_opens_all_protocols(module):
@@ -316,10 +335,11 @@ def test_scheduler_passes_only_the_workspace_execution_role(module):
     assert len(passing) == 1
     st = passing[0]
     assert st["actions"] == ["iam:PassRole"]
-    assert st["resources"] == ["${var.workspace_execution_role_arn}"]
+    assert st["resources"] == "${compact([var.workspace_execution_role_arn, var.workspace_task_role_arn])}"
     assert ("StringEquals", "iam:PassedToService", ["ecs-tasks.amazonaws.com"]) in conditions(st)
     wiring = module("platform").modules()["scheduler"]
     assert wiring["workspace_execution_role_arn"] == "${module.workspace.execution_role_arn}"
+    assert wiring["workspace_task_role_arn"] == "${module.workspace.task_role_arn}"
     assert wiring["cluster_arn"] == "${module.ecs_cluster.cluster_arn}"
 
 

@@ -22,6 +22,7 @@ module "berth" {
   max_hosts           = var.max_hosts
   host_warm_pool_size = 2
   pools               = var.pools
+  proxy_secret_arns   = var.proxy_secret_arns
   scheduler_count     = 3
 
   backend_image           = var.backend_image

@@ -101,3 +101,9 @@ variable "max_hosts" {
   type        = number
   default     = 20
 }
+
+variable "proxy_secret_arns" {
+  description = "Secrets Manager ARNs (trailing * for a prefix) that claims' credential routes may name; empty: no workspace task role."
+  type        = list(string)
+  default     = []
+}

@@ -24,6 +24,7 @@ module "berth" {
   max_hosts           = 4
   host_warm_pool_size = 1
   pools               = var.pools
+  proxy_secret_arns   = var.proxy_secret_arns
   scheduler_count     = 2
 
   backend_image           = var.backend_image

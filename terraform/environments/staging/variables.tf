@@ -83,3 +83,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "proxy_secret_arns" {
+  description = "Secrets Manager ARNs (trailing * for a prefix) that claims' credential routes may name; empty: no workspace task role."
+  type        = list(string)
+  default     = []
+}

@@ -163,10 +163,11 @@ resource "aws_launch_template" "host" {
   # The boot script runs on every boot (user-data.mime.tftpl), see the script.
   user_data = base64encode(templatefile("${path.module}/user-data.mime.tftpl", {
     script = templatefile("${path.module}/user-data.sh.tftpl", {
-      cluster_name          = aws_ecs_cluster.this.name
-      scheduler_url         = var.scheduler_url
-      region                = local.region
-      host_token_secret_arn = var.host_token_secret_arn
+      cluster_name           = aws_ecs_cluster.this.name
+      scheduler_url          = var.scheduler_url
+      region                 = local.region
+      host_token_secret_arn  = var.host_token_secret_arn
+      proxy_task_credentials = var.proxy_task_credentials ? "true" : "false"
     })
   }))
 

@@ -115,3 +115,9 @@ variable "manage_account_settings" {
   type        = bool
   default     = true
 }
+
+variable "proxy_task_credentials" {
+  description = "Workspace proxies have a task role (claims' secrets): hostd opens the ECS credential endpoint to the proxy's uid (BERTH_PROXY_TASK_CREDENTIALS)."
+  type        = bool
+  default     = false
+}

@@ -66,6 +66,7 @@ module "security_groups" {
   name                        = local.name
   vpc_id                      = module.network.vpc_id
   endpoints_security_group_id = module.network.endpoints_security_group_id
+  workspaces_reach_endpoints  = length(var.proxy_secret_arns) > 0
   alb_ingress_cidrs           = var.alb_ingress_cidrs
   operator_cidrs              = var.operator_cidrs
   tags                        = local.tags
@@ -118,6 +119,7 @@ module "ecs_cluster" {
   scheduler_url           = local.scheduler_url
   hosts_security_group_id = module.security_groups.hosts_id
   host_token_secret_arn   = module.secrets.host_token_arn
+  proxy_task_credentials  = length(var.proxy_secret_arns) > 0
   kms_key_arn             = module.kms.key_arn
   ami_id                  = var.host_ami_id
   manage_account_settings = var.manage_account_settings
@@ -138,6 +140,7 @@ module "workspace" {
     local.repository_arns[local.repository.proxy],
   ]
   kms_key_arn        = module.kms.key_arn
+  proxy_secret_arns  = var.proxy_secret_arns
   agent_memory_mib   = var.workspace_memory_mib
   log_retention_days = var.log_retention_days
   tags               = local.tags
@@ -157,6 +160,7 @@ module "scheduler" {
   workspace_task_definition_arn    = module.workspace.task_definition_arn
   workspace_task_definition_family = module.workspace.task_definition_family
   workspace_execution_role_arn     = module.workspace.execution_role_arn
+  workspace_task_role_arn          = module.workspace.task_role_arn
   workspace_subnet_ids             = module.network.private_subnet_ids
   workspace_security_group_ids     = [module.security_groups.workspace_id]
   agent_networks                   = [module.network.vpc_cidr_block]

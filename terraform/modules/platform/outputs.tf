@@ -21,6 +21,8 @@ output "hostd_environment" {
   value = {
     BERTH_SCHEDULER_URL = local.scheduler_url
     BERTH_ECS_CLUSTER   = module.ecs_cluster.cluster_name
+    # The credential endpoint opens to the proxy's uid only when proxies have a role.
+    BERTH_PROXY_TASK_CREDENTIALS = length(var.proxy_secret_arns) > 0 ? "true" : "false"
   }
 }
 

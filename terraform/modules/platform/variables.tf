@@ -158,3 +158,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "proxy_secret_arns" {
+  description = "Secrets Manager ARNs (trailing * for a prefix) that claims' credential routes may name (the templates' `secrets` should list the same). Empty: workspaces get no task role, and credential routes with secrets cannot be served on this fleet."
+  type        = list(string)
+  default     = []
+}

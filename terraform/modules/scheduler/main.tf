@@ -150,7 +150,7 @@ data "aws_iam_policy_document" "task" {
   statement {
     sid       = "PassOnlyTheWorkspaceExecutionRole"
     actions   = ["iam:PassRole"]
-    resources = [var.workspace_execution_role_arn]
+    resources = compact([var.workspace_execution_role_arn, var.workspace_task_role_arn])
     condition {
       test     = "StringEquals"
       variable = "iam:PassedToService"

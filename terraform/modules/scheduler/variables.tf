@@ -150,3 +150,9 @@ variable "scale_out_headroom" {
     error_message = "scale_out_headroom must be a whole number of slots, 0 or more."
   }
 }
+
+variable "workspace_task_role_arn" {
+  description = "The workspace proxies' task role, passed with RunTask too; null when workspaces have none."
+  type        = string
+  default     = null
+}

@@ -348,11 +348,15 @@ resource "aws_vpc_security_group_ingress_rule" "postgres_from_backend" {
 # === VPC endpoints (the group lives in the network module) ===
 
 resource "aws_vpc_security_group_ingress_rule" "endpoints_from_platform" {
-  for_each = {
-    backend   = aws_security_group.backend.id
-    scheduler = aws_security_group.scheduler.id
-    hosts     = aws_security_group.hosts.id
-  }
+  for_each = merge(
+    {
+      backend   = aws_security_group.backend.id
+      scheduler = aws_security_group.scheduler.id
+      hosts     = aws_security_group.hosts.id
+    },
+    # Proxies reading claims' secrets (Secrets Manager) with the task role.
+    var.workspaces_reach_endpoints ? { workspace = aws_security_group.workspace.id } : {},
+  )
   security_group_id            = var.endpoints_security_group_id
   description                  = "HTTPS to VPC endpoints from ${each.key}"
   ip_protocol                  = "tcp"

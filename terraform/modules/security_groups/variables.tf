@@ -30,3 +30,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "workspaces_reach_endpoints" {
+  description = "Let workspace ENIs reach the VPC's interface endpoints (HTTPS): needed when proxies read claims' secrets from Secrets Manager; only the proxy's uid can leave a workspace task."
+  type        = bool
+  default     = false
+}

@@ -5,13 +5,17 @@
 #   workspace-agent   :9000  runs the agent's commands and files; untrusted
 #                            code runs here. uid 1000.
 #   credential-proxy  :8080  on loopback only; the workspace's only door out,
-#                            holding and injecting upstream credentials (none
-#                            reach it here yet: see proxy_container). uid 2000
+#                            holding and injecting upstream credentials (a
+#                            claim's, read with the task role). :8081 its admin
+#                            channel, for hostd only. uid 2000
 #                            (hostd's egress lock lets only this uid out).
 #
-# There is no task role: nothing in the task can obtain AWS credentials from
-# the ECS credential endpoint, because there are none to obtain. The execution
-# role (which the containers never see) pulls the images and writes the logs.
+# The task role exists only when claims may name secrets (proxy_secret_arns):
+# it reads exactly those secrets, and hostd's egress lock lets only the
+# proxy's uid reach the ECS credential endpoint (BERTH_PROXY_TASK_CREDENTIALS,
+# set from this module's output). Without it nothing in the task can obtain AWS
+# credentials. The execution role (which the containers never see) pulls the
+# images and writes the logs.
 #
 # Every environment variable here is one the binary in that container reads:
 # tests/tests/deploy_flags.rs checks them against the binaries' --help and
@@ -96,22 +100,16 @@ locals {
     # (BERTH_PROXY_LISTEN is one of the proxy's configuration overrides,
     # proxy/src/config.rs ENV_VARS).
     #
-    # No upstream credentials either, because nothing in this task could hand
-    # them over the way the proxy takes them. It reads credentials only through
-    # its TOML configuration (BERTH_PROXY_CONFIG, a file path): from Secrets
-    # Manager with its own AWS credentials, or from a file. The task has no
-    # role (and workspace ENIs cannot reach the Secrets Manager endpoint), ECS
-    # delivers secrets only as environment variables, which the proxy does not
-    # read credentials from, and hostd's audit refuses any mount but tmpfs on a
-    # workspace container, so no init container can write a file for it. The
-    # proxy therefore runs without a configuration, as in hostd's docker
-    # runtime: /health and /metrics answer, everything else is refused. The
-    # proxy-credentials secret stays in the secrets module for when the proxy
-    # can read a secret from its environment (docs/DEPLOY.md, Known limits).
+    # Upstream credentials come with each claim: hostd pushes the claim's
+    # credential routes to the admin channel, and the proxy reads each route's
+    # secret from Secrets Manager with the task role (only with
+    # proxy_secret_arns; the endpoint is reachable from workspaces then too).
     # The admin channel (BERTH_PROXY_ADMIN_LISTEN, :8081) and the hash of the
     # claim secret it demands are per-RunTask overrides set by the scheduler.
     environment = [
       { name = "BERTH_PROXY_LISTEN", value = "127.0.0.1:8080" },
+      # Where a claim's credential routes' secrets are read (task role).
+      { name = "BERTH_PROXY_SECRETS_REGION", value = data.aws_region.current.name },
     ]
     dockerSecurityOptions = ["no-new-privileges"]
     linuxParameters = {
@@ -183,6 +181,34 @@ resource "aws_iam_role_policy" "execution" {
   policy = data.aws_iam_policy_document.execution.json
 }
 
+# === the proxies' task role (only with proxy_secret_arns) ===
+
+resource "aws_iam_role" "proxy" {
+  count              = length(var.proxy_secret_arns) > 0 ? 1 : 0
+  name_prefix        = "${var.name}-ws-proxy-"
+  assume_role_policy = data.aws_iam_policy_document.execution_assume.json
+  tags               = var.tags
+}
+
+data "aws_iam_policy_document" "proxy" {
+  statement {
+    sid       = "ReadClaimSecrets"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = var.proxy_secret_arns
+  }
+  statement {
+    sid       = "DecryptClaimSecrets"
+    actions   = ["kms:Decrypt"]
+    resources = [var.kms_key_arn]
+  }
+}
+
+resource "aws_iam_role_policy" "proxy" {
+  count  = length(var.proxy_secret_arns) > 0 ? 1 : 0
+  role   = aws_iam_role.proxy[0].id
+  policy = data.aws_iam_policy_document.proxy.json
+}
+
 # === task definition ===
 
 resource "aws_ecs_task_definition" "workspace" {
@@ -190,7 +216,8 @@ resource "aws_ecs_task_definition" "workspace" {
   network_mode             = "awsvpc"
   requires_compatibilities = ["EC2"]
   execution_role_arn       = aws_iam_role.execution.arn
-  # task_role_arn is left unset on purpose: workspaces get no IAM role.
+  # Only with proxy_secret_arns; null (no role) otherwise.
+  task_role_arn = one(aws_iam_role.proxy[*].arn)
 
   container_definitions = jsonencode([local.agent_container, local.proxy_container])
 

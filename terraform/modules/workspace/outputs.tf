@@ -13,6 +13,16 @@ output "execution_role_arn" {
   value       = aws_iam_role.execution.arn
 }
 
+output "task_role_arn" {
+  description = "The proxies' task role (null without proxy_secret_arns); the scheduler passes it with RunTask."
+  value       = one(aws_iam_role.proxy[*].arn)
+}
+
+output "proxy_task_credentials" {
+  description = "Whether proxies read secrets with the task role (hostd must then open the credential endpoint to the proxy's uid)."
+  value       = length(var.proxy_secret_arns) > 0
+}
+
 output "log_group_name" {
   description = "Log group of workspace containers."
   value       = aws_cloudwatch_log_group.workspace.name

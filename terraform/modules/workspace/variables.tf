@@ -70,3 +70,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "proxy_secret_arns" {
+  description = "Secrets Manager secret ARNs (a trailing * matches a prefix) that claims' credential routes may name. Non-empty: workspace tasks get a task role that reads exactly these, which only the proxy's uid can use (hostd's BERTH_PROXY_TASK_CREDENTIALS). Empty: no task role."
+  type        = list(string)
+  default     = []
+}
