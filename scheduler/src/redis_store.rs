@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use berth_wire::HostReport;
 use redis::{AsyncCommands, Script, aio::ConnectionManager};
 
-use crate::store::{Acquired, HostRecord, StoreError, WarmSlot, WorkspaceRecord};
+use crate::store::{
+    Acquired, BoxFuture, HostRecord, StateStore, StoreError, WarmSlot, WorkspaceRecord,
+};
 
 const HOSTS: &str = "berth:hosts";
 const HOST_SEEN: &str = "berth:host-seen";
@@ -125,229 +127,276 @@ impl RedisStore {
         Ok(Self { con })
     }
 
-    pub(crate) async fn put_host(&self, report: HostReport, now_ms: u64) -> Result<(), StoreError> {
-        let mut con = self.con.clone();
-        redis::pipe()
-            .atomic()
-            .hset(HOSTS, &report.host_id, encode(&report))
-            .hset(HOST_SEEN, &report.host_id, now_ms)
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(unavailable)
-    }
-
-    pub(crate) async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
-        let mut con = self.con.clone();
-        let (reports, seen, draining): (
-            BTreeMap<String, String>,
-            BTreeMap<String, u64>,
-            Vec<String>,
-        ) = redis::pipe()
-            .hgetall(HOSTS)
-            .hgetall(HOST_SEEN)
-            .smembers(DRAINING)
-            .query_async(&mut con)
-            .await
-            .map_err(unavailable)?;
-        reports
-            .into_iter()
-            .map(|(id, json)| {
-                Ok(HostRecord {
-                    report: decode(HOSTS, &json)?,
-                    last_seen_ms: seen.get(&id).copied().unwrap_or(0),
-                    draining: draining.contains(&id),
-                })
-            })
-            .collect()
-    }
-
-    pub(crate) async fn set_draining(
-        &self,
-        host_id: &str,
-        draining: bool,
-    ) -> Result<bool, StoreError> {
-        let mut con = self.con.clone();
-        let known: bool = con.hexists(HOSTS, host_id).await.map_err(unavailable)?;
-        if !known {
-            return Ok(false);
-        }
-        if draining {
-            con.sadd::<_, _, ()>(DRAINING, host_id)
-                .await
-                .map_err(unavailable)?;
-        } else {
-            con.srem::<_, _, ()>(DRAINING, host_id)
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok(true)
-    }
-
-    pub(crate) async fn push_warm(&self, slot: WarmSlot) -> Result<(), StoreError> {
-        let mut con = self.con.clone();
-        redis::pipe()
-            .atomic()
-            .sadd(TEMPLATES, &slot.template)
-            .rpush(pool_key(&slot.template), encode(&slot))
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(unavailable)
-    }
-
     async fn templates(&self) -> Result<Vec<String>, StoreError> {
         let mut con = self.con.clone();
         con.smembers(TEMPLATES).await.map_err(unavailable)
     }
+}
 
-    pub(crate) async fn pool_sizes(&self) -> Result<BTreeMap<String, usize>, StoreError> {
-        let templates = self.templates().await?;
-        if templates.is_empty() {
-            return Ok(BTreeMap::new());
-        }
-        let mut pipe = redis::pipe();
-        for t in &templates {
-            pipe.llen(pool_key(t));
-        }
-        let mut con = self.con.clone();
-        let sizes: Vec<usize> = pipe.query_async(&mut con).await.map_err(unavailable)?;
-        Ok(templates.into_iter().zip(sizes).collect())
+impl StateStore for RedisStore {
+    fn put_host<'a>(
+        &'a self,
+        report: HostReport,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            redis::pipe()
+                .atomic()
+                .hset(HOSTS, &report.host_id, encode(&report))
+                .hset(HOST_SEEN, &report.host_id, now_ms)
+                .query_async::<()>(&mut con)
+                .await
+                .map_err(unavailable)
+        })
     }
 
-    pub(crate) async fn warm_slots(&self) -> Result<Vec<WarmSlot>, StoreError> {
-        let mut slots = Vec::new();
-        for t in self.templates().await? {
-            let key = pool_key(&t);
+    fn hosts<'a>(&'a self) -> BoxFuture<'a, Result<Vec<HostRecord>, StoreError>> {
+        Box::pin(async move {
             let mut con = self.con.clone();
-            let raw: Vec<String> = con.lrange(&key, 0, -1).await.map_err(unavailable)?;
-            for s in raw {
-                slots.push(decode(&key, &s)?);
+            let (reports, seen, draining): (
+                BTreeMap<String, String>,
+                BTreeMap<String, u64>,
+                Vec<String>,
+            ) = redis::pipe()
+                .hgetall(HOSTS)
+                .hgetall(HOST_SEEN)
+                .smembers(DRAINING)
+                .query_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+            reports
+                .into_iter()
+                .map(|(id, json)| {
+                    Ok(HostRecord {
+                        report: decode(HOSTS, &json)?,
+                        last_seen_ms: seen.get(&id).copied().unwrap_or(0),
+                        draining: draining.contains(&id),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn set_draining<'a>(
+        &'a self,
+        host_id: &'a str,
+        draining: bool,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let known: bool = con.hexists(HOSTS, host_id).await.map_err(unavailable)?;
+            if !known {
+                return Ok(false);
             }
-        }
-        Ok(slots)
+            if draining {
+                con.sadd::<_, _, ()>(DRAINING, host_id)
+                    .await
+                    .map_err(unavailable)?;
+            } else {
+                con.srem::<_, _, ()>(DRAINING, host_id)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(true)
+        })
+    }
+
+    fn push_warm<'a>(&'a self, slot: WarmSlot) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            redis::pipe()
+                .atomic()
+                .sadd(TEMPLATES, &slot.template)
+                .rpush(pool_key(&slot.template), encode(&slot))
+                .query_async::<()>(&mut con)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn pool_sizes<'a>(&'a self) -> BoxFuture<'a, Result<BTreeMap<String, usize>, StoreError>> {
+        Box::pin(async move {
+            let templates = self.templates().await?;
+            if templates.is_empty() {
+                return Ok(BTreeMap::new());
+            }
+            let mut pipe = redis::pipe();
+            for t in &templates {
+                pipe.llen(pool_key(t));
+            }
+            let mut con = self.con.clone();
+            let sizes: Vec<usize> = pipe.query_async(&mut con).await.map_err(unavailable)?;
+            Ok(templates.into_iter().zip(sizes).collect())
+        })
+    }
+
+    fn warm_slots<'a>(&'a self) -> BoxFuture<'a, Result<Vec<WarmSlot>, StoreError>> {
+        Box::pin(async move {
+            let mut slots = Vec::new();
+            for t in self.templates().await? {
+                let key = pool_key(&t);
+                let mut con = self.con.clone();
+                let raw: Vec<String> = con.lrange(&key, 0, -1).await.map_err(unavailable)?;
+                for s in raw {
+                    slots.push(decode(&key, &s)?);
+                }
+            }
+            Ok(slots)
+        })
     }
 
     /// LREM of the slot's entry: atomic against the acquire script's pop, so a
     /// slot is either handed out or taken here, never both.
-    pub(crate) async fn take_warm_slot(&self, slot: &WarmSlot) -> Result<bool, StoreError> {
-        let key = pool_key(&slot.template);
-        let mut con = self.con.clone();
-        let raw: Vec<String> = con.lrange(&key, 0, -1).await.map_err(unavailable)?;
-        for entry in raw {
-            if decode::<WarmSlot>(&key, &entry)?.slot_id == slot.slot_id {
-                let removed: i64 = con.lrem(&key, 1, &entry).await.map_err(unavailable)?;
-                return Ok(removed > 0);
+    fn take_warm_slot<'a>(&'a self, slot: &'a WarmSlot) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let key = pool_key(&slot.template);
+            let mut con = self.con.clone();
+            let raw: Vec<String> = con.lrange(&key, 0, -1).await.map_err(unavailable)?;
+            for entry in raw {
+                if decode::<WarmSlot>(&key, &entry)?.slot_id == slot.slot_id {
+                    let removed: i64 = con.lrem(&key, 1, &entry).await.map_err(unavailable)?;
+                    return Ok(removed > 0);
+                }
             }
-        }
-        Ok(false)
+            Ok(false)
+        })
     }
 
-    pub(crate) async fn take_warm_on_host(
-        &self,
-        host_id: &str,
-    ) -> Result<Vec<WarmSlot>, StoreError> {
-        let script = Script::new(TAKE_ON_HOST);
-        let mut taken = Vec::new();
-        for t in self.templates().await? {
+    fn take_warm_on_host<'a>(
+        &'a self,
+        host_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<WarmSlot>, StoreError>> {
+        Box::pin(async move {
+            let script = Script::new(TAKE_ON_HOST);
+            let mut taken = Vec::new();
+            for t in self.templates().await? {
+                let mut con = self.con.clone();
+                let key = pool_key(&t);
+                let raw: Vec<String> = script
+                    .key(&key)
+                    .arg(host_id)
+                    .invoke_async(&mut con)
+                    .await
+                    .map_err(unavailable)?;
+                for s in raw {
+                    taken.push(decode(&key, &s)?);
+                }
+            }
+            Ok(taken)
+        })
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        candidate: &'a WorkspaceRecord,
+        dead_hosts: &'a [String],
+    ) -> BoxFuture<'a, Result<Acquired, StoreError>> {
+        Box::pin(async move {
             let mut con = self.con.clone();
-            let key = pool_key(&t);
-            let raw: Vec<String> = script
+            let w = &candidate.workspace;
+            let key = pool_key(&w.template);
+            let (kind, payload): (String, String) = Script::new(ACQUIRE)
+                .key(CONVERSATIONS)
+                .key(WORKSPACES)
                 .key(&key)
-                .arg(host_id)
+                .arg(&w.conversation_id)
+                .arg(&w.id)
+                .arg(encode(candidate))
+                .arg(encode(&dead_hosts))
                 .invoke_async(&mut con)
                 .await
                 .map_err(unavailable)?;
-            for s in raw {
-                taken.push(decode(&key, &s)?);
+            match kind.as_str() {
+                "existing" => Ok(Acquired::Existing(decode(WORKSPACES, &payload)?)),
+                "warm" => Ok(Acquired::Warm(decode(&key, &payload)?)),
+                _ => Ok(Acquired::Cold),
             }
-        }
-        Ok(taken)
+        })
     }
 
-    pub(crate) async fn acquire(
-        &self,
-        candidate: &WorkspaceRecord,
-        dead_hosts: &[String],
-    ) -> Result<Acquired, StoreError> {
-        let mut con = self.con.clone();
-        let w = &candidate.workspace;
-        let key = pool_key(&w.template);
-        let (kind, payload): (String, String) = Script::new(ACQUIRE)
-            .key(CONVERSATIONS)
-            .key(WORKSPACES)
-            .key(&key)
-            .arg(&w.conversation_id)
-            .arg(&w.id)
-            .arg(encode(candidate))
-            .arg(encode(&dead_hosts))
-            .invoke_async(&mut con)
-            .await
-            .map_err(unavailable)?;
-        match kind.as_str() {
-            "existing" => Ok(Acquired::Existing(decode(WORKSPACES, &payload)?)),
-            "warm" => Ok(Acquired::Warm(decode(&key, &payload)?)),
-            _ => Ok(Acquired::Cold),
-        }
+    fn put_workspace<'a>(
+        &'a self,
+        record: &'a WorkspaceRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            con.hset::<_, _, _, ()>(WORKSPACES, &record.workspace.id, encode(record))
+                .await
+                .map_err(unavailable)
+        })
     }
 
-    pub(crate) async fn put_workspace(&self, record: &WorkspaceRecord) -> Result<(), StoreError> {
-        let mut con = self.con.clone();
-        con.hset::<_, _, _, ()>(WORKSPACES, &record.workspace.id, encode(record))
-            .await
-            .map_err(unavailable)
+    fn workspace<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let raw: Option<String> = con.hget(WORKSPACES, id).await.map_err(unavailable)?;
+            raw.map(|j| decode(WORKSPACES, &j)).transpose()
+        })
     }
 
-    pub(crate) async fn workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
-        let mut con = self.con.clone();
-        let raw: Option<String> = con.hget(WORKSPACES, id).await.map_err(unavailable)?;
-        raw.map(|j| decode(WORKSPACES, &j)).transpose()
+    fn workspace_for_conversation<'a>(
+        &'a self,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let id: Option<String> = con
+                .hget(CONVERSATIONS, conversation_id)
+                .await
+                .map_err(unavailable)?;
+            match id {
+                Some(id) => self.workspace(&id).await,
+                None => Ok(None),
+            }
+        })
     }
 
-    pub(crate) async fn workspace_for_conversation(
-        &self,
-        conversation_id: &str,
-    ) -> Result<Option<WorkspaceRecord>, StoreError> {
-        let mut con = self.con.clone();
-        let id: Option<String> = con
-            .hget(CONVERSATIONS, conversation_id)
-            .await
-            .map_err(unavailable)?;
-        match id {
-            Some(id) => self.workspace(&id).await,
-            None => Ok(None),
-        }
+    fn workspaces<'a>(&'a self) -> BoxFuture<'a, Result<Vec<WorkspaceRecord>, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let all: BTreeMap<String, String> =
+                con.hgetall(WORKSPACES).await.map_err(unavailable)?;
+            all.values().map(|j| decode(WORKSPACES, j)).collect()
+        })
     }
 
-    pub(crate) async fn workspaces(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
-        let mut con = self.con.clone();
-        let all: BTreeMap<String, String> = con.hgetall(WORKSPACES).await.map_err(unavailable)?;
-        all.values().map(|j| decode(WORKSPACES, j)).collect()
+    fn remove_workspace<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let raw: Option<String> = Script::new(REMOVE_WORKSPACE)
+                .key(WORKSPACES)
+                .key(CONVERSATIONS)
+                .arg(id)
+                .invoke_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+            raw.map(|j| decode(WORKSPACES, &j)).transpose()
+        })
     }
 
-    pub(crate) async fn remove_workspace(
-        &self,
-        id: &str,
-    ) -> Result<Option<WorkspaceRecord>, StoreError> {
-        let mut con = self.con.clone();
-        let raw: Option<String> = Script::new(REMOVE_WORKSPACE)
-            .key(WORKSPACES)
-            .key(CONVERSATIONS)
-            .arg(id)
-            .invoke_async(&mut con)
-            .await
-            .map_err(unavailable)?;
-        raw.map(|j| decode(WORKSPACES, &j)).transpose()
-    }
-
-    pub(crate) async fn lead(&self, owner: &str, ttl_ms: u64) -> Result<Option<u64>, StoreError> {
-        let mut con = self.con.clone();
-        let epoch: u64 = Script::new(LEAD)
-            .key(LEADER)
-            .key(LEADER_EPOCH)
-            .arg(owner)
-            .arg(ttl_ms)
-            .invoke_async(&mut con)
-            .await
-            .map_err(unavailable)?;
-        Ok((epoch > 0).then_some(epoch))
+    fn lead<'a>(
+        &'a self,
+        owner: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let epoch: u64 = Script::new(LEAD)
+                .key(LEADER)
+                .key(LEADER_EPOCH)
+                .arg(owner)
+                .arg(ttl_ms)
+                .invoke_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+            Ok((epoch > 0).then_some(epoch))
+        })
     }
 }

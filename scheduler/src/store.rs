@@ -74,110 +74,99 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
-/// The state store: in memory for one process, or Redis for a fleet.
-pub enum Store {
-    Memory(MemoryStore),
-    Redis(crate::redis_store::RedisStore),
+/// A boxed future, for the object-safe [`StateStore`] trait.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What the scheduler keeps and shares between replicas. Two implementations:
+/// [`MemoryStore`] (one process) and [`crate::redis_store::RedisStore`] (a fleet); both
+/// pass the same conformance suite ([`conformance`]).
+pub trait StateStore: Send + Sync + 'static {
+    /// Records a host's report, seen at `now_ms` (keeps its draining mark).
+    fn put_host<'a>(
+        &'a self,
+        report: HostReport,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn hosts<'a>(&'a self) -> BoxFuture<'a, Result<Vec<HostRecord>, StoreError>>;
+    /// Marks a host draining; false if the host is unknown.
+    fn set_draining<'a>(
+        &'a self,
+        host_id: &'a str,
+        draining: bool,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn push_warm<'a>(&'a self, slot: WarmSlot) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Ready slots per template.
+    fn pool_sizes<'a>(&'a self) -> BoxFuture<'a, Result<BTreeMap<String, usize>, StoreError>>;
+    /// Every warm slot in every pool (for reconciliation against the runtime).
+    fn warm_slots<'a>(&'a self) -> BoxFuture<'a, Result<Vec<WarmSlot>, StoreError>>;
+    /// Takes one warm slot out of its pool; false if it is no longer there.
+    fn take_warm_slot<'a>(&'a self, slot: &'a WarmSlot) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Takes every warm slot on `host_id` out of the pools (its host died or drains).
+    fn take_warm_on_host<'a>(
+        &'a self,
+        host_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<WarmSlot>, StoreError>>;
+    /// The atomic step: the conversation's workspace if it has one, else the
+    /// candidate bound to it with a warm slot of its template popped (not on a dead
+    /// host), else the candidate bound for a cold start.
+    fn acquire<'a>(
+        &'a self,
+        candidate: &'a WorkspaceRecord,
+        dead_hosts: &'a [String],
+    ) -> BoxFuture<'a, Result<Acquired, StoreError>>;
+    fn put_workspace<'a>(
+        &'a self,
+        record: &'a WorkspaceRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn workspace<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>>;
+    fn workspace_for_conversation<'a>(
+        &'a self,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>>;
+    fn workspaces<'a>(&'a self) -> BoxFuture<'a, Result<Vec<WorkspaceRecord>, StoreError>>;
+    /// Removes a workspace and its conversation binding; returns what was removed.
+    fn remove_workspace<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>>;
+    /// Takes or renews the reconcilers' lease for `owner`; the fencing epoch while
+    /// `owner` leads, `None` while another replica does.
+    fn lead<'a>(
+        &'a self,
+        owner: &'a str,
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
 }
 
-/// Calls the same method on whichever store this is.
-macro_rules! dispatch {
-    ($self:ident . $method:ident ( $($arg:expr),* )) => {
-        match $self {
-            Store::Memory(m) => m.$method($($arg),*),
-            Store::Redis(r) => r.$method($($arg),*).await,
-        }
-    };
+/// The scheduler's handle on its state store: cheap to clone, shared by every task.
+#[derive(Clone)]
+pub struct Store(std::sync::Arc<dyn StateStore>);
+
+impl std::ops::Deref for Store {
+    type Target = dyn StateStore;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref()
+    }
 }
 
 impl Store {
+    /// A store in this process's memory (one scheduler; it always leads).
     pub fn memory() -> Self {
-        Store::Memory(MemoryStore::default())
+        Self::new(MemoryStore::default())
     }
 
     /// Connects to Redis at `url` (`redis://host:port[/db]`).
     pub async fn redis(url: &str) -> Result<Self, StoreError> {
-        Ok(Store::Redis(
+        Ok(Self::new(
             crate::redis_store::RedisStore::connect(url).await?,
         ))
     }
 
-    pub async fn put_host(&self, report: HostReport, now_ms: u64) -> Result<(), StoreError> {
-        dispatch!(self.put_host(report, now_ms))
-    }
-
-    pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
-        dispatch!(self.hosts())
-    }
-
-    /// Marks a host draining; returns false if the host is unknown.
-    pub async fn set_draining(&self, host_id: &str, draining: bool) -> Result<bool, StoreError> {
-        dispatch!(self.set_draining(host_id, draining))
-    }
-
-    pub async fn push_warm(&self, slot: WarmSlot) -> Result<(), StoreError> {
-        dispatch!(self.push_warm(slot))
-    }
-
-    /// Ready slots per template.
-    pub async fn pool_sizes(&self) -> Result<BTreeMap<String, usize>, StoreError> {
-        dispatch!(self.pool_sizes())
-    }
-
-    /// Every warm slot in every pool (for reconciliation against the runtime).
-    pub async fn warm_slots(&self) -> Result<Vec<WarmSlot>, StoreError> {
-        dispatch!(self.warm_slots())
-    }
-
-    /// Takes one warm slot out of its pool; false if it is no longer there.
-    pub async fn take_warm_slot(&self, slot: &WarmSlot) -> Result<bool, StoreError> {
-        dispatch!(self.take_warm_slot(slot))
-    }
-
-    /// Takes every warm slot on `host_id` out of the pools (its host died or drains).
-    pub async fn take_warm_on_host(&self, host_id: &str) -> Result<Vec<WarmSlot>, StoreError> {
-        dispatch!(self.take_warm_on_host(host_id))
-    }
-
-    /// The atomic acquire step: returns the conversation's workspace if it has one;
-    /// otherwise binds the conversation to `candidate` and pops a warm slot of its
-    /// template if there is one (skipping slots on `dead_hosts`).
-    pub async fn acquire(
-        &self,
-        candidate: &WorkspaceRecord,
-        dead_hosts: &[String],
-    ) -> Result<Acquired, StoreError> {
-        dispatch!(self.acquire(candidate, dead_hosts))
-    }
-
-    pub async fn put_workspace(&self, record: &WorkspaceRecord) -> Result<(), StoreError> {
-        dispatch!(self.put_workspace(record))
-    }
-
-    pub async fn workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
-        dispatch!(self.workspace(id))
-    }
-
-    pub async fn workspace_for_conversation(
-        &self,
-        conversation_id: &str,
-    ) -> Result<Option<WorkspaceRecord>, StoreError> {
-        dispatch!(self.workspace_for_conversation(conversation_id))
-    }
-
-    pub async fn workspaces(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
-        dispatch!(self.workspaces())
-    }
-
-    /// Removes a workspace and its conversation binding; returns what was removed.
-    pub async fn remove_workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
-        dispatch!(self.remove_workspace(id))
-    }
-
-    /// Takes or renews the reconcilers' lease for `owner`; returns the fencing epoch
-    /// while `owner` leads, `None` while another replica does.
-    pub async fn lead(&self, owner: &str, ttl_ms: u64) -> Result<Option<u64>, StoreError> {
-        dispatch!(self.lead(owner, ttl_ms))
+    pub fn new(store: impl StateStore) -> Self {
+        Self(std::sync::Arc::new(store))
     }
 }
 
@@ -202,258 +191,202 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
-    fn put_host(&self, report: HostReport, now_ms: u64) -> Result<(), StoreError> {
-        let mut s = self.lock();
-        let draining = s.hosts.get(&report.host_id).is_some_and(|h| h.draining);
-        s.hosts.insert(
-            report.host_id.clone(),
-            HostRecord {
-                report,
-                last_seen_ms: now_ms,
-                draining,
-            },
-        );
-        Ok(())
+impl StateStore for MemoryStore {
+    fn put_host<'a>(
+        &'a self,
+        report: HostReport,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut s = self.lock();
+            let draining = s.hosts.get(&report.host_id).is_some_and(|h| h.draining);
+            s.hosts.insert(
+                report.host_id.clone(),
+                HostRecord {
+                    report,
+                    last_seen_ms: now_ms,
+                    draining,
+                },
+            );
+            Ok(())
+        })
     }
 
-    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
-        Ok(self.lock().hosts.values().cloned().collect())
+    fn hosts<'a>(&'a self) -> BoxFuture<'a, Result<Vec<HostRecord>, StoreError>> {
+        Box::pin(async move { Ok(self.lock().hosts.values().cloned().collect()) })
     }
 
-    fn set_draining(&self, host_id: &str, draining: bool) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()
-            .hosts
-            .get_mut(host_id)
-            .map(|h| h.draining = draining)
-            .is_some())
+    fn set_draining<'a>(
+        &'a self,
+        host_id: &'a str,
+        draining: bool,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .hosts
+                .get_mut(host_id)
+                .map(|h| h.draining = draining)
+                .is_some())
+        })
     }
 
-    fn push_warm(&self, slot: WarmSlot) -> Result<(), StoreError> {
-        self.lock()
-            .pools
-            .entry(slot.template.clone())
-            .or_default()
-            .push_back(slot);
-        Ok(())
+    fn push_warm<'a>(&'a self, slot: WarmSlot) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.lock()
+                .pools
+                .entry(slot.template.clone())
+                .or_default()
+                .push_back(slot);
+            Ok(())
+        })
     }
 
-    fn pool_sizes(&self) -> Result<BTreeMap<String, usize>, StoreError> {
-        Ok(self
-            .lock()
-            .pools
-            .iter()
-            .map(|(t, q)| (t.clone(), q.len()))
-            .collect())
+    fn pool_sizes<'a>(&'a self) -> BoxFuture<'a, Result<BTreeMap<String, usize>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .pools
+                .iter()
+                .map(|(t, q)| (t.clone(), q.len()))
+                .collect())
+        })
     }
 
-    fn warm_slots(&self) -> Result<Vec<WarmSlot>, StoreError> {
-        Ok(self.lock().pools.values().flatten().cloned().collect())
+    fn warm_slots<'a>(&'a self) -> BoxFuture<'a, Result<Vec<WarmSlot>, StoreError>> {
+        Box::pin(async move { Ok(self.lock().pools.values().flatten().cloned().collect()) })
     }
 
-    fn take_warm_slot(&self, slot: &WarmSlot) -> Result<bool, StoreError> {
-        let mut s = self.lock();
-        let Some(q) = s.pools.get_mut(&slot.template) else {
-            return Ok(false);
-        };
-        let before = q.len();
-        q.retain(|w| w.slot_id != slot.slot_id);
-        Ok(q.len() < before)
+    fn take_warm_slot<'a>(&'a self, slot: &'a WarmSlot) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut s = self.lock();
+            let Some(q) = s.pools.get_mut(&slot.template) else {
+                return Ok(false);
+            };
+            let before = q.len();
+            q.retain(|w| w.slot_id != slot.slot_id);
+            Ok(q.len() < before)
+        })
     }
 
-    fn take_warm_on_host(&self, host_id: &str) -> Result<Vec<WarmSlot>, StoreError> {
-        let mut s = self.lock();
-        let mut taken = Vec::new();
-        for q in s.pools.values_mut() {
-            let (gone, keep): (Vec<_>, Vec<_>) = q.drain(..).partition(|w| w.host_id == host_id);
-            taken.extend(gone);
-            q.extend(keep);
-        }
-        Ok(taken)
+    fn take_warm_on_host<'a>(
+        &'a self,
+        host_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<WarmSlot>, StoreError>> {
+        Box::pin(async move {
+            let mut s = self.lock();
+            let mut taken = Vec::new();
+            for q in s.pools.values_mut() {
+                let (gone, keep): (Vec<_>, Vec<_>) =
+                    q.drain(..).partition(|w| w.host_id == host_id);
+                taken.extend(gone);
+                q.extend(keep);
+            }
+            Ok(taken)
+        })
     }
 
-    fn acquire(
-        &self,
-        candidate: &WorkspaceRecord,
-        dead_hosts: &[String],
-    ) -> Result<Acquired, StoreError> {
-        let mut s = self.lock();
-        let conv = &candidate.workspace.conversation_id;
-        if let Some(existing) = s
-            .conversations
-            .get(conv)
-            .and_then(|id| s.workspaces.get(id))
-        {
-            return Ok(Acquired::Existing(existing.clone()));
-        }
-        let slot = s
-            .pools
-            .get_mut(&candidate.workspace.template)
-            .and_then(|q| {
-                let pos = q.iter().position(|w| !dead_hosts.contains(&w.host_id))?;
-                q.remove(pos)
-            });
-        let id = candidate.workspace.id.clone();
-        s.conversations.insert(conv.clone(), id.clone());
-        s.workspaces.insert(id, candidate.clone());
-        Ok(slot.map_or(Acquired::Cold, Acquired::Warm))
+    fn acquire<'a>(
+        &'a self,
+        candidate: &'a WorkspaceRecord,
+        dead_hosts: &'a [String],
+    ) -> BoxFuture<'a, Result<Acquired, StoreError>> {
+        Box::pin(async move {
+            let mut s = self.lock();
+            let conv = &candidate.workspace.conversation_id;
+            if let Some(existing) = s
+                .conversations
+                .get(conv)
+                .and_then(|id| s.workspaces.get(id))
+            {
+                return Ok(Acquired::Existing(existing.clone()));
+            }
+            let slot = s
+                .pools
+                .get_mut(&candidate.workspace.template)
+                .and_then(|q| {
+                    let pos = q.iter().position(|w| !dead_hosts.contains(&w.host_id))?;
+                    q.remove(pos)
+                });
+            let id = candidate.workspace.id.clone();
+            s.conversations.insert(conv.clone(), id.clone());
+            s.workspaces.insert(id, candidate.clone());
+            Ok(slot.map_or(Acquired::Cold, Acquired::Warm))
+        })
     }
 
-    fn put_workspace(&self, record: &WorkspaceRecord) -> Result<(), StoreError> {
-        self.lock()
-            .workspaces
-            .insert(record.workspace.id.clone(), record.clone());
-        Ok(())
+    fn put_workspace<'a>(
+        &'a self,
+        record: &'a WorkspaceRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.lock()
+                .workspaces
+                .insert(record.workspace.id.clone(), record.clone());
+            Ok(())
+        })
     }
 
-    fn workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
-        Ok(self.lock().workspaces.get(id).cloned())
+    fn workspace<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
+        Box::pin(async move { Ok(self.lock().workspaces.get(id).cloned()) })
     }
 
-    fn workspace_for_conversation(
-        &self,
-        conversation_id: &str,
-    ) -> Result<Option<WorkspaceRecord>, StoreError> {
-        let s = self.lock();
-        Ok(s.conversations
-            .get(conversation_id)
-            .and_then(|id| s.workspaces.get(id))
-            .cloned())
+    fn workspace_for_conversation<'a>(
+        &'a self,
+        conversation_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
+        Box::pin(async move {
+            let s = self.lock();
+            Ok(s.conversations
+                .get(conversation_id)
+                .and_then(|id| s.workspaces.get(id))
+                .cloned())
+        })
     }
 
-    fn workspaces(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
-        Ok(self.lock().workspaces.values().cloned().collect())
+    fn workspaces<'a>(&'a self) -> BoxFuture<'a, Result<Vec<WorkspaceRecord>, StoreError>> {
+        Box::pin(async move { Ok(self.lock().workspaces.values().cloned().collect()) })
     }
 
-    fn remove_workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
-        let mut s = self.lock();
-        let removed = s.workspaces.remove(id);
-        if let Some(r) = &removed
-            && s.conversations.get(&r.workspace.conversation_id) == Some(&r.workspace.id)
-        {
-            s.conversations.remove(&r.workspace.conversation_id);
-        }
-        Ok(removed)
+    fn remove_workspace<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
+        Box::pin(async move {
+            let mut s = self.lock();
+            let removed = s.workspaces.remove(id);
+            if let Some(r) = &removed
+                && s.conversations.get(&r.workspace.conversation_id) == Some(&r.workspace.id)
+            {
+                s.conversations.remove(&r.workspace.conversation_id);
+            }
+            Ok(removed)
+        })
     }
 
-    fn lead(&self, _owner: &str, _ttl_ms: u64) -> Result<Option<u64>, StoreError> {
-        Ok(Some(1))
+    fn lead<'a>(
+        &'a self,
+        _owner: &'a str,
+        _ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(async move { Ok(Some(1)) })
     }
 }
+
+pub mod conformance;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_wire::Source;
-
-    pub(crate) fn record(id: &str, conv: &str) -> WorkspaceRecord {
-        WorkspaceRecord {
-            workspace: Workspace {
-                id: id.into(),
-                conversation_id: conv.into(),
-                agent_url: String::new(),
-                token: "t".repeat(32),
-                host_id: String::new(),
-                template: "default".into(),
-                source: Source::Warm,
-                created_at: 0,
-                expires_at: 0,
-                labels: Default::default(),
-                replaced: None,
-            },
-            slot_id: String::new(),
-            status: WorkspaceStatus::Claiming,
-            claim_secret: String::new(),
-        }
-    }
-
-    fn slot(id: &str, host: &str) -> WarmSlot {
-        WarmSlot {
-            slot_id: id.into(),
-            host_id: host.into(),
-            template: "default".into(),
-            agent_url: format!("http://{id}:9000"),
-            claim_secret: String::new(),
-        }
-    }
 
     #[tokio::test]
-    async fn acquire_pops_a_slot_once_and_binds_the_conversation() {
+    async fn the_memory_store_passes_the_conformance_suite() {
         let store = Store::memory();
-        store.push_warm(slot("s1", "h1")).await.unwrap();
-        let got = store.acquire(&record("w1", "c1"), &[]).await.unwrap();
-        assert_eq!(got, Acquired::Warm(slot("s1", "h1")));
-        // Same conversation again: the same workspace, no second slot.
-        store.push_warm(slot("s2", "h1")).await.unwrap();
-        match store.acquire(&record("w2", "c1"), &[]).await.unwrap() {
-            Acquired::Existing(r) => {
-                assert_eq!(r.workspace.id, "w1");
-            }
-            other => panic!("expected Existing, got {other:?}"),
-        }
-        assert_eq!(store.pool_sizes().await.unwrap()["default"], 1);
-    }
-
-    #[tokio::test]
-    async fn acquire_skips_slots_on_dead_hosts_and_falls_back_to_cold() {
-        let store = Store::memory();
-        store.push_warm(slot("s1", "dead")).await.unwrap();
-        let got = store
-            .acquire(&record("w1", "c1"), &["dead".to_owned()])
-            .await
-            .unwrap();
-        assert_eq!(got, Acquired::Cold);
-        assert!(
-            store
-                .workspace_for_conversation("c1")
-                .await
-                .unwrap()
-                .is_some()
-        );
-        assert_eq!(store.take_warm_on_host("dead").await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn concurrent_acquires_never_share_a_slot() {
-        let store = std::sync::Arc::new(Store::memory());
-        for i in 0..50 {
-            store.push_warm(slot(&format!("s{i}"), "h")).await.unwrap();
-        }
-        let mut tasks = Vec::new();
-        for i in 0..100 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                store
-                    .acquire(&record(&format!("w{i}"), &format!("c{i}")), &[])
-                    .await
-                    .unwrap()
-            }));
-        }
-        let mut seen = std::collections::HashSet::new();
-        let mut cold = 0;
-        for t in tasks {
-            match t.await.unwrap() {
-                Acquired::Warm(s) => assert!(seen.insert(s.slot_id), "slot handed out twice"),
-                Acquired::Cold => cold += 1,
-                Acquired::Existing(_) => panic!("distinct conversations"),
-            }
-        }
-        assert_eq!((seen.len(), cold), (50, 50));
-    }
-
-    #[tokio::test]
-    async fn remove_unbinds_the_conversation() {
-        let store = Store::memory();
-        store.acquire(&record("w1", "c1"), &[]).await.unwrap();
-        assert!(store.remove_workspace("w1").await.unwrap().is_some());
-        assert!(
-            store
-                .workspace_for_conversation("c1")
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(store.remove_workspace("w1").await.unwrap().is_none());
+        conformance::run_all(&store, &store.clone()).await;
     }
 }
