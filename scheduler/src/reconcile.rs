@@ -1,0 +1,402 @@
+//! The reconcilers the leader runs every pass: host death, expiry, pool refill and
+//! shrink (scaling out through the runtime when the fleet is full), and orphans.
+
+use super::*;
+
+impl Scheduler {
+    /// One pass of every reconciler. The leader calls this on a timer.
+    pub async fn reconcile(&self) {
+        if let Err(e) = self.reap_dead_hosts().await {
+            tracing::warn!(error = %e, "host-death pass failed");
+        }
+        if let Err(e) = self.reap_expired().await {
+            tracing::warn!(error = %e, "reaper pass failed");
+        }
+        if let Err(e) = self.refill().await {
+            tracing::warn!(error = %e, "refill pass failed");
+        }
+        if let Err(e) = self.reap_orphans().await {
+            tracing::warn!(error = %e, "orphan pass failed");
+        }
+    }
+
+    /// Stops slots the runtime runs on live hosts that no state knows (neither a
+    /// warm pool nor a workspace), once they have been unknown for the orphan grace
+    /// period: a replica that died between RunTask and recording the slot, a
+    /// release whose stop failed. Listing is paced to once per grace/4.
+    pub(crate) async fn reap_orphans(&self) -> Result<(), ApiError> {
+        let grace = self.inner.config.orphan_grace;
+        {
+            let mut last = self
+                .inner
+                .orphans_listed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < grace / 4) {
+                return Ok(());
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let hosts = self.inner.store.hosts().await?;
+        let now = now_ms();
+        let targets: Vec<runtime::HostTarget> = hosts
+            .iter()
+            .filter(|h| self.alive(h, now))
+            .map(|h| runtime::HostTarget {
+                host_id: h.report.host_id.clone(),
+                hostd_url: h.report.hostd_url.clone(),
+            })
+            .collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let running = self
+            .inner
+            .runtime
+            .list_slots(&targets)
+            .await
+            .map_err(|e| ApiError::Runtime(e.to_string()))?;
+        let mut known: std::collections::HashSet<String> = self
+            .inner
+            .store
+            .warm_slots()
+            .await?
+            .into_iter()
+            .map(|w| w.slot_id)
+            .collect();
+        known.extend(
+            self.inner
+                .store
+                .workspaces()
+                .await?
+                .into_iter()
+                .map(|r| r.slot_id),
+        );
+        let mut suspects = self
+            .inner
+            .orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        suspects.retain(|id, _| running.iter().any(|r| &r.slot_id == id) && !known.contains(id));
+        let mut stop = Vec::new();
+        for r in &running {
+            if known.contains(&r.slot_id) {
+                continue;
+            }
+            let first = *suspects
+                .entry(r.slot_id.clone())
+                .or_insert_with(std::time::Instant::now);
+            if first.elapsed() >= grace {
+                stop.push(r.clone());
+            }
+        }
+        for r in &stop {
+            suspects.remove(&r.slot_id);
+        }
+        *self.inner.orphans.lock().unwrap_or_else(|e| e.into_inner()) = suspects;
+        for r in stop {
+            tracing::warn!(slot_id = %r.slot_id, host_id = %r.host_id, "orphan: running, known to no state; stopping it");
+            self.discard_slot(&r.host_id, &r.slot_id, "orphan: known to no state")
+                .await;
+            self.inner
+                .counters
+                .orphans_stopped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn reap_dead_hosts(&self) -> Result<(), StoreError> {
+        let hosts = self.inner.store.hosts().await?;
+        for host in self.dead_among(&hosts) {
+            let gone = self.inner.store.take_warm_on_host(&host).await?;
+            if !gone.is_empty() {
+                tracing::warn!(host_id = %host, slots = gone.len(), "host heartbeat expired; its warm slots left the pools");
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn reap_expired(&self) -> Result<(), StoreError> {
+        let now = now_ms() / 1000;
+        for r in self.inner.store.workspaces().await? {
+            if r.status == WorkspaceStatus::Ready && r.workspace.expires_at <= now {
+                tracing::info!(workspace_id = %r.workspace.id, "workspace expired");
+                if self.release(&r.workspace.id).await.is_ok() {
+                    self.inner.counters.reaped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts slots for every pool below its target, in batches of up to
+    /// [`REFILL_BATCH`] (one RunTask call on ECS), at most `refill_parallelism` slots
+    /// in flight per pool.
+    pub(crate) async fn refill(&self) -> Result<(), StoreError> {
+        let sizes = self.inner.store.pool_sizes().await?;
+        for (template, target) in self.pool_targets() {
+            let template = &template;
+            let ready = sizes.get(template).copied().unwrap_or(0);
+            let in_flight = self.refilling(template);
+            if ready > target {
+                self.shrink(template, ready - target).await?;
+                continue;
+            }
+            let want = target.saturating_sub(ready + in_flight);
+            let room = self
+                .inner
+                .config
+                .refill_parallelism
+                .saturating_sub(in_flight);
+            let wanted = want.min(room);
+            // What the fleet cannot take now (keeping the headroom free) is started
+            // where the cluster's capacity management puts it, if the runtime can.
+            let placeable = self
+                .fleet_room()
+                .await
+                .saturating_sub(self.inner.config.scale_out_headroom);
+            let mut left = wanted.min(placeable);
+            let shortfall = wanted - left;
+            if shortfall > 0 && self.scale_out(template, shortfall) {
+                tracing::info!(%template, slots = shortfall, placeable,
+                    headroom = self.inner.config.scale_out_headroom,
+                    "no room for the pool's target plus headroom; scaling out");
+            } else {
+                left = wanted;
+            }
+            while left > 0 {
+                let n = left.min(REFILL_BATCH);
+                left -= n;
+                *self
+                    .inner
+                    .refilling
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(template.clone())
+                    .or_default() += n;
+                let me = self.clone();
+                let template = template.clone();
+                tokio::spawn(async move {
+                    for r in me.start_batch(&template, n).await {
+                        match r {
+                            Ok(slot) => me.record_warm(slot).await,
+                            Err(ApiError::NoCapacity) => {
+                                tracing::debug!(%template, "no host has room for another warm slot")
+                            }
+                            Err(e) => tracing::warn!(%template, error = %e, "refill failed"),
+                        }
+                    }
+                    if let Some(k) = me
+                        .inner
+                        .refilling
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_mut(&template)
+                    {
+                        *k = k.saturating_sub(n);
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a started slot into its pool; one that cannot be recorded is discarded
+    /// (no state would know it).
+    pub(crate) async fn record_warm(&self, slot: WarmSlot) {
+        if let Err(e) = self.inner.store.push_warm(slot.clone()).await {
+            tracing::warn!(error = %e, "could not record warm slot; discarding it");
+            self.discard_slot(&slot.host_id, &slot.slot_id, "could not be recorded")
+                .await;
+        }
+    }
+
+    /// Every pool's target now.
+    pub fn pool_targets(&self) -> BTreeMap<String, usize> {
+        self.inner
+            .targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets a pool's target (the refill reconciler grows or shrinks it); the
+    /// template must be configured.
+    pub fn set_pool_target(&self, template: &str, target: usize) -> Result<(), ApiError> {
+        if target > MAX_POOL_TARGET {
+            return Err(ApiError::InvalidField {
+                field: "target",
+                reason: format!("must be 0 to {MAX_POOL_TARGET}"),
+            });
+        }
+        let mut t = self.inner.targets.lock().unwrap_or_else(|e| e.into_inner());
+        match t.get_mut(template) {
+            Some(v) => {
+                tracing::info!(%template, from = *v, to = target, "pool target set");
+                *v = target;
+                Ok(())
+            }
+            None => Err(ApiError::NotFound {
+                what: "template",
+                id: template.to_owned(),
+            }),
+        }
+    }
+
+    /// Takes `excess` warm slots of `template` out of the pool and stops them,
+    /// emptying first the hosts that hold the fewest claimed workspaces (then the
+    /// fewest warm slots), so whole hosts fall idle and ECS managed scaling can let
+    /// them go (termination protection keeps every host with a task).
+    pub(crate) async fn shrink(&self, template: &str, excess: usize) -> Result<(), StoreError> {
+        let claimed: HashMap<String, usize> = self
+            .inner
+            .store
+            .workspaces()
+            .await?
+            .into_iter()
+            .fold(HashMap::new(), |mut m, r| {
+                *m.entry(r.workspace.host_id).or_default() += 1;
+                m
+            });
+        let mut warm: Vec<WarmSlot> = self
+            .inner
+            .store
+            .warm_slots()
+            .await?
+            .into_iter()
+            .filter(|w| w.template == template)
+            .collect();
+        let mut per_host: HashMap<String, usize> = HashMap::new();
+        for w in &warm {
+            *per_host.entry(w.host_id.clone()).or_default() += 1;
+        }
+        warm.sort_by_key(|w| {
+            (
+                claimed.get(&w.host_id).copied().unwrap_or(0),
+                per_host.get(&w.host_id).copied().unwrap_or(0),
+                w.host_id.clone(),
+            )
+        });
+        let mut taken = 0;
+        for w in warm {
+            if taken >= excess {
+                break;
+            }
+            // Only a slot still in the pool is ours to stop (an acquire may have
+            // just popped it).
+            if self.inner.store.take_warm_slot(&w).await? {
+                self.discard_slot(&w.host_id, &w.slot_id, "pool shrank")
+                    .await;
+                self.inner
+                    .counters
+                    .pool_shrunk
+                    .fetch_add(1, Ordering::Relaxed);
+                taken += 1;
+            }
+        }
+        if taken > 0 {
+            tracing::info!(%template, slots = taken, "pool above its target; warm slots stopped");
+        }
+        Ok(())
+    }
+
+    /// Slots the fleet's live, compliant, non-draining hosts can still take.
+    pub(crate) async fn fleet_room(&self) -> usize {
+        let per_slot = self.inner.config.slot_memory_mib.max(1);
+        match self.host_views().await {
+            Ok(views) => views
+                .iter()
+                .filter(|v| v.healthy && v.compliant && !v.draining && !self.is_stale(&v.host_id))
+                .map(|v| {
+                    usize::try_from(
+                        v.branches_free
+                            .min(u32::try_from(v.memory_free_mib / per_slot).unwrap_or(u32::MAX)),
+                    )
+                    .unwrap_or(0)
+                })
+                .sum(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Starts `n` slots of `template` through the runtime's scale-out path, in the
+    /// background; false if the runtime cannot scale out.
+    pub(crate) fn scale_out(&self, template: &str, n: usize) -> bool {
+        if !self.inner.runtime.can_scale_out() {
+            return false;
+        }
+        // Until every live host had time to report, "no room" may only mean "not
+        // heard from yet": a restarted scheduler must not add instances.
+        if self.inner.started.elapsed() < self.inner.config.host_ttl {
+            return false;
+        }
+        let me = self.clone();
+        let resolver_of = self.clone();
+        let resolve: runtime::HostResolver = Arc::new(move |host_id: String| {
+            let me = resolver_of.clone();
+            Box::pin(async move {
+                let hosts = me.inner.store.hosts().await.ok()?;
+                let now = now_ms();
+                hosts
+                    .into_iter()
+                    .find(|h| h.report.host_id == host_id && me.alive(h, now))
+                    .map(|h| runtime::HostTarget {
+                        host_id: h.report.host_id,
+                        hostd_url: h.report.hostd_url,
+                    })
+            })
+        });
+        *self
+            .inner
+            .refilling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(template.to_owned())
+            .or_default() += n;
+        self.inner
+            .counters
+            .scale_out_requested
+            .fetch_add(n as u64, Ordering::Relaxed);
+        let template = template.to_owned();
+        tokio::spawn(async move {
+            let started = me.inner.runtime.start_unplaced(&template, n, resolve).await;
+            for r in started {
+                match r {
+                    Ok(info) => match me.accept_started(&template, info).await {
+                        Ok(slot) => me.record_warm(slot).await,
+                        Err(e) => tracing::warn!(%template, error = %e, "scale-out slot refused"),
+                    },
+                    Err(e) => {
+                        me.inner
+                            .counters
+                            .slot_start_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%template, error = %e, "scale-out start failed");
+                    }
+                }
+            }
+            if let Some(k) = me
+                .inner
+                .refilling
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&template)
+            {
+                *k = k.saturating_sub(n);
+            }
+        });
+        true
+    }
+
+    pub(crate) fn refilling(&self, template: &str) -> usize {
+        self.inner
+            .refilling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(template)
+            .copied()
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,315 @@
+//! The service the backend calls: acquire (warm, else cold; idempotent per
+//! conversation), release, keepalive, and a running workspace's egress. Each call
+//! is checked first ([`crate::validate`]); claims go through the slot's hostd.
+
+use super::*;
+
+impl Scheduler {
+    /// Hands out the conversation's workspace: the one it has while that lives, else
+    /// a warm slot, else a cold one. See `POST /v1/workspaces`.
+    pub async fn acquire(&self, req: CreateWorkspace) -> Result<Workspace, ApiError> {
+        let template = req.template.clone().unwrap_or_else(|| "default".into());
+        validate::create(&req, &template, &self.inner.config)?;
+        let ttl = req
+            .ttl_seconds
+            .unwrap_or(self.inner.config.default_ttl_seconds);
+        let mut replaced = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut warm_failures = 0;
+        loop {
+            if std::time::Instant::now() > deadline {
+                return Err(ApiError::NoCapacity);
+            }
+            // One read of the fleet per attempt: whether the conversation's host lives,
+            // and which hosts' warm slots must not be handed out.
+            let hosts = self.inner.store.hosts().await?;
+            let dead = self.dead_among(&hosts);
+            if let Some(existing) = self
+                .inner
+                .store
+                .workspace_for_conversation(&req.conversation_id)
+                .await?
+            {
+                let host = &existing.workspace.host_id;
+                let host_lives = hosts
+                    .iter()
+                    .any(|h| &h.report.host_id == host && !dead.contains(host));
+                if !host.is_empty() && !host_lives {
+                    // Its host died: forget it and hand out a new one, saying so.
+                    tracing::warn!(workspace_id = %existing.workspace.id, host_id = %existing.workspace.host_id,
+                        conversation_id = %req.conversation_id, "workspace lost with its host; replacing");
+                    self.inner
+                        .store
+                        .remove_workspace(&existing.workspace.id)
+                        .await?;
+                    self.inner
+                        .counters
+                        .replaced_lost
+                        .fetch_add(1, Ordering::Relaxed);
+                    replaced = Some(existing.workspace.id);
+                    continue;
+                }
+                if existing.status == WorkspaceStatus::Claiming {
+                    // Another request for this conversation is binding it right now.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                return Ok(existing.workspace);
+            }
+            let now = now_ms() / 1000;
+            let candidate = WorkspaceRecord {
+                workspace: Workspace {
+                    id: format!("ws-{}", short_id()),
+                    conversation_id: req.conversation_id.clone(),
+                    agent_url: String::new(),
+                    token: token(),
+                    host_id: String::new(),
+                    template: template.clone(),
+                    source: Source::Warm,
+                    created_at: now,
+                    expires_at: now + ttl,
+                    labels: req.labels.clone(),
+                    replaced: replaced.clone(),
+                },
+                slot_id: String::new(),
+                status: WorkspaceStatus::Claiming,
+                claim_secret: String::new(),
+            };
+            let (slot, source) = match self.inner.store.acquire(&candidate, &dead).await? {
+                Acquired::Existing(_) => continue,
+                Acquired::Warm(slot) => {
+                    if let Some(why) = not_ready_reason(&hosts, &slot) {
+                        // hostd withdrew it (its lock-down could not be proven) or its
+                        // agent stopped answering since it joined the pool.
+                        tracing::warn!(slot_id = %slot.slot_id, host_id = %slot.host_id, reason = %why,
+                            "warm slot no longer ready on its host; discarding it");
+                        self.inner
+                            .store
+                            .remove_workspace(&candidate.workspace.id)
+                            .await?;
+                        self.discard_slot(&slot.host_id, &slot.slot_id, "withdrawn by its host")
+                            .await;
+                        continue;
+                    }
+                    (slot, Source::Warm)
+                }
+                Acquired::Cold => match self.start_slot(&template).await {
+                    Ok(slot) => (slot, Source::Cold),
+                    Err(e) => {
+                        self.inner
+                            .store
+                            .remove_workspace(&candidate.workspace.id)
+                            .await?;
+                        self.inner
+                            .counters
+                            .acquire_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                },
+            };
+            let mut record = candidate;
+            record.slot_id = slot.slot_id.clone();
+            record.workspace.host_id = slot.host_id.clone();
+            record.workspace.agent_url = slot.agent_url.clone();
+            record.workspace.source = source;
+            record.claim_secret = slot.claim_secret.clone();
+            let policy = self.inner.config.templates.policy(&template);
+            let mut routes = policy.credentials.clone();
+            routes.extend(req.credentials.iter().cloned());
+            // Env and files go to the agent, routes and egress to the proxy, all
+            // through the slot's hostd; none of it is written to the state store.
+            let claim = SlotClaim {
+                workspace_id: record.workspace.id.clone(),
+                token: record.workspace.token.clone(),
+                claim_secret: Some(slot.claim_secret.clone()).filter(|s| !s.is_empty()),
+                env: req.env.clone(),
+                files: req.files.clone(),
+                policy: berth_wire::ProxyPolicy {
+                    workspace_id: record.workspace.id.clone(),
+                    egress: req.egress.clone().unwrap_or_else(|| policy.egress.clone()),
+                    routes,
+                    allow_private: policy.allow_private.clone(),
+                },
+            };
+            let hostd_url = hosts
+                .iter()
+                .find(|h| h.report.host_id == slot.host_id)
+                .map(|h| h.report.hostd_url.clone())
+                .unwrap_or_default();
+            let claimed = self
+                .inner
+                .clients
+                .claim_slot(&hostd_url, &slot.host_id, &slot.slot_id, &claim)
+                .await;
+            if let Err(e) = claimed {
+                tracing::warn!(slot_id = %slot.slot_id, error = %e, "claim failed; discarding slot");
+
+                self.inner
+                    .store
+                    .remove_workspace(&record.workspace.id)
+                    .await?;
+                self.discard_slot(&slot.host_id, &slot.slot_id, "claim failed")
+                    .await;
+                warm_failures += 1;
+                if warm_failures >= 3 {
+                    self.inner
+                        .counters
+                        .acquire_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(ApiError::Runtime(e.to_string()));
+                }
+                continue;
+            }
+            record.status = WorkspaceStatus::Ready;
+            self.inner.store.put_workspace(&record).await?;
+            let counter = match source {
+                Source::Warm => &self.inner.counters.acquired_warm,
+                Source::Cold => &self.inner.counters.acquired_cold,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(workspace_id = %record.workspace.id, conversation_id = %req.conversation_id,
+                host_id = %slot.host_id, source = ?source, "workspace handed out");
+            return Ok(record.workspace);
+        }
+    }
+
+    /// Ends a workspace and removes its slot.
+    pub async fn release(&self, id: &str) -> Result<Workspace, ApiError> {
+        let record = self
+            .inner
+            .store
+            .remove_workspace(id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound {
+                what: "workspace",
+                id: id.into(),
+            })?;
+        if !record.slot_id.is_empty() {
+            self.discard_slot(&record.workspace.host_id, &record.slot_id, "released")
+                .await;
+        }
+        tracing::info!(workspace_id = %id, "workspace released");
+        Ok(record.workspace)
+    }
+
+    /// A running workspace's egress allowlist and its proxy's latest refusals; with
+    /// `update`, the allowlist is replaced first (checked against the template's
+    /// policy like a create's), effective for new connections at once.
+    pub async fn egress(
+        &self,
+        id: &str,
+        update: Option<berth_wire::EgressUpdate>,
+    ) -> Result<berth_wire::EgressView, ApiError> {
+        let record = self
+            .inner
+            .store
+            .workspace(id)
+            .await?
+            .filter(|r| r.status == WorkspaceStatus::Ready)
+            .ok_or_else(|| ApiError::NotFound {
+                what: "workspace",
+                id: id.into(),
+            })?;
+        if let Some(u) = &update {
+            let policy = self
+                .inner
+                .config
+                .templates
+                .policy(&record.workspace.template);
+            validate::egress(&policy, &u.egress)?;
+        }
+        let Some(url) = self.hostd_url(&record.workspace.host_id).await? else {
+            return Err(ApiError::Slot {
+                status: 502,
+                code: "host_unknown".into(),
+                message: format!("host {} is not in the fleet", record.workspace.host_id),
+            });
+        };
+        let result = self
+            .inner
+            .clients
+            .slot_egress(
+                &url,
+                &record.workspace.host_id,
+                &record.slot_id,
+                &record.claim_secret,
+                update.as_ref(),
+            )
+            .await;
+        match result {
+            Ok(view) => {
+                if let Some(u) = &update {
+                    tracing::info!(workspace_id = %id, rules = u.egress.len(), "egress allowlist replaced");
+                }
+                Ok(view)
+            }
+            Err(clients::CallError::Refused {
+                status,
+                code,
+                message,
+                ..
+            }) => Err(ApiError::Slot {
+                status,
+                code,
+                message,
+            }),
+            Err(e) => Err(ApiError::Slot {
+                status: 502,
+                code: "unreachable".into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Pushes a workspace's expiry `ttl` seconds into the future.
+    pub async fn keepalive(
+        &self,
+        id: &str,
+        ttl_seconds: Option<u64>,
+    ) -> Result<Workspace, ApiError> {
+        let mut record =
+            self.inner
+                .store
+                .workspace(id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound {
+                    what: "workspace",
+                    id: id.into(),
+                })?;
+        let ttl = ttl_seconds.unwrap_or(self.inner.config.default_ttl_seconds);
+        if ttl == 0 || ttl > self.inner.config.max_ttl_seconds {
+            return Err(ApiError::InvalidField {
+                field: "ttl_seconds",
+                reason: format!(
+                    "must be between 1 and {}",
+                    self.inner.config.max_ttl_seconds
+                ),
+            });
+        }
+        record.workspace.expires_at = now_ms() / 1000 + ttl;
+        self.inner.store.put_workspace(&record).await?;
+        Ok(record.workspace)
+    }
+}
+
+/// Why the host's latest report says `slot` must not be handed out, if it does.
+pub(crate) fn not_ready_reason(hosts: &[HostRecord], slot: &WarmSlot) -> Option<String> {
+    let info = hosts
+        .iter()
+        .find(|h| h.report.host_id == slot.host_id)?
+        .report
+        .slots
+        .iter()
+        .find(|s| s.slot_id == slot.slot_id)?;
+    match info.state {
+        // A slot enters a pool only once its hostd answered it ready, so `Starting`
+        // is a report from before that (heartbeats lag by up to one period), not a
+        // reason to throw a good slot away.
+        berth_wire::SlotState::Ready | berth_wire::SlotState::Starting => None,
+        other => Some(format!(
+            "{other:?}: {}",
+            info.reason.as_deref().unwrap_or("no reason given")
+        )),
+    }
+}
