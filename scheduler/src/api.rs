@@ -468,6 +468,12 @@ async fn metrics(State(s): State<Scheduler>) -> Result<String, ApiError> {
         "Warm slots stopped because their pool was above its target.",
         c.pool_shrunk.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "berth_claims_recovered_total",
+        "Bindings left Claiming by a replica that died mid-claim, removed with their slot.",
+        c.claims_recovered.load(Ordering::Relaxed),
+    );
     for (name, v) in s.runtime_metrics() {
         counter(
             &mut out,

@@ -79,6 +79,9 @@ pub struct Config {
     pub host_token: String,
     /// What a claim may push into each template's slots (late binding).
     pub templates: templates::Templates,
+    /// A binding still `Claiming` after this long belongs to a replica that died
+    /// mid-claim (no acquire takes as long): the leader removes it and stops its slot.
+    pub claim_recovery: Duration,
 }
 
 impl Default for Config {
@@ -98,6 +101,7 @@ impl Default for Config {
             scale_out_headroom: 0,
             host_token: String::new(),
             templates: templates::Templates::default(),
+            claim_recovery: Duration::from_secs(90),
         }
     }
 }
@@ -117,6 +121,7 @@ pub struct Counters {
     pub orphans_stopped: AtomicU64,
     pub scale_out_requested: AtomicU64,
     pub pool_shrunk: AtomicU64,
+    pub claims_recovered: AtomicU64,
 }
 
 /// The scheduler's shared state.

@@ -12,12 +12,55 @@ impl Scheduler {
         if let Err(e) = self.reap_expired().await {
             tracing::warn!(error = %e, "reaper pass failed");
         }
+        if let Err(e) = self.recover_claiming().await {
+            tracing::warn!(error = %e, "claim recovery pass failed");
+        }
         if let Err(e) = self.refill().await {
             tracing::warn!(error = %e, "refill pass failed");
         }
         if let Err(e) = self.reap_orphans().await {
             tracing::warn!(error = %e, "orphan pass failed");
         }
+    }
+
+    /// Bindings left `Claiming` past [`Config::claim_recovery`] (their replica died
+    /// mid-claim): each is removed — only if still `Claiming`, so a slow claim that
+    /// just finished is kept — and its slot, which the binding names, is stopped. The
+    /// conversation's next create is served afresh.
+    pub(crate) async fn recover_claiming(&self) -> Result<(), StoreError> {
+        let now = now_ms() / 1000;
+        let bound = self.inner.config.claim_recovery.as_secs();
+        for r in self.inner.store.workspaces().await? {
+            if r.status != WorkspaceStatus::Claiming
+                || now.saturating_sub(r.workspace.created_at) < bound
+            {
+                continue;
+            }
+            let Some(gone) = self
+                .inner
+                .store
+                .remove_workspace_in(&r.workspace.id, WorkspaceStatus::Claiming)
+                .await?
+            else {
+                continue;
+            };
+            self.inner
+                .counters
+                .claims_recovered
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(workspace_id = %gone.workspace.id, conversation_id = %gone.workspace.conversation_id,
+                slot_id = %gone.slot_id, age_s = now.saturating_sub(gone.workspace.created_at),
+                "binding stuck in Claiming (its replica died mid-claim); removed");
+            if !gone.slot_id.is_empty() {
+                self.discard_slot(
+                    &gone.workspace.host_id,
+                    &gone.slot_id,
+                    "claim never finished",
+                )
+                .await;
+            }
+        }
+        Ok(())
     }
 
     /// Stops slots the runtime runs on live hosts that no state knows (neither a

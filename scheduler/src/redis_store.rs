@@ -24,6 +24,7 @@ use redis::{AsyncCommands, Script, aio::ConnectionManager};
 
 use crate::store::{
     Acquired, BoxFuture, HostRecord, StateStore, StoreError, WarmSlot, WorkspaceRecord,
+    WorkspaceStatus,
 };
 
 const HOSTS: &str = "berth:hosts";
@@ -60,15 +61,37 @@ for i = 0, n - 1 do
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if slot then
+  -- The binding names the popped slot at once: a replica that dies after this
+  -- leaves a record the recovery pass can clean up, not a slot nobody knows.
+  local rec = cjson.decode(ARGV[3])
+  local s = cjson.decode(slot)
+  rec.slot_id = s.slot_id
+  rec.workspace.host_id = s.host_id
+  rec.workspace.agent_url = s.agent_url
+  rec.claim_secret = s.claim_secret
+  redis.call('HSET', KEYS[2], ARGV[2], cjson.encode(rec))
+  return {'warm', slot}
+end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-if slot then return {'warm', slot} end
 return {'cold', ''}
 "#;
 
-/// KEYS: ws, conv. ARGV: workspace id. Returns the removed record or nil.
+/// KEYS: ws. ARGV: workspace id, record JSON, expected status. 1 if replaced.
+const REPLACE_WORKSPACE: &str = r#"
+local rec = redis.call('HGET', KEYS[1], ARGV[1])
+if not rec then return 0 end
+if cjson.decode(rec).status ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// KEYS: ws, conv. ARGV: workspace id, expected status (empty: any). Returns the
+/// removed record or nil.
 const REMOVE_WORKSPACE: &str = r#"
 local rec = redis.call('HGET', KEYS[1], ARGV[1])
 if not rec then return false end
+if ARGV[2] ~= '' and cjson.decode(rec).status ~= ARGV[2] then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
 local conv = cjson.decode(rec).workspace.conversation_id
 if redis.call('HGET', KEYS[2], conv) == ARGV[1] then redis.call('HDEL', KEYS[2], conv) end
@@ -116,6 +139,14 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, json: &str) -> Result<T, St
     })
 }
 
+/// A status as records spell it in JSON.
+fn status_name(s: WorkspaceStatus) -> &'static str {
+    match s {
+        WorkspaceStatus::Claiming => "claiming",
+        WorkspaceStatus::Ready => "ready",
+    }
+}
+
 fn encode<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
@@ -125,6 +156,23 @@ impl RedisStore {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let con = ConnectionManager::new(client).await.map_err(unavailable)?;
         Ok(Self { con })
+    }
+
+    async fn remove_if(
+        &self,
+        id: &str,
+        expect: Option<WorkspaceStatus>,
+    ) -> Result<Option<WorkspaceRecord>, StoreError> {
+        let mut con = self.con.clone();
+        let raw: Option<String> = Script::new(REMOVE_WORKSPACE)
+            .key(WORKSPACES)
+            .key(CONVERSATIONS)
+            .arg(id)
+            .arg(expect.map_or("", status_name))
+            .invoke_async(&mut con)
+            .await
+            .map_err(unavailable)?;
+        raw.map(|j| decode(WORKSPACES, &j)).transpose()
     }
 
     async fn templates(&self) -> Result<Vec<String>, StoreError> {
@@ -327,6 +375,26 @@ impl StateStore for RedisStore {
         })
     }
 
+    fn replace_workspace<'a>(
+        &'a self,
+        record: &'a WorkspaceRecord,
+        expect: WorkspaceStatus,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let status = status_name(expect);
+            let replaced: i64 = Script::new(REPLACE_WORKSPACE)
+                .key(WORKSPACES)
+                .arg(&record.workspace.id)
+                .arg(encode(record))
+                .arg(status)
+                .invoke_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+            Ok(replaced == 1)
+        })
+    }
+
     fn workspace<'a>(
         &'a self,
         id: &'a str,
@@ -368,17 +436,15 @@ impl StateStore for RedisStore {
         &'a self,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
-        Box::pin(async move {
-            let mut con = self.con.clone();
-            let raw: Option<String> = Script::new(REMOVE_WORKSPACE)
-                .key(WORKSPACES)
-                .key(CONVERSATIONS)
-                .arg(id)
-                .invoke_async(&mut con)
-                .await
-                .map_err(unavailable)?;
-            raw.map(|j| decode(WORKSPACES, &j)).transpose()
-        })
+        Box::pin(self.remove_if(id, None))
+    }
+
+    fn remove_workspace_in<'a>(
+        &'a self,
+        id: &'a str,
+        expect: WorkspaceStatus,
+    ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
+        Box::pin(self.remove_if(id, Some(expect)))
     }
 
     fn lead<'a>(

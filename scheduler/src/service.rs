@@ -114,6 +114,18 @@ impl Scheduler {
             record.workspace.agent_url = slot.agent_url.clone();
             record.workspace.source = source;
             record.claim_secret = slot.claim_secret.clone();
+            if source == Source::Cold
+                && !self
+                    .inner
+                    .store
+                    .replace_workspace(&record, WorkspaceStatus::Claiming)
+                    .await?
+            {
+                // The binding was recovered while the slot started: not ours now.
+                self.discard_slot(&slot.host_id, &slot.slot_id, "binding recovered meanwhile")
+                    .await;
+                continue;
+            }
             let policy = self.inner.config.templates.policy(&template);
             let mut routes = policy.credentials.clone();
             routes.extend(req.credentials.iter().cloned());
@@ -144,7 +156,6 @@ impl Scheduler {
                 .await;
             if let Err(e) = claimed {
                 tracing::warn!(slot_id = %slot.slot_id, error = %e, "claim failed; discarding slot");
-
                 self.inner
                     .store
                     .remove_workspace(&record.workspace.id)
@@ -162,7 +173,19 @@ impl Scheduler {
                 continue;
             }
             record.status = WorkspaceStatus::Ready;
-            self.inner.store.put_workspace(&record).await?;
+            // Only a binding still Claiming becomes Ready: if the recovery pass took
+            // it (this replica looked dead), the slot is discarded and we start over.
+            if !self
+                .inner
+                .store
+                .replace_workspace(&record, WorkspaceStatus::Claiming)
+                .await?
+            {
+                tracing::warn!(workspace_id = %record.workspace.id, "binding recovered while claiming; starting over");
+                self.discard_slot(&slot.host_id, &slot.slot_id, "binding recovered meanwhile")
+                    .await;
+                continue;
+            }
             let counter = match source {
                 Source::Warm => &self.inner.counters.acquired_warm,
                 Source::Cold => &self.inner.counters.acquired_cold,
@@ -288,7 +311,18 @@ impl Scheduler {
             });
         }
         record.workspace.expires_at = now_ms() / 1000 + ttl;
-        self.inner.store.put_workspace(&record).await?;
+        // Conditional: a keepalive racing a release must not bring the record back.
+        if !self
+            .inner
+            .store
+            .replace_workspace(&record, WorkspaceStatus::Ready)
+            .await?
+        {
+            return Err(ApiError::NotFound {
+                what: "workspace",
+                id: id.into(),
+            });
+        }
         Ok(record.workspace)
     }
 }

@@ -74,6 +74,14 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
+/// Records a popped slot in the workspace bound to it.
+pub fn bind_slot(record: &mut WorkspaceRecord, slot: &WarmSlot) {
+    record.slot_id = slot.slot_id.clone();
+    record.workspace.host_id = slot.host_id.clone();
+    record.workspace.agent_url = slot.agent_url.clone();
+    record.claim_secret = slot.claim_secret.clone();
+}
+
 /// A boxed future, for the object-safe [`StateStore`] trait.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -108,7 +116,8 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<WarmSlot>, StoreError>>;
     /// The atomic step: the conversation's workspace if it has one, else the
     /// candidate bound to it with a warm slot of its template popped (not on a dead
-    /// host), else the candidate bound for a cold start.
+    /// host) and recorded in the binding (slot, host, agent, claim secret), so a
+    /// replica dying now leaks nothing; else the candidate bound for a cold start.
     fn acquire<'a>(
         &'a self,
         candidate: &'a WorkspaceRecord,
@@ -118,6 +127,14 @@ pub trait StateStore: Send + Sync + 'static {
         &'a self,
         record: &'a WorkspaceRecord,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Replaces a workspace's record only if the stored one exists and is in
+    /// `expect` (a claim finishing, a keepalive): false if it was removed or moved
+    /// on meanwhile (recovered, released), and then nothing is written.
+    fn replace_workspace<'a>(
+        &'a self,
+        record: &'a WorkspaceRecord,
+        expect: WorkspaceStatus,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
     fn workspace<'a>(
         &'a self,
         id: &'a str,
@@ -131,6 +148,14 @@ pub trait StateStore: Send + Sync + 'static {
     fn remove_workspace<'a>(
         &'a self,
         id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>>;
+    /// As [`StateStore::remove_workspace`], but only while the record is in
+    /// `expect` (recovering a stuck claim must not remove a workspace that just
+    /// became ready).
+    fn remove_workspace_in<'a>(
+        &'a self,
+        id: &'a str,
+        expect: WorkspaceStatus,
     ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>>;
     /// Takes or renews the reconcilers' lease for `owner`; the fencing epoch while
     /// `owner` leads, `None` while another replica does.
@@ -188,6 +213,20 @@ struct MemoryState {
 }
 
 impl MemoryStore {
+    fn remove_if(&self, id: &str, expect: Option<WorkspaceStatus>) -> Option<WorkspaceRecord> {
+        let mut s = self.lock();
+        if expect.is_some_and(|e| s.workspaces.get(id).is_some_and(|r| r.status != e)) {
+            return None;
+        }
+        let removed = s.workspaces.remove(id);
+        if let Some(r) = &removed
+            && s.conversations.get(&r.workspace.conversation_id) == Some(&r.workspace.id)
+        {
+            s.conversations.remove(&r.workspace.conversation_id);
+        }
+        removed
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -311,8 +350,12 @@ impl StateStore for MemoryStore {
                     q.remove(pos)
                 });
             let id = candidate.workspace.id.clone();
+            let mut bound = candidate.clone();
+            if let Some(w) = &slot {
+                bind_slot(&mut bound, w);
+            }
             s.conversations.insert(conv.clone(), id.clone());
-            s.workspaces.insert(id, candidate.clone());
+            s.workspaces.insert(id, bound);
             Ok(slot.map_or(Acquired::Cold, Acquired::Warm))
         })
     }
@@ -326,6 +369,23 @@ impl StateStore for MemoryStore {
                 .workspaces
                 .insert(record.workspace.id.clone(), record.clone());
             Ok(())
+        })
+    }
+
+    fn replace_workspace<'a>(
+        &'a self,
+        record: &'a WorkspaceRecord,
+        expect: WorkspaceStatus,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut s = self.lock();
+            match s.workspaces.get_mut(&record.workspace.id) {
+                Some(r) if r.status == expect => {
+                    *r = record.clone();
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
         })
     }
 
@@ -357,16 +417,15 @@ impl StateStore for MemoryStore {
         &'a self,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
-        Box::pin(async move {
-            let mut s = self.lock();
-            let removed = s.workspaces.remove(id);
-            if let Some(r) = &removed
-                && s.conversations.get(&r.workspace.conversation_id) == Some(&r.workspace.id)
-            {
-                s.conversations.remove(&r.workspace.conversation_id);
-            }
-            Ok(removed)
-        })
+        Box::pin(async move { Ok(self.remove_if(id, None)) })
+    }
+
+    fn remove_workspace_in<'a>(
+        &'a self,
+        id: &'a str,
+        expect: WorkspaceStatus,
+    ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
+        Box::pin(async move { Ok(self.remove_if(id, Some(expect))) })
     }
 
     fn lead<'a>(

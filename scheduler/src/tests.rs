@@ -394,3 +394,79 @@ fn a_ready_or_not_yet_reported_slot_is_handed_out() {
         None
     );
 }
+
+#[tokio::test]
+async fn a_binding_left_claiming_by_a_dead_replica_is_recovered_and_its_slot_stopped() {
+    let (s, fake) = on_fake_runtime_with(Config {
+        pools: [("default".to_owned(), 0)].into(),
+        claim_recovery: Duration::from_secs(60),
+        ..Config::default()
+    })
+    .await;
+    // A replica popped s1 for c1 and died before finishing the claim (two minutes
+    // ago); another is claiming s2 for c2 right now.
+    for id in ["s1", "s2"] {
+        s.store().push_warm(warm(id)).await.unwrap();
+    }
+    let now = now_ms() / 1000;
+    let mut stuck = store::conformance::record("default", "w-stuck", "c1");
+    stuck.workspace.created_at = now - 120;
+    let mut fresh = store::conformance::record("default", "w-fresh", "c2");
+    fresh.workspace.created_at = now;
+    for r in [&stuck, &fresh] {
+        assert!(matches!(
+            s.store().acquire(r, &[]).await.unwrap(),
+            store::Acquired::Warm(_)
+        ));
+    }
+    let stuck_slot = s
+        .store()
+        .workspace("w-stuck")
+        .await
+        .unwrap()
+        .unwrap()
+        .slot_id;
+    assert!(!stuck_slot.is_empty(), "the binding names its slot");
+    s.reconcile().await;
+    assert!(
+        s.store().workspace("w-stuck").await.unwrap().is_none(),
+        "stuck binding removed"
+    );
+    assert!(
+        s.store()
+            .workspace_for_conversation("c1")
+            .await
+            .unwrap()
+            .is_none(),
+        "the conversation is free to be served again"
+    );
+    assert!(
+        s.store().workspace("w-fresh").await.unwrap().is_some(),
+        "a claim in progress is left alone"
+    );
+    let stops: Vec<_> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| {
+            matches!(c, runtime::RuntimeCall::Stop { slot_id, reason, .. }
+            if *slot_id == stuck_slot && reason == "claim never finished")
+        })
+        .collect();
+    assert_eq!(stops.len(), 1, "{:?}", fake.calls());
+    assert_eq!(s.counters().claims_recovered.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_keepalive_after_a_release_does_not_bring_the_workspace_back() {
+    let (s, _fake) = on_fake_runtime(0).await;
+    let mut r = store::conformance::record("default", "w-k", "c-k");
+    r.status = WorkspaceStatus::Ready;
+    s.store().put_workspace(&r).await.unwrap();
+    assert!(s.keepalive("w-k", Some(60)).await.is_ok());
+    s.store().remove_workspace("w-k").await.unwrap();
+    assert!(matches!(
+        s.keepalive("w-k", Some(60)).await,
+        Err(ApiError::NotFound { .. })
+    ));
+    assert!(s.store().workspace("w-k").await.unwrap().is_none());
+}

@@ -117,3 +117,61 @@ async fn two_scheduler_replicas_share_pools_and_bindings() {
     assert_eq!(sizes["default"], 2, "{sizes:?}");
     berth.stop().await;
 }
+
+/// A replica that popped a real warm slot and died before finishing the claim: the
+/// leader recovers the binding (it names the slot), stops that slot on its host, and
+/// the conversation's next create through the API is served with a new workspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_left_unfinished_by_a_dead_replica_is_recovered() {
+    let redis = RedisServer::start().unwrap();
+    let berth = LocalBerth::start_with(Options {
+        pool: 2,
+        state_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    assert!(berth.wait_pool(2, Duration::from_secs(60)).await);
+    // The "dead replica": the atomic acquire step, then nothing (it was killed).
+    let dead = Store::redis(&redis.url()).await.unwrap();
+    let mut stuck = conformance::record("default", "ws-dead-replica", "conv-dead-replica");
+    stuck.workspace.created_at = berth_wire::now_ms() / 1000 - 200;
+    let popped = match dead.acquire(&stuck, &[]).await.unwrap() {
+        berth_scheduler::store::Acquired::Warm(s) => s,
+        other => panic!("expected a warm slot, got {other:?}"),
+    };
+    let slot_containers =
+        || berth_tests::docker::containers_labelled(berth_wire::labels::SLOT, &popped.slot_id);
+    assert_eq!(slot_containers().len(), 2, "the popped slot runs");
+    let resp = berth
+        .http
+        .post(format!("{}/v1/workspaces", berth.api))
+        .json(&json!({"conversation_id": "conv-dead-replica"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "the conversation is served after recovery"
+    );
+    let ws: Workspace = resp.json().await.unwrap();
+    assert_ne!(ws.id, "ws-dead-replica");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !slot_containers().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        slot_containers(),
+        Vec::<String>::new(),
+        "the stuck slot was stopped, not leaked"
+    );
+    assert!(
+        berth
+            .scheduler
+            .counters()
+            .claims_recovered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    berth.stop().await;
+}

@@ -77,6 +77,7 @@ pub async fn run_all(a: &Store, b: &Store) {
     hosts_keep_their_draining_mark_across_reports(a, b).await;
     records_round_trip_whole(a, b).await;
     takers_and_acquirers_race_and_each_slot_goes_once(a, b).await;
+    the_binding_names_its_slot_and_finishes_only_while_claiming(a, b).await;
 }
 
 /// One acquire pops one slot and binds; the same conversation again gets the same
@@ -298,4 +299,82 @@ pub async fn takers_and_acquirers_race_and_each_slot_goes_once(a: &Store, b: &St
     }
     let left = a.pool_sizes().await.unwrap().get(t).copied().unwrap_or(0);
     assert_eq!(got + left, 20, "{got} taken or handed out, {left} left");
+}
+
+/// The acquire step writes the popped slot into the binding; completing a claim
+/// (`replace_workspace` expecting `Claiming`) works once and not after a recovery
+/// removed the binding; removal by status keeps records in another status.
+pub async fn the_binding_names_its_slot_and_finishes_only_while_claiming(a: &Store, b: &Store) {
+    let t = "conf-bind";
+    a.push_warm(slot(t, "bind-s1", "bind-h")).await.unwrap();
+    a.acquire(&record(t, "bind-w1", "bind-c1"), &[])
+        .await
+        .unwrap();
+    let bound = b.workspace("bind-w1").await.unwrap().expect("bound");
+    assert_eq!(
+        (
+            bound.slot_id.as_str(),
+            bound.workspace.host_id.as_str(),
+            bound.workspace.agent_url.as_str(),
+            bound.claim_secret.as_str()
+        ),
+        (
+            "bind-s1",
+            "bind-h",
+            "http://bind-s1:9000",
+            "secret-of-bind-s1"
+        ),
+        "the binding records the slot it popped"
+    );
+    assert_eq!(bound.status, WorkspaceStatus::Claiming);
+    // Recovery removes only a Claiming record; a Ready one stays.
+    let mut ready = bound.clone();
+    ready.status = WorkspaceStatus::Ready;
+    assert!(
+        a.replace_workspace(&ready, WorkspaceStatus::Claiming)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.replace_workspace(&ready, WorkspaceStatus::Claiming)
+            .await
+            .unwrap(),
+        "a claim finishes once"
+    );
+    assert!(
+        b.remove_workspace_in("bind-w1", WorkspaceStatus::Claiming)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(a.workspace("bind-w1").await.unwrap().is_some());
+    // A keepalive (expecting Ready) after a release brings nothing back.
+    assert!(a.remove_workspace("bind-w1").await.unwrap().is_some());
+    assert!(
+        !b.replace_workspace(&ready, WorkspaceStatus::Ready)
+            .await
+            .unwrap()
+    );
+    assert!(a.workspace("bind-w1").await.unwrap().is_none());
+    // A stuck claim is removed by status, with its conversation.
+    a.acquire(&record(t, "bind-w2", "bind-c2"), &[])
+        .await
+        .unwrap();
+    let gone = b
+        .remove_workspace_in("bind-w2", WorkspaceStatus::Claiming)
+        .await
+        .unwrap()
+        .expect("removed while Claiming");
+    assert_eq!(gone.workspace.id, "bind-w2");
+    assert!(
+        a.workspace_for_conversation("bind-c2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !a.replace_workspace(&ready, WorkspaceStatus::Claiming)
+            .await
+            .unwrap()
+    );
 }
