@@ -19,6 +19,10 @@ use crate::{Scheduler, now_ms, store::StoreError};
 /// Seconds a client should wait before retrying when no capacity is free.
 pub const RETRY_AFTER_SECONDS: u32 = 2;
 
+/// Largest request body the API reads (a claim's files are at most 256 KiB by
+/// default, its env 32 KiB); more is `413 body_too_large`.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
 /// Every way an API call can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -135,7 +139,61 @@ pub fn router(s: Scheduler) -> Router {
                 axum::Json(ErrorBody::new("not_found", "no such route")),
             )
         })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(s)
+}
+
+/// Every error answered as JSON with a stable code, also those axum answers itself
+/// (405, 413, a body it could not read); a body sent as anything but JSON is
+/// `415 unsupported_media_type`.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if matches!(
+        *req.method(),
+        axum::http::Method::POST | axum::http::Method::PUT
+    ) && let Some(ct) = req.headers().get(header::CONTENT_TYPE)
+    {
+        let json = ct
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                axum::Json(ErrorBody::new(
+                    "unsupported_media_type",
+                    "request bodies are JSON: send content-type: application/json",
+                )),
+            )
+                .into_response();
+        }
+    }
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", "this route does not take that method")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", "the request body is over 1 MiB"),
+        StatusCode::NOT_FOUND => ("not_found", "no such route"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "request bodies are JSON"),
+        s if s.is_client_error() => ("bad_request", "the request could not be read"),
+        _ => ("internal", "the scheduler failed; see its logs"),
+    };
+    let mut out = (status, axum::Json(ErrorBody::new(code, message))).into_response();
+    if let Some(allow) = resp.headers().get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 fn bearer(headers: &HeaderMap) -> &str {

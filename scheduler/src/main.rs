@@ -45,9 +45,13 @@ enum Command {
         pools: String,
         #[arg(long, env = "BERTH_PLACEMENT", default_value = "spread")]
         placement: Strategy,
-        /// Bearer token the backend presents.
+        /// Bearer token the backend presents (required unless --insecure-no-auth).
         #[arg(long, env = "BERTH_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
+        /// Serve the API without a backend token: anyone who can reach the port may
+        /// create and delete workspaces. For a laptop only; warned at every start.
+        #[arg(long, env = "BERTH_INSECURE_NO_AUTH")]
+        insecure_no_auth: bool,
         /// Token shared with hostd.
         #[arg(long, env = "BERTH_HOST_TOKEN", hide_env_values = true)]
         host_token: String,
@@ -249,10 +253,27 @@ async fn main() -> std::process::ExitCode {
             pools,
             placement,
             api_token,
+            insecure_no_auth,
             host_token,
             templates,
             runtime,
         } => {
+            match (&api_token, insecure_no_auth) {
+                (Some(t), _) if t.len() < 16 => {
+                    return config_error("the API token must be at least 16 characters");
+                }
+                (Some(_), _) => {}
+                (None, true) => tracing::warn!(
+                    "serving WITHOUT a backend token (--insecure-no-auth): anyone who can \
+                     reach this port can create and delete workspaces"
+                ),
+                (None, false) => {
+                    return config_error(
+                        "a backend token is required: --api-token or BERTH_API_TOKEN \
+                         (`scheduler serve --help` says how to run without one on a laptop)",
+                    );
+                }
+            }
             let templates = match templates.as_deref().map(Templates::load).transpose() {
                 Ok(t) => t.unwrap_or_default(),
                 Err(e) => return config_error(&format!("--templates: {e}")),
@@ -323,8 +344,19 @@ async fn main() -> std::process::ExitCode {
                 }
             };
             tracing::info!(%listen, "scheduler serving");
+            // SIGTERM (ECS stopping the task) or Ctrl-C: stop accepting, let the
+            // requests in flight finish, stop the reconcilers, exit 0.
             let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(t) => t,
+                        Err(_) => return std::future::pending().await,
+                    };
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: draining requests in flight"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: draining requests in flight"),
+                }
             };
             match berth_scheduler::run(scheduler, listener, shutdown).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,

@@ -14,6 +14,11 @@ use berth_wire::{CreateWorkspace, CredentialAuth, CredentialRoute, EgressRule, W
 use crate::templates::{TemplatePolicy, host_matches, secret_allowed};
 use crate::{ApiError, Config};
 
+/// Labels one workspace may carry, and their sizes.
+pub const MAX_LABELS: usize = 32;
+pub const MAX_LABEL_KEY: usize = 64;
+pub const MAX_LABEL_VALUE: usize = 256;
+
 /// Variables one request may set.
 pub const MAX_ENV_VARS: usize = 64;
 /// Bytes of one variable's name.
@@ -53,6 +58,7 @@ pub fn create(req: &CreateWorkspace, template: &str, config: &Config) -> Result<
             reason: format!("must be between 1 and {}", config.max_ttl_seconds),
         });
     }
+    labels(&req.labels)?;
     env(&req.env)?;
     let policy = config.templates.policy(template);
     if let Some(rules) = &req.egress {
@@ -382,6 +388,34 @@ pub fn files(p: &TemplatePolicy, files: &[WorkspaceFile]) -> Result<(), ApiError
             field: "files".into(),
             reason: format!("{total} bytes in all; at most {}", p.max_files_bytes),
         });
+    }
+    Ok(())
+}
+
+/// Checks a workspace's labels (kept in the state and shown to operators).
+pub fn labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let bad = |reason: String| ApiError::InvalidField {
+        field: "labels",
+        reason,
+    };
+    if labels.len() > MAX_LABELS {
+        return Err(bad(format!(
+            "{} labels; at most {MAX_LABELS}",
+            labels.len()
+        )));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > MAX_LABEL_KEY || k.chars().any(char::is_control) {
+            return Err(bad(format!(
+                "label key {:?} must be 1 to {MAX_LABEL_KEY} bytes without control characters",
+                k.chars().take(80).collect::<String>()
+            )));
+        }
+        if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
+            return Err(bad(format!(
+                "the value of label {k} must be at most {MAX_LABEL_VALUE} bytes without control characters"
+            )));
+        }
     }
     Ok(())
 }
