@@ -48,6 +48,8 @@ pub enum ApiError {
     NotFound { what: &'static str, id: String },
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error("this route needs the operator's token")]
+    OperatorOnly,
     #[error("no host has capacity for a workspace right now")]
     NoCapacity,
     #[error("the runtime failed: {0}")]
@@ -71,6 +73,7 @@ impl ApiError {
             } => (StatusCode::NOT_FOUND, "template_not_found"),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "workspace_not_found"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::OperatorOnly => (StatusCode::UNAUTHORIZED, "operator_token_required"),
             ApiError::NoCapacity => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
             ApiError::Runtime(_) => (StatusCode::BAD_GATEWAY, "runtime_failed"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable"),
@@ -206,6 +209,39 @@ fn bearer(headers: &HeaderMap) -> &str {
 
 fn same(a: &str, b: &str) -> bool {
     berth_wire::secrets_equal(a.as_bytes(), b.as_bytes())
+}
+
+/// The operator's token, as a bearer token or as the password of HTTP Basic
+/// authentication (so a browser can open the fleet page; any user name).
+fn operator_credential(headers: &HeaderMap) -> String {
+    let raw = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if let Some(b) = raw.strip_prefix("Bearer ") {
+        return b.to_owned();
+    }
+    raw.strip_prefix("Basic ")
+        .and_then(|b| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|d| String::from_utf8(d).ok())
+        .and_then(|up| up.split_once(':').map(|(_, p)| p.to_owned()))
+        .unwrap_or_default()
+}
+
+/// Checks the operator's token on operator routes (hosts, drain, pools, the fleet
+/// page, metrics); the backend's token is not one. Without an operator token
+/// configured, these routes are as open as the rest (local use).
+fn check_operator(s: &Scheduler, headers: &HeaderMap) -> Result<(), ApiError> {
+    match &s.config().operator_token {
+        Some(t) if !same(&operator_credential(headers), t) => Err(ApiError::OperatorOnly),
+        Some(_) => Ok(()),
+        None => check_api(s, headers),
+    }
 }
 
 /// Checks the backend's token, when one is configured.
@@ -351,7 +387,7 @@ async fn host_report(
 }
 
 async fn list_hosts(State(s): State<Scheduler>, headers: HeaderMap) -> Result<Response, ApiError> {
-    check_api(&s, &headers)?;
+    check_operator(&s, &headers)?;
     let records = s.store().hosts().await?;
     let views = s.views_of(&records);
     let hosts: Vec<_> = records
@@ -383,7 +419,7 @@ async fn drain_host(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    check_api(&s, &headers)?;
+    check_operator(&s, &headers)?;
     if !s.store().set_draining(&id, true).await? {
         return Err(ApiError::NotFound { what: "host", id });
     }
@@ -400,7 +436,7 @@ async fn drain_host(
 }
 
 async fn pools(State(s): State<Scheduler>, headers: HeaderMap) -> Result<Response, ApiError> {
-    check_api(&s, &headers)?;
+    check_operator(&s, &headers)?;
     let sizes = s.store().pool_sizes().await?;
     let pools: Vec<_> = s
         .pool_targets()
@@ -425,7 +461,7 @@ async fn set_pool(
     Path(template): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    check_api(&s, &headers)?;
+    check_operator(&s, &headers)?;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct SetPool {
@@ -446,7 +482,8 @@ async fn set_pool(
     .into_response())
 }
 
-async fn metrics(State(s): State<Scheduler>) -> Result<String, ApiError> {
+async fn metrics(State(s): State<Scheduler>, headers: HeaderMap) -> Result<String, ApiError> {
+    check_operator(&s, &headers)?;
     let c = s.counters();
     let mut out = String::new();
     let counter = |out: &mut String, name: &str, help: &str, v: u64| {
@@ -556,7 +593,11 @@ async fn metrics(State(s): State<Scheduler>) -> Result<String, ApiError> {
     Ok(out)
 }
 
-async fn fleet_page(State(s): State<Scheduler>) -> Result<Html<String>, ApiError> {
+async fn fleet_page(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+) -> Result<Html<String>, ApiError> {
+    check_operator(&s, &headers)?;
     let views = s.host_views().await?;
     let sizes = s.store().pool_sizes().await?;
     let workspaces = s.store().workspaces().await?.len();

@@ -63,6 +63,9 @@ pub struct Config {
     pub refill_parallelism: usize,
     /// Bearer token the backend must present; `None` leaves the API open (local use).
     pub api_token: Option<String>,
+    /// The operator's token, for the fleet page, `/metrics`, hosts, drain and pools;
+    /// `None`: those routes take the backend's token like the rest.
+    pub operator_token: Option<String>,
     /// Networks the scheduler may connect to agents in; empty: any. A slot whose
     /// agent address is outside is discarded (a host cannot steer our connections).
     pub agent_networks: Vec<addrs::Cidr>,
@@ -95,6 +98,7 @@ impl Default for Config {
             slot_memory_mib: 48,
             refill_parallelism: 4,
             api_token: None,
+            operator_token: None,
             agent_networks: Vec::new(),
             stale_for: Duration::from_secs(10),
             orphan_grace: Duration::from_secs(300),

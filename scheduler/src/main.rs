@@ -48,6 +48,11 @@ enum Command {
         /// Bearer token the backend presents (required unless --insecure-no-auth).
         #[arg(long, env = "BERTH_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
+        /// The operator's token: the fleet page, /metrics, /v1/hosts, drain and
+        /// /v1/pools take it (as a bearer token, or as the password of HTTP Basic
+        /// for a browser) and refuse the backend's. Required unless --insecure-no-auth.
+        #[arg(long, env = "BERTH_OPERATOR_TOKEN", hide_env_values = true)]
+        operator_token: Option<String>,
         /// Serve the API without a backend token: anyone who can reach the port may
         /// create and delete workspaces. For a laptop only; warned at every start.
         #[arg(long, env = "BERTH_INSECURE_NO_AUTH")]
@@ -253,6 +258,7 @@ async fn main() -> std::process::ExitCode {
             pools,
             placement,
             api_token,
+            operator_token,
             insecure_no_auth,
             host_token,
             templates,
@@ -271,6 +277,22 @@ async fn main() -> std::process::ExitCode {
                     return config_error(
                         "a backend token is required: --api-token or BERTH_API_TOKEN \
                          (`scheduler serve --help` says how to run without one on a laptop)",
+                    );
+                }
+            }
+            match (&operator_token, insecure_no_auth) {
+                (Some(t), _) if t.len() < 16 => {
+                    return config_error("the operator token must be at least 16 characters");
+                }
+                (Some(t), _) if Some(t) == api_token.as_ref() => {
+                    return config_error(
+                        "the operator token must differ from the backend's (BERTH_OPERATOR_TOKEN)",
+                    );
+                }
+                (Some(_), _) | (None, true) => {}
+                (None, false) => {
+                    return config_error(
+                        "an operator token is required: --operator-token or BERTH_OPERATOR_TOKEN",
                     );
                 }
             }
@@ -308,6 +330,7 @@ async fn main() -> std::process::ExitCode {
                 pools,
                 strategy: placement,
                 api_token,
+                operator_token,
                 host_token,
                 agent_networks,
                 templates,

@@ -8,10 +8,12 @@ use berth_scheduler::{Config, Scheduler, store::Store};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "backend-token-0123456789";
+const OPERATOR: &str = "operator-token-0123456789";
 
 async fn start() -> (String, tokio::sync::oneshot::Sender<()>) {
     let config = Config {
         api_token: Some(TOKEN.into()),
+        operator_token: Some(OPERATOR.into()),
         host_token: "host-token-0123456789".into(),
         ..Config::default()
     };
@@ -132,15 +134,22 @@ async fn malformed_and_hostile_requests_get_their_codes_and_the_service_keeps_se
         case("keepalive unknown", M::POST, "/v1/workspaces/ws-nope/keepalive").json(json!({})).expect(404, "workspace_not_found"),
         case("egress of unknown", M::GET, "/v1/workspaces/ws-nope/egress").expect(404, "workspace_not_found"),
         case("egress bad json", M::PUT, "/v1/workspaces/ws-nope/egress").raw(Some("application/json"), b"[").expect(400, "invalid_json"),
-        case("pool of unknown template", M::PUT, "/v1/pools/gpu").json(json!({"target": 1})).expect(404, "template_not_found"),
-        case("negative pool", M::PUT, "/v1/pools/default").json(json!({"target": -1})).expect(400, "invalid_json"),
-        case("absurd pool", M::PUT, "/v1/pools/default").json(json!({"target": 10_000_000})).expect(422, "invalid_field").field("target"),
-        case("drain unknown host", M::POST, "/v1/hosts/h-nope/drain").expect(404, "host_not_found"),
+        case("pool of unknown template", M::PUT, "/v1/pools/gpu").json(json!({"target": 1})).token(Some(OPERATOR)).expect(404, "template_not_found"),
+        case("negative pool", M::PUT, "/v1/pools/default").json(json!({"target": -1})).token(Some(OPERATOR)).expect(400, "invalid_json"),
+        case("absurd pool", M::PUT, "/v1/pools/default").json(json!({"target": 10_000_000})).token(Some(OPERATOR)).expect(422, "invalid_field").field("target"),
+        case("drain unknown host", M::POST, "/v1/hosts/h-nope/drain").token(Some(OPERATOR)).expect(404, "host_not_found"),
         case("report without host token", M::POST, "/v1/hosts/h1/report").json(json!({})).token(None).expect(401, "unauthorized"),
         case("report with the backend token", M::POST, "/v1/hosts/h1/report").json(json!({})).expect(401, "unauthorized"),
         case("create without token", M::POST, w).json(create(json!({}))).token(None).expect(401, "unauthorized"),
         case("create with a wrong token", M::POST, w).json(create(json!({}))).token(Some("backend-token-012345678X")).expect(401, "unauthorized"),
         case("list without token", M::GET, w).token(None).expect(401, "unauthorized"),
+        case("hosts with the backend token", M::GET, "/v1/hosts").expect(401, "operator_token_required"),
+        case("pools with the backend token", M::GET, "/v1/pools").expect(401, "operator_token_required"),
+        case("set a pool with the backend token", M::PUT, "/v1/pools/default").json(json!({"target": 1})).expect(401, "operator_token_required"),
+        case("drain with the backend token", M::POST, "/v1/hosts/h1/drain").expect(401, "operator_token_required"),
+        case("metrics without a token", M::GET, "/metrics").token(None).expect(401, "operator_token_required"),
+        case("fleet page with the backend token", M::GET, "/").expect(401, "operator_token_required"),
+        case("workspaces with the operator token", M::GET, w).token(Some(OPERATOR)).expect(401, "unauthorized"),
         case("no host has room", M::POST, w).json(json!({"conversation_id": "💥 unicode is fine 会話"})).expect(503, "no_capacity"),
     ];
     assert!(cases.len() >= 40, "{} cases", cases.len());
@@ -187,6 +196,25 @@ async fn malformed_and_hostile_requests_get_their_codes_and_the_service_keeps_se
             assert_eq!(body["error"]["field"], f, "{}: {text}", c.what);
         }
     }
+    // The operator's routes with the operator's token: bearer, or HTTP Basic as a
+    // browser sends it for the fleet page.
+    for path in ["/v1/hosts", "/v1/pools", "/metrics"] {
+        let r = http
+            .get(format!("{url}{path}"))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let page = http
+        .get(format!("{url}/"))
+        .basic_auth("on-call", Some(OPERATOR))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<html"));
     // Still serving.
     let ok = http.get(format!("{url}/healthz")).send().await.unwrap();
     assert_eq!(ok.status(), 200);

@@ -31,6 +31,21 @@ fn without_a_backend_token_it_refuses_to_start_and_says_how() {
     assert!(err.contains("BERTH_API_TOKEN"), "{err}");
     let short = serve(&["--api-token", "short"]).output().unwrap();
     assert_eq!(short.status.code(), Some(64));
+    // The operator's token is required too, and must not be the backend's.
+    let no_op = serve(&["--api-token", "backend-token-0123456789"])
+        .output()
+        .unwrap();
+    assert_eq!(no_op.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&no_op.stderr).contains("BERTH_OPERATOR_TOKEN"));
+    let same = serve(&[
+        "--api-token",
+        "backend-token-0123456789",
+        "--operator-token",
+        "backend-token-0123456789",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(same.status.code(), Some(64));
 }
 
 #[test]

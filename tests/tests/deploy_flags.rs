@@ -55,8 +55,10 @@ fn placeholder(name: &str) -> String {
     match name {
         "BERTH_AGENT_NETWORKS" => "10.40.0.0/16".into(),
         "BERTH_POOLS" => "default=1".into(),
-        // Long enough for the token checks (16 characters at least).
-        _ => "placeholder-0123456789abcdef".into(),
+        // Long enough for the token checks (16 characters at least), and one of its
+        // own per setting, as real secrets are (the operator's token must differ
+        // from the backend's).
+        _ => format!("placeholder-{}-0123456789abcdef", name.to_ascii_lowercase()),
     }
 }
 

@@ -168,6 +168,7 @@ module "scheduler" {
   scale_out_headroom               = var.scale_out_headroom
   pools                            = var.pools
   api_token_secret_arn             = module.secrets.api_token_arn
+  operator_token_secret_arn        = module.secrets.operator_token_arn
   host_token_secret_arn            = module.secrets.host_token_arn
   kms_key_arn                      = module.kms.key_arn
   desired_count                    = var.scheduler_count

@@ -6,8 +6,9 @@ output "scheduler_environment" {
 output "scheduler_secrets" {
   description = "Secrets injected into the scheduler container: variable name => Secrets Manager ARN."
   value = {
-    BERTH_API_TOKEN  = module.secrets.api_token_arn
-    BERTH_HOST_TOKEN = module.secrets.host_token_arn
+    BERTH_API_TOKEN      = module.secrets.api_token_arn
+    BERTH_OPERATOR_TOKEN = module.secrets.operator_token_arn
+    BERTH_HOST_TOKEN     = module.secrets.host_token_arn
   }
 }
 

@@ -55,6 +55,7 @@ locals {
     environment            = local.environment
     secrets = [
       { name = "BERTH_API_TOKEN", valueFrom = var.api_token_secret_arn },
+      { name = "BERTH_OPERATOR_TOKEN", valueFrom = var.operator_token_secret_arn },
       { name = "BERTH_HOST_TOKEN", valueFrom = var.host_token_secret_arn },
     ]
     linuxParameters = {
@@ -195,7 +196,7 @@ data "aws_iam_policy_document" "execution" {
   statement {
     sid       = "ReadSchedulerTokens"
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [var.api_token_secret_arn, var.host_token_secret_arn]
+    resources = [var.api_token_secret_arn, var.operator_token_secret_arn, var.host_token_secret_arn]
   }
   statement {
     sid       = "DecryptWithEnvironmentKey"

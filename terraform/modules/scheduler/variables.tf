@@ -89,6 +89,11 @@ variable "api_token_secret_arn" {
   type        = string
 }
 
+variable "operator_token_secret_arn" {
+  description = "Secret of BERTH_OPERATOR_TOKEN."
+  type        = string
+}
+
 variable "host_token_secret_arn" {
   description = "Secret of BERTH_HOST_TOKEN."
   type        = string
