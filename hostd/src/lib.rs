@@ -861,8 +861,7 @@ async fn create_slot(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     h.check_token(&headers)?;
-    let req: CreateSlot =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let req: CreateSlot = parse_json(&body)?;
     let info = h.create_slot(req).await?;
     Ok((StatusCode::CREATED, axum::Json(info)))
 }
@@ -912,13 +911,17 @@ async fn claim_slot(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     h.check_token(&headers)?;
-    let req: berth_wire::SlotClaim =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let req: berth_wire::SlotClaim = parse_json(&body)?;
     let workspace_id = req.workspace_id.clone();
     h.claim_slot(&id, req).await?;
     Ok(axum::Json(
         serde_json::json!({"slot_id": id, "workspace_id": workspace_id}),
     ))
+}
+
+/// A request body as JSON, or `400 invalid_json` saying why.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
 }
 
 fn claim_secret(headers: &HeaderMap) -> String {
@@ -949,8 +952,7 @@ async fn put_egress(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     h.check_token(&headers)?;
-    let update: berth_wire::EgressUpdate =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let update: berth_wire::EgressUpdate = parse_json(&body)?;
     Ok(axum::Json(
         h.set_slot_egress(&id, &claim_secret(&headers), &update)
             .await?,

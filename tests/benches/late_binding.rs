@@ -44,12 +44,7 @@ async fn main() {
     let berth = LocalBerth::start_with(Options {
         pool: 0,
         proxy_config_dir: Some(config_dir.path().to_path_buf()),
-        proxy_env: vec![
-            "AWS_ACCESS_KEY_ID=testing".into(),
-            "AWS_SECRET_ACCESS_KEY=testing".into(),
-            "AWS_REGION=us-east-1".into(),
-            "AWS_EC2_METADATA_DISABLED=true".into(),
-        ],
+        proxy_env: berth_tests::moto::proxy_env(),
         templates: Some(Templates {
             policies: [("default".to_owned(), policy)].into(),
         }),

@@ -30,6 +30,19 @@ pub fn moto_server_path() -> std::path::PathBuf {
     std::path::PathBuf::from(cache).join("venv-moto/bin/moto_server")
 }
 
+/// Environment for a slot's proxy that talks to moto: static credentials and region,
+/// and no metadata service (`--proxy-env` of hostd, `Options::proxy_env` here).
+pub fn proxy_env() -> Vec<String> {
+    [
+        "AWS_ACCESS_KEY_ID=testing",
+        "AWS_SECRET_ACCESS_KEY=testing",
+        "AWS_REGION=us-east-1",
+        "AWS_EC2_METADATA_DISABLED=true",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 impl MotoServer {
     /// Starts moto on a free port of 127.0.0.1 and waits for its "Running on" line.
     pub fn start() -> anyhow::Result<Self> {
