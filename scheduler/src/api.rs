@@ -50,6 +50,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("this route needs the operator's token")]
     OperatorOnly,
+    #[error(
+        "workspace `{0}` was lost with its host; POST /v1/workspaces for its conversation hands out a new one"
+    )]
+    Lost(String),
     #[error("no host has capacity for a workspace right now")]
     NoCapacity,
     #[error("the runtime failed: {0}")]
@@ -74,6 +78,7 @@ impl ApiError {
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "workspace_not_found"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::OperatorOnly => (StatusCode::UNAUTHORIZED, "operator_token_required"),
+            ApiError::Lost(_) => (StatusCode::CONFLICT, "workspace_lost"),
             ApiError::NoCapacity => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
             ApiError::Runtime(_) => (StatusCode::BAD_GATEWAY, "runtime_failed"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable"),
@@ -568,6 +573,18 @@ async fn metrics(State(s): State<Scheduler>, headers: HeaderMap) -> Result<Strin
         "berth_claims_recovered_total",
         "Bindings left Claiming by a replica that died mid-claim, removed with their slot.",
         c.claims_recovered.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_workspaces_lost_total",
+        "Workspaces marked lost because their host's heartbeats stopped.",
+        c.workspaces_lost.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_hosts_forgotten_total",
+        "Hosts removed from the state after their retention without a heartbeat.",
+        c.hosts_forgotten.load(Ordering::Relaxed),
     );
     for (name, v) in s.runtime_metrics() {
         counter(

@@ -85,6 +85,9 @@ pub struct Config {
     /// A binding still `Claiming` after this long belongs to a replica that died
     /// mid-claim (no acquire takes as long): the leader removes it and stops its slot.
     pub claim_recovery: Duration,
+    /// A host silent for this long is forgotten (its lost workspaces stay visible
+    /// until their conversations are served again).
+    pub host_retention: Duration,
 }
 
 impl Default for Config {
@@ -106,6 +109,7 @@ impl Default for Config {
             host_token: String::new(),
             templates: templates::Templates::default(),
             claim_recovery: Duration::from_secs(90),
+            host_retention: Duration::from_secs(3600),
         }
     }
 }
@@ -126,6 +130,8 @@ pub struct Counters {
     pub scale_out_requested: AtomicU64,
     pub pool_shrunk: AtomicU64,
     pub claims_recovered: AtomicU64,
+    pub workspaces_lost: AtomicU64,
+    pub hosts_forgotten: AtomicU64,
 }
 
 /// The scheduler's shared state.

@@ -150,12 +150,54 @@ impl Scheduler {
         Ok(())
     }
 
+    /// A host whose heartbeats stopped: its warm slots leave the pools and its
+    /// workspaces are marked `lost` (shown so by `GET /v1/workspaces/{id}`; the
+    /// conversation's next create replaces them). A host silent past
+    /// [`Config::host_retention`] is forgotten.
     pub(crate) async fn reap_dead_hosts(&self) -> Result<(), StoreError> {
         let hosts = self.inner.store.hosts().await?;
-        for host in self.dead_among(&hosts) {
-            let gone = self.inner.store.take_warm_on_host(&host).await?;
+        let dead = self.dead_among(&hosts);
+        if dead.is_empty() {
+            return Ok(());
+        }
+        for host in &dead {
+            let gone = self.inner.store.take_warm_on_host(host).await?;
             if !gone.is_empty() {
                 tracing::warn!(host_id = %host, slots = gone.len(), "host heartbeat expired; its warm slots left the pools");
+            }
+        }
+        for mut r in self.inner.store.workspaces().await? {
+            if r.status != WorkspaceStatus::Ready || !dead.contains(&r.workspace.host_id) {
+                continue;
+            }
+            r.status = WorkspaceStatus::Lost;
+            r.workspace.state = berth_wire::WorkspaceState::Lost;
+            if self
+                .inner
+                .store
+                .replace_workspace(&r, WorkspaceStatus::Ready)
+                .await?
+            {
+                self.inner
+                    .counters
+                    .workspaces_lost
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(workspace_id = %r.workspace.id, host_id = %r.workspace.host_id,
+                    conversation_id = %r.workspace.conversation_id, "workspace lost with its host");
+            }
+        }
+        let now = now_ms();
+        let retention = ms(self.inner.config.host_retention);
+        for h in &hosts {
+            if dead.contains(&h.report.host_id)
+                && now.saturating_sub(h.last_seen_ms) > retention
+                && self.inner.store.remove_host(&h.report.host_id).await?
+            {
+                self.inner
+                    .counters
+                    .hosts_forgotten
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(host_id = %h.report.host_id, "host silent past its retention; forgotten");
             }
         }
         Ok(())

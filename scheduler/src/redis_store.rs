@@ -144,6 +144,7 @@ fn status_name(s: WorkspaceStatus) -> &'static str {
     match s {
         WorkspaceStatus::Claiming => "claiming",
         WorkspaceStatus::Ready => "ready",
+        WorkspaceStatus::Lost => "lost",
     }
 }
 
@@ -196,6 +197,21 @@ impl StateStore for RedisStore {
                 .query_async::<()>(&mut con)
                 .await
                 .map_err(unavailable)
+        })
+    }
+
+    fn remove_host<'a>(&'a self, host_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let (removed, _, _): (i64, i64, i64) = redis::pipe()
+                .atomic()
+                .hdel(HOSTS, host_id)
+                .hdel(HOST_SEEN, host_id)
+                .srem(DRAINING, host_id)
+                .query_async(&mut con)
+                .await
+                .map_err(unavailable)?;
+            Ok(removed == 1)
         })
     }
 

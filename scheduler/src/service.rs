@@ -34,7 +34,7 @@ impl Scheduler {
                 let host_lives = hosts
                     .iter()
                     .any(|h| &h.report.host_id == host && !dead.contains(host));
-                if !host.is_empty() && !host_lives {
+                if existing.status == WorkspaceStatus::Lost || (!host.is_empty() && !host_lives) {
                     // Its host died: forget it and hand out a new one, saying so.
                     tracing::warn!(workspace_id = %existing.workspace.id, host_id = %existing.workspace.host_id,
                         conversation_id = %req.conversation_id, "workspace lost with its host; replacing");
@@ -70,6 +70,7 @@ impl Scheduler {
                     expires_at: now + ttl,
                     labels: req.labels.clone(),
                     replaced: replaced.clone(),
+                    state: Default::default(),
                 },
                 slot_id: String::new(),
                 status: WorkspaceStatus::Claiming,
@@ -229,11 +230,14 @@ impl Scheduler {
             .store
             .workspace(id)
             .await?
-            .filter(|r| r.status == WorkspaceStatus::Ready)
+            .filter(|r| r.status != WorkspaceStatus::Claiming)
             .ok_or_else(|| ApiError::NotFound {
                 what: "workspace",
                 id: id.into(),
             })?;
+        if record.status == WorkspaceStatus::Lost {
+            return Err(ApiError::Lost(id.into()));
+        }
         if let Some(u) = &update {
             let policy = self
                 .inner
@@ -309,6 +313,9 @@ impl Scheduler {
                     self.inner.config.max_ttl_seconds
                 ),
             });
+        }
+        if record.status == WorkspaceStatus::Lost {
+            return Err(ApiError::Lost(id.into()));
         }
         record.workspace.expires_at = now_ms() / 1000 + ttl;
         // Conditional: a keepalive racing a release must not bring the record back.

@@ -31,6 +31,8 @@ pub enum WorkspaceStatus {
     /// Bound to its conversation; the agent is being claimed (or a cold slot made).
     Claiming,
     Ready,
+    /// Its host died; kept (and shown) until the conversation is served again.
+    Lost,
 }
 
 /// A workspace as the store keeps it: the API view plus the slot behind it.
@@ -157,6 +159,8 @@ pub trait StateStore: Send + Sync + 'static {
         id: &'a str,
         expect: WorkspaceStatus,
     ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>>;
+    /// Forgets a host (its heartbeats stopped long ago); false if it was unknown.
+    fn remove_host<'a>(&'a self, host_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Takes or renews the reconcilers' lease for `owner`; the fencing epoch while
     /// `owner` leads, `None` while another replica does.
     fn lead<'a>(
@@ -251,6 +255,10 @@ impl StateStore for MemoryStore {
             );
             Ok(())
         })
+    }
+
+    fn remove_host<'a>(&'a self, host_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move { Ok(self.lock().hosts.remove(host_id).is_some()) })
     }
 
     fn hosts<'a>(&'a self) -> BoxFuture<'a, Result<Vec<HostRecord>, StoreError>> {

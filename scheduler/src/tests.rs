@@ -470,3 +470,46 @@ async fn a_keepalive_after_a_release_does_not_bring_the_workspace_back() {
     ));
     assert!(s.store().workspace("w-k").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn a_dead_hosts_workspaces_are_marked_lost_and_the_host_forgotten_after_retention() {
+    let (s, _fake) = on_fake_runtime_with(Config {
+        pools: [("default".to_owned(), 0)].into(),
+        host_retention: Duration::from_secs(60),
+        ..Config::default()
+    })
+    .await;
+    let mut r = store::conformance::record("default", "w-on-h1", "c-on-h1");
+    r.status = WorkspaceStatus::Ready;
+    r.workspace.host_id = "h1".into();
+    s.store().put_workspace(&r).await.unwrap();
+    // h1's last heartbeat: 30 s ago (dead, still within retention).
+    let report = s.store().hosts().await.unwrap().remove(0).report;
+    s.store()
+        .put_host(report.clone(), now_ms() - 30_000)
+        .await
+        .unwrap();
+    s.reconcile().await;
+    let lost = s.store().workspace("w-on-h1").await.unwrap().unwrap();
+    assert_eq!(lost.status, WorkspaceStatus::Lost);
+    assert_eq!(lost.workspace.state, berth_wire::WorkspaceState::Lost);
+    assert!(matches!(
+        s.keepalive("w-on-h1", None).await,
+        Err(ApiError::Lost(_))
+    ));
+    assert_eq!(
+        s.store().hosts().await.unwrap().len(),
+        1,
+        "kept within retention"
+    );
+    // Past the retention the host is forgotten; the lost workspace stays visible.
+    s.store()
+        .put_host(report, now_ms() - 120_000)
+        .await
+        .unwrap();
+    s.reconcile().await;
+    assert!(s.store().hosts().await.unwrap().is_empty());
+    assert_eq!(s.counters().hosts_forgotten.load(Ordering::Relaxed), 1);
+    assert!(s.store().workspace("w-on-h1").await.unwrap().is_some());
+    assert_eq!(s.counters().workspaces_lost.load(Ordering::Relaxed), 1);
+}

@@ -96,6 +96,40 @@ async fn conversations_of_a_dead_host_get_new_workspaces_elsewhere() {
         detected.unwrap_or_else(|| panic!("the dead host was never marked unhealthy: {last}"));
     eprintln!("host death detected after {detected:?}");
 
+    // Until its conversation asks again, the dead host's workspace shows as lost.
+    let mut state = Value::Null;
+    for _ in 0..50 {
+        let got: Value = berth
+            .http
+            .get(format!("{}/v1/workspaces/{}", berth.api, victim.id))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        state = got["state"].clone();
+        if state == "lost" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "lost", "GET shows the dead host's workspace as lost");
+    let keepalive = berth
+        .http
+        .post(format!(
+            "{}/v1/workspaces/{}/keepalive",
+            berth.api, victim.id
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        keepalive.status(),
+        409,
+        "a lost workspace is not kept alive"
+    );
+
     // The affected conversation gets a new workspace on the surviving host, saying so.
     let asked = Instant::now();
     let replacement = acquire(&berth, &victim.conversation_id).await;
@@ -104,9 +138,17 @@ async fn conversations_of_a_dead_host_get_new_workspaces_elsewhere() {
     assert_eq!(replacement.replaced.as_deref(), Some(victim.id.as_str()));
     assert_eq!(replacement.host_id, second);
     assert!(echo(&berth, &replacement).await);
-    // Asking again returns the replacement, now without the `replaced` note.
+    // Asking again returns the replacement, now without the `replaced` note; the
+    // lost one is gone.
     let again = acquire(&berth, &victim.conversation_id).await;
     assert_eq!(again.id, replacement.id);
+    let old = berth
+        .http
+        .get(format!("{}/v1/workspaces/{}", berth.api, victim.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 404);
 
     // The other host's conversation keeps its workspace.
     let kept = acquire(&berth, &survivor.conversation_id).await;

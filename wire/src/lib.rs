@@ -224,6 +224,17 @@ pub enum Source {
     Cold,
 }
 
+/// Whether a workspace can be used.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceState {
+    #[default]
+    Ready,
+    /// Its host died: the next `POST /v1/workspaces` for the conversation hands out
+    /// a new one (`replaced` names this one).
+    Lost,
+}
+
 /// A workspace as the backend sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Workspace {
@@ -245,6 +256,8 @@ pub struct Workspace {
     /// Set when this response replaced a workspace that was lost with its host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced: Option<String>,
+    #[serde(default)]
+    pub state: WorkspaceState,
 }
 
 // === hostd API ===

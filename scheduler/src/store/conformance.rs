@@ -28,6 +28,7 @@ pub fn record(template: &str, id: &str, conv: &str) -> WorkspaceRecord {
             expires_at: 2,
             labels: [("team".to_owned(), "a".to_owned())].into(),
             replaced: None,
+            state: Default::default(),
         },
         slot_id: String::new(),
         status: WorkspaceStatus::Claiming,
@@ -248,6 +249,16 @@ pub async fn hosts_keep_their_draining_mark_across_reports(a: &Store, b: &Store)
     assert!(h.draining, "the mark outlives a new report");
     assert_eq!(h.last_seen_ms, 20);
     assert!(a.set_draining("conf-h1", false).await.unwrap());
+    // Forgotten hosts are gone from the list; forgetting twice finds nothing.
+    assert!(b.remove_host("conf-h1").await.unwrap());
+    assert!(!a.remove_host("conf-h1").await.unwrap());
+    assert!(
+        a.hosts()
+            .await
+            .unwrap()
+            .iter()
+            .all(|h| h.report.host_id != "conf-h1")
+    );
 }
 
 /// What one handle writes, the other reads back whole.
