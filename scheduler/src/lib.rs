@@ -88,6 +88,13 @@ pub struct Config {
     /// A host silent for this long is forgotten (its lost workspaces stay visible
     /// until their conversations are served again).
     pub host_retention: Duration,
+    /// How long one create may take, every call inside it included (placement,
+    /// starting a cold slot, the claim); past it the answer is `503` with
+    /// `Retry-After` and nothing is left bound.
+    pub acquire_deadline: Duration,
+    /// Cold starts in flight at once on this replica; creates beyond wait for one
+    /// (within the deadline) so a burst on an empty pool cannot start a slot each.
+    pub max_cold_starts: usize,
 }
 
 impl Default for Config {
@@ -110,6 +117,8 @@ impl Default for Config {
             templates: templates::Templates::default(),
             claim_recovery: Duration::from_secs(90),
             host_retention: Duration::from_secs(3600),
+            acquire_deadline: Duration::from_secs(30),
+            max_cold_starts: 16,
         }
     }
 }
@@ -168,6 +177,8 @@ struct Inner {
     counters: Counters,
     /// Names this process in the leader lease.
     replica_id: String,
+    /// Cold starts this replica may have in flight ([`Config::max_cold_starts`]).
+    cold_starts: tokio::sync::Semaphore,
 }
 
 /// Slots the refill reconciler asks one host for in one runtime call (ECS's
@@ -194,6 +205,7 @@ impl Scheduler {
         Self {
             inner: Arc::new(Inner {
                 targets: Mutex::new(config.pools.clone()),
+                cold_starts: tokio::sync::Semaphore::new(config.max_cold_starts.max(1)),
                 config,
                 store,
                 clients,

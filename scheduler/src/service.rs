@@ -14,10 +14,10 @@ impl Scheduler {
             .ttl_seconds
             .unwrap_or(self.inner.config.default_ttl_seconds);
         let mut replaced = None;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + self.inner.config.acquire_deadline;
         let mut warm_failures = 0;
         loop {
-            if std::time::Instant::now() > deadline {
+            if tokio::time::Instant::now() > deadline {
                 return Err(ApiError::NoCapacity);
             }
             // One read of the fleet per attempt: whether the conversation's host lives,
@@ -94,7 +94,7 @@ impl Scheduler {
                     }
                     (slot, Source::Warm)
                 }
-                Acquired::Cold => match self.start_slot(&template).await {
+                Acquired::Cold => match self.start_cold(&template, deadline).await {
                     Ok(slot) => (slot, Source::Cold),
                     Err(e) => {
                         self.inner
@@ -150,11 +150,17 @@ impl Scheduler {
                 .find(|h| h.report.host_id == slot.host_id)
                 .map(|h| h.report.hostd_url.clone())
                 .unwrap_or_default();
-            let claimed = self
-                .inner
-                .clients
-                .claim_slot(&hostd_url, &slot.host_id, &slot.slot_id, &claim)
-                .await;
+            let claimed = match tokio::time::timeout_at(
+                deadline,
+                self.inner
+                    .clients
+                    .claim_slot(&hostd_url, &slot.host_id, &slot.slot_id, &claim),
+            )
+            .await
+            {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("the claim did not finish within the acquire deadline".to_owned()),
+            };
             if let Err(e) = claimed {
                 tracing::warn!(slot_id = %slot.slot_id, error = %e, "claim failed; discarding slot");
                 self.inner
@@ -164,12 +170,19 @@ impl Scheduler {
                 self.discard_slot(&slot.host_id, &slot.slot_id, "claim failed")
                     .await;
                 warm_failures += 1;
+                if tokio::time::Instant::now() >= deadline {
+                    self.inner
+                        .counters
+                        .acquire_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(ApiError::NoCapacity);
+                }
                 if warm_failures >= 3 {
                     self.inner
                         .counters
                         .acquire_failed
                         .fetch_add(1, Ordering::Relaxed);
-                    return Err(ApiError::Runtime(e.to_string()));
+                    return Err(ApiError::Runtime(e));
                 }
                 continue;
             }
@@ -196,6 +209,23 @@ impl Scheduler {
                 host_id = %slot.host_id, source = ?source, "workspace handed out");
             return Ok(record.workspace);
         }
+    }
+
+    /// A cold start for one create: at most [`Config::max_cold_starts`] at once on
+    /// this replica, and none past the create's deadline (a start cut short there is
+    /// left to its host; the orphan pass stops it if it comes up unknown).
+    async fn start_cold(
+        &self,
+        template: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<WarmSlot, ApiError> {
+        let _permit = tokio::time::timeout_at(deadline, self.inner.cold_starts.acquire())
+            .await
+            .map_err(|_| ApiError::NoCapacity)?
+            .map_err(|_| ApiError::NoCapacity)?;
+        tokio::time::timeout_at(deadline, self.start_slot(template))
+            .await
+            .map_err(|_| ApiError::NoCapacity)?
     }
 
     /// Ends a workspace and removes its slot.

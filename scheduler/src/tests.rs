@@ -513,3 +513,57 @@ async fn a_dead_hosts_workspaces_are_marked_lost_and_the_host_forgotten_after_re
     assert!(s.store().workspace("w-on-h1").await.unwrap().is_some());
     assert_eq!(s.counters().workspaces_lost.load(Ordering::Relaxed), 1);
 }
+
+#[tokio::test]
+async fn the_acquire_deadline_covers_a_claim_that_hangs_and_nothing_stays_bound() {
+    let (s, fake) = on_fake_runtime_with(Config {
+        pools: [("default".to_owned(), 0)].into(),
+        acquire_deadline: Duration::from_millis(800),
+        ..Config::default()
+    })
+    .await;
+    // A hostd whose claim endpoint never answers in time.
+    let app = axum::Router::new().route(
+        "/v1/slots/{id}/claim",
+        axum::routing::post(|| async {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            "late"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let mut report = host_with("none", SlotState::Ready).report;
+    report.slots.clear();
+    report.hostd_url = url;
+    s.store().put_host(report, now_ms()).await.unwrap();
+    s.store().push_warm(warm("s1")).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = s
+        .acquire(CreateWorkspace {
+            conversation_id: "c-slow".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, ApiError::NoCapacity), "{err:?}");
+    assert!(took < Duration::from_secs(3), "the deadline held: {took:?}");
+    assert!(
+        s.store()
+            .workspace_for_conversation("c-slow")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing left bound"
+    );
+    assert!(
+        fake.calls()
+            .iter()
+            .any(|c| matches!(c, runtime::RuntimeCall::Stop { slot_id, .. } if slot_id == "s1")),
+        "the slot whose claim hung is stopped: {:?}",
+        fake.calls()
+    );
+}
