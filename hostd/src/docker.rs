@@ -55,9 +55,8 @@ pub const PROXY_CONFIG_DIR: &str = "/etc/berth/proxy";
 /// The proxy container's environment: its admin channel (open only to the slot's
 /// claim secret, whose hash it holds), its configuration file when the template
 /// gives one, and the template's extra variables.
-pub fn proxy_env(slot_id: &str, claim_secret_sha256: &str, t: &SlotTemplate) -> Vec<String> {
+pub fn proxy_env(claim_secret_sha256: &str, t: &SlotTemplate) -> Vec<String> {
     let mut env = vec![
-        format!("BERTH_SLOT_ID={slot_id}"),
         format!("BERTH_PROXY_ADMIN_LISTEN=0.0.0.0:{}", ports::PROXY_ADMIN),
         format!("BERTH_CLAIM_SECRET_SHA256={claim_secret_sha256}"),
     ];
@@ -287,7 +286,7 @@ impl DockerRuntime {
             image: Some(t.proxy_image.clone()),
             user: Some(format!("{0}:{0}", uids::PROXY)),
             labels: Some(self.labels(slot_id, &t.name, "proxy")),
-            env: Some(proxy_env(slot_id, claim_secret_sha256, t)),
+            env: Some(proxy_env(claim_secret_sha256, t)),
             host_config: Some(HostConfig {
                 network_mode: Some(self.network.clone()),
                 binds: t

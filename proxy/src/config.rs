@@ -503,24 +503,8 @@ impl Config {
                     "must be present and unique",
                 ));
             }
-            if !r.prefix.starts_with('/') || !r.prefix.ends_with('/') || r.prefix.len() < 3 {
-                return Err(invalid(
-                    format!("{field}.prefix"),
-                    "must start and end with '/' and name something, e.g. \"/bedrock/\"",
-                ));
-            }
-            if crate::route::check_path(&r.prefix).is_err() {
-                return Err(invalid(
-                    format!("{field}.prefix"),
-                    "must be a plain path (no dot segments, escapes or backslashes)",
-                ));
-            }
-            if r.prefix.starts_with("/health/") || r.prefix.starts_with("/metrics/") {
-                return Err(invalid(
-                    format!("{field}.prefix"),
-                    "must not shadow /health or /metrics",
-                ));
-            }
+            berth_wire::settings::check_route_prefix(&r.prefix)
+                .map_err(|m| invalid(format!("{field}.prefix"), m))?;
             let up = Upstream::parse(&r.upstream)
                 .map_err(|m| invalid(format!("{field}.upstream"), m))?;
             for c in &r.allow_private_upstream {

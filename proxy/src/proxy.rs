@@ -196,7 +196,7 @@ impl Proxy {
     /// The AWS configuration, loaded from the standard chain the first time a
     /// claim needs it (an idle sidecar never pays for it).
     async fn aws(&self) -> &aws_config::SdkConfig {
-        self.sdk.get_or_init(|| crate::load_aws(&self.config)).await
+        sdk_in(&self.sdk, &self.config).await
     }
 
     /// Builds a claim's secret store in the background (the AWS configuration loads
@@ -212,7 +212,7 @@ impl Proxy {
         let cell = self.sdk.clone();
         let config = self.config.clone();
         let task = tokio::spawn(async move {
-            let sdk = cell.get_or_init(|| crate::load_aws(&config)).await;
+            let sdk = sdk_in(&cell, &config).await;
             let store = Arc::new(SecretStore::new(
                 &secrets,
                 &config.secrets_manager,
@@ -804,6 +804,14 @@ impl Proxy {
         store.wait_first_pass(FIRST_FETCH_WAIT).await;
         store.get(name)
     }
+}
+
+/// The AWS configuration in `cell`, loaded from the standard chain the first time.
+async fn sdk_in<'a>(
+    cell: &'a tokio::sync::OnceCell<aws_config::SdkConfig>,
+    config: &Config,
+) -> &'a aws_config::SdkConfig {
+    cell.get_or_init(|| crate::load_aws(config)).await
 }
 
 /// Compiles the file's routes.

@@ -153,20 +153,23 @@ pub fn upstream_host(url: &str) -> Result<String, String> {
             "{url:?}: user info, query and fragment are not allowed"
         ));
     }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            if p.parse::<u16>().ok().filter(|p| *p != 0).is_none() {
-                return Err(format!("{url:?}: bad port"));
-            }
-            (h, Some(p))
+    // `[v6]` or `[v6]:port`, else `host` or `host:port`.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: unclosed '['"))?;
+            (h, after.strip_prefix(':'))
         }
-        _ => (authority, None),
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
     };
-    let _ = port;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
+    if port.is_some_and(|p| p.parse::<u16>().ok().filter(|p| *p != 0).is_none()) {
+        return Err(format!("{url:?}: bad port"));
+    }
+    let host = host.to_ascii_lowercase();
     berth_wire::settings::check_host_name(&host)?;
     Ok(host)
 }
@@ -199,29 +202,8 @@ fn secret_reference(s: &str) -> Result<(), String> {
 
 /// A credential route's own shape (no policy).
 pub fn route_shape(r: &CredentialRoute) -> Result<(), Bad> {
-    let p = &r.prefix;
-    let plain = p.len() >= 3
-        && p.len() <= 128
-        && p.starts_with('/')
-        && p.ends_with('/')
-        && !p.contains("//")
-        && p.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b))
-        && !p.split('/').any(|seg| seg == "." || seg == "..");
-    if !plain {
-        return Err(bad(
-            "invalid_field",
-            "prefix",
-            format!("{p:?} must be a plain path starting and ending with '/', e.g. \"/mcp/\""),
-        ));
-    }
-    if p.starts_with("/health/") || p.starts_with("/metrics/") {
-        return Err(bad(
-            "invalid_field",
-            "prefix",
-            "must not shadow /health or /metrics",
-        ));
-    }
+    berth_wire::settings::check_route_prefix(&r.prefix)
+        .map_err(|m| bad("invalid_field", "prefix", m))?;
     upstream_host(&r.upstream).map_err(|m| bad("invalid_field", "upstream", m))?;
     match (&r.auth, &r.secret) {
         (CredentialAuth::Bearer | CredentialAuth::Header, None) => {
@@ -565,6 +547,27 @@ mod tests {
 
     fn route(upstream: &str, secret: Option<&str>) -> CredentialRoute {
         CredentialRoute::bearer("/mcp/", upstream, secret)
+    }
+
+    #[test]
+    fn upstream_hosts_parse_with_and_without_ports() {
+        for (url, host) in [
+            ("https://mcp.example.com", "mcp.example.com"),
+            ("https://MCP.example.com:8443/v1", "mcp.example.com"),
+            ("https://[::1]", "::1"),
+            ("https://[::1]:8443/x", "::1"),
+        ] {
+            assert_eq!(upstream_host(url).as_deref(), Ok(host), "{url}");
+        }
+        for bad in [
+            "https://a.com:0",
+            "https://a.com:x",
+            "https://[::1",
+            "https://[::1]:99999",
+            "https://a.com?q",
+        ] {
+            assert!(upstream_host(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

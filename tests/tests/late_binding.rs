@@ -373,12 +373,17 @@ async fn two_conversations_from_one_warm_pool_each_get_only_their_own_settings()
             !text.contains("HTTP/1.1"),
             "the admin channel answered the workspace: {text}"
         );
+        // Reset by the egress lock before any byte reached the proxy.
+        assert!(text.contains("refused"), "{target}: {text}");
     }
     let via_proxy = bb
         .sh("wget -S -q -O - http://127.0.0.1:8081/v1/egress 2>&1; true")
         .await
         .stdout_text();
-    assert!(!via_proxy.contains("200 OK"), "{via_proxy}");
+    assert!(
+        via_proxy.contains("403"),
+        "the proxy refuses to forward to its own admin port: {via_proxy}"
+    );
     // And without the slot's claim secret (its hash, which the workspace can read,
     // included) even hostd's side of the channel is refused.
     let admin = format!("http://{slot_ip}:8081/v1/egress");

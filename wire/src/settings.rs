@@ -109,6 +109,31 @@ pub fn check_egress_host(host: &str) -> Result<bool, String> {
     }
 }
 
+/// A route's path prefix on the proxy: starting and ending with `/`, naming
+/// something, plain (letters, digits and `/-_.~`, no empty, `.` or `..` segments, so
+/// no escape an upstream could normalise), at most 128 bytes, and not shadowing the
+/// proxy's own `/health` and `/metrics`. The scheduler checks a request's routes and
+/// the proxy its file's and a claim's with this one rule.
+pub fn check_route_prefix(p: &str) -> Result<(), String> {
+    let plain = p.len() >= 3
+        && p.len() <= 128
+        && p.starts_with('/')
+        && p.ends_with('/')
+        && !p.contains("//")
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b))
+        && !p.split('/').any(|seg| seg == "." || seg == "..");
+    if !plain {
+        return Err(format!(
+            "{p:?} must be a plain path starting and ending with '/', e.g. \"/mcp/\""
+        ));
+    }
+    if p.starts_with("/health/") || p.starts_with("/metrics/") {
+        return Err("must not shadow /health or /metrics".into());
+    }
+    Ok(())
+}
+
 /// How a file's `content` is written.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -229,3 +254,41 @@ pub fn check_host_name(host: &str) -> Result<(), String> {
 /// The header carrying a slot's claim secret on hostd's per-slot calls after the
 /// claim (hostd may have restarted and forgotten it).
 pub const CLAIM_SECRET_HEADER: &str = "x-berth-claim-secret";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_prefixes_are_plain_and_leave_health_alone() {
+        for ok in ["/mcp/", "/bedrock-runtime/", "/a/b.c_d~e/"] {
+            assert!(check_route_prefix(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "mcp/",
+            "/mcp",
+            "//",
+            "/a//b/",
+            "/../",
+            "/a/./",
+            "/%2e%2e/",
+            "/a\\b/",
+            "/health/x/",
+            "/metrics/",
+        ] {
+            assert!(check_route_prefix(bad).is_err(), "{bad}");
+        }
+        assert!(check_route_prefix(&format!("/{}/", "a".repeat(130))).is_err());
+    }
+
+    #[test]
+    fn egress_hosts_are_names_wildcards_or_literals() {
+        assert_eq!(check_egress_host("pypi.org"), Ok(false));
+        assert_eq!(check_egress_host("*.pythonhosted.org"), Ok(false));
+        assert_eq!(check_egress_host("10.0.0.1"), Ok(true));
+        assert_eq!(check_egress_host("[::1]"), Ok(true));
+        for bad in ["*.com", "*.10.0.0.1", "2852039166", "a b", "pypi.org."] {
+            assert!(check_egress_host(bad).is_err(), "{bad}");
+        }
+    }
+}
