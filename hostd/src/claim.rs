@@ -5,9 +5,16 @@
 //! [`berth_wire::ProxyPolicy`] to the proxy's admin channel and the token, env and
 //! files to the agent, at the same time, and answers only when both took it. Both
 //! calls carry the slot's claim secret, which only the scheduler and hostd hold
-//! (the containers have its SHA-256). hostd keeps no secret itself: later calls
-//! for the slot (the egress allowlist) bring the secret in
-//! [`berth_wire::settings::CLAIM_SECRET_HEADER`].
+//! (the containers have its SHA-256). Later calls for the slot (the egress
+//! allowlist) bring the secret in [`berth_wire::settings::CLAIM_SECRET_HEADER`].
+//!
+//! hostd keeps each claim it made, in memory, until the slot goes: the workspace's
+//! id, token and claim secret and the rest of its record ([`berth_wire::ClaimBinding`]).
+//! If the scheduler's state is lost (Redis flushed, failover to an empty replica),
+//! its leader reads them back from `GET /v1/inventory` (host token only) and
+//! rebuilds every binding, so live conversations keep their workspaces. They are
+//! what hostd pushed into the slot anyway; a hostd restart forgets them (a state
+//! loss at the same time leaves those slots to the orphan reaper).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -85,10 +92,38 @@ impl Hostd {
         let (proxy, agent) = tokio::join!(to_proxy, to_agent);
         proxy?;
         agent?;
+        self.claims_lock().insert(
+            slot_id.to_owned(),
+            berth_wire::HeldClaim {
+                slot_id: slot_id.to_owned(),
+                workspace_id: claim.workspace_id.clone(),
+                token: agent_claim.token,
+                claim_secret: agent_claim.claim_secret,
+                binding: claim.binding,
+            },
+        );
         tracing::info!(slot_id, workspace_id = %claim.workspace_id,
             routes = claim.policy.routes.len(), egress_rules = claim.policy.egress.len(),
             "slot claimed: policy on its proxy, env and files on its agent");
         Ok(())
+    }
+
+    fn claims_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, berth_wire::HeldClaim>> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The claims of slots this host still runs (claims of slots gone are dropped).
+    pub fn held_claims(&self) -> Vec<berth_wire::HeldClaim> {
+        let live: std::collections::BTreeSet<String> = self.slots().keys().cloned().collect();
+        let mut claims = self.claims_lock();
+        claims.retain(|id, _| live.contains(id));
+        claims.values().cloned().collect()
+    }
+
+    pub(crate) fn forget_claim(&self, slot_id: &str) {
+        self.claims_lock().remove(slot_id);
     }
 
     /// The slot's egress allowlist and latest refusals, from its proxy.

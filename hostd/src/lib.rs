@@ -230,6 +230,8 @@ pub struct Hostd {
     runtime: DockerRuntime,
     enforcer: Enforcer,
     slots: Arc<Mutex<BTreeMap<String, SlotInfo>>>,
+    /// Each claimed slot's claim, kept for the scheduler's rebuild (see [`claim`]).
+    claims: Arc<Mutex<BTreeMap<String, berth_wire::HeldClaim>>>,
     /// The containers of slots whose names are not the docker runtime's (ECS tasks).
     containers: Arc<Mutex<BTreeMap<String, SlotContainers>>>,
     /// ECS mode: the ECS agent, and the awsvpc tasks it last listed.
@@ -315,6 +317,7 @@ impl Hostd {
             runtime,
             enforcer,
             slots: Arc::new(Mutex::new(slots)),
+            claims: Arc::default(),
             containers: Arc::default(),
             ecs_agent,
             branches_used: Arc::default(),
@@ -492,6 +495,7 @@ impl Hostd {
         }
         let n = self.runtime.destroy_slot(slot_id).await?;
         self.slots().remove(slot_id);
+        self.forget_claim(slot_id);
         tracing::info!(slot_id, containers = n, "slot destroyed");
         Ok(n)
     }
@@ -828,6 +832,7 @@ pub fn router(hostd: Hostd) -> Router {
         .route("/v1/slots/{id}", get(get_slot).delete(destroy_slot))
         .route("/v1/slots/{id}/claim", post(claim_slot))
         .route("/v1/slots/{id}/egress", get(get_egress).put(put_egress))
+        .route("/v1/inventory", get(inventory))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -917,6 +922,15 @@ async fn claim_slot(
     Ok(axum::Json(
         serde_json::json!({"slot_id": id, "workspace_id": workspace_id}),
     ))
+}
+
+/// `GET /v1/inventory`: every claimed slot's claim, for the scheduler's rebuild.
+async fn inventory(
+    State(h): State<Hostd>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    h.check_token(&headers)?;
+    Ok(axum::Json(h.held_claims()))
 }
 
 /// A request body as JSON, or `400 invalid_json` saying why.

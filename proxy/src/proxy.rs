@@ -58,6 +58,9 @@ pub struct Proxy {
     config: Config,
     workspace_id: RwLock<Arc<str>>,
     refusals: Mutex<VecDeque<berth_wire::Refusal>>,
+    /// Unix ms of the last egress let out (0: none yet), for the idle reaper.
+    last_egress_ms: AtomicU64,
+    open_tunnels: AtomicU64,
 }
 
 /// The routes in force and the claim's secrets behind them.
@@ -172,6 +175,8 @@ impl Proxy {
             config,
             workspace_id: RwLock::new(workspace_id),
             refusals: Mutex::new(VecDeque::new()),
+            last_egress_ms: AtomicU64::new(0),
+            open_tunnels: AtomicU64::new(0),
         })
     }
 
@@ -313,7 +318,18 @@ impl Proxy {
                 .iter()
                 .cloned()
                 .collect(),
+            last_egress_ms: match self.last_egress_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(ms),
+            },
+            open_tunnels: self.open_tunnels.load(Ordering::Relaxed),
         }
+    }
+
+    /// Notes egress let out now.
+    fn egress_seen(&self) {
+        self.last_egress_ms
+            .store(berth_wire::now_ms(), Ordering::Relaxed);
     }
 
     fn record_refusal(&self, destination: String, err: &ProxyError) {
@@ -356,7 +372,10 @@ impl Proxy {
             self.clone().forward(req, start).await
         };
         Ok(match result {
-            Ok(resp) => resp,
+            Ok(resp) => {
+                self.egress_seen();
+                resp
+            }
             Err((route, err)) => self.refuse(route, &method, &path, err, start),
         })
     }
@@ -689,8 +708,10 @@ impl Proxy {
         })?
         .map_err(|e| (None, ProxyError::Connect(e)))?;
         self.metrics.tunnels.fetch_add(1, Ordering::Relaxed);
+        self.open_tunnels.fetch_add(1, Ordering::Relaxed);
         let this = self.clone();
         tokio::spawn(async move {
+            let _open = OpenTunnel(this.clone());
             let (mut up, mut down) = (0u64, 0u64);
             let mut completed = false;
             if let Ok(upgraded) = hyper::upgrade::on(req).await {
@@ -807,6 +828,16 @@ impl Proxy {
 }
 
 /// The AWS configuration in `cell`, loaded from the standard chain the first time.
+/// Counts a tunnel open while it lives; its end is egress too.
+struct OpenTunnel(Arc<Proxy>);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.open_tunnels.fetch_sub(1, Ordering::Relaxed);
+        self.0.egress_seen();
+    }
+}
+
 async fn sdk_in<'a>(
     cell: &'a tokio::sync::OnceCell<aws_config::SdkConfig>,
     config: &Config,

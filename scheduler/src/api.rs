@@ -56,6 +56,10 @@ pub enum ApiError {
     Lost(String),
     #[error("no host has capacity for a workspace right now")]
     NoCapacity,
+    #[error(
+        "the scheduler's state is being rebuilt from the hosts after its store lost it; retry shortly"
+    )]
+    Rebuilding,
     #[error("the runtime failed: {0}")]
     Runtime(String),
     #[error(transparent)]
@@ -80,6 +84,7 @@ impl ApiError {
             ApiError::OperatorOnly => (StatusCode::UNAUTHORIZED, "operator_token_required"),
             ApiError::Lost(_) => (StatusCode::CONFLICT, "workspace_lost"),
             ApiError::NoCapacity => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity"),
+            ApiError::Rebuilding => (StatusCode::SERVICE_UNAVAILABLE, "state_rebuilding"),
             ApiError::Runtime(_) => (StatusCode::BAD_GATEWAY, "runtime_failed"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable"),
         }
@@ -324,11 +329,7 @@ async fn get_workspace(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_api(&s, &headers)?;
-    let r = s.store().workspace(&id).await?.ok_or(ApiError::NotFound {
-        what: "workspace",
-        id,
-    })?;
-    Ok(axum::Json(r.workspace).into_response())
+    Ok(axum::Json(s.workspace(&id).await?.workspace).into_response())
 }
 
 async fn delete_workspace(
@@ -428,7 +429,7 @@ async fn drain_host(
     if !s.store().set_draining(&id, true).await? {
         return Err(ApiError::NotFound { what: "host", id });
     }
-    let taken = s.store().take_warm_on_host(&id).await?;
+    let taken = s.store().take_warm_on_host(&id, None).await?;
     for slot in &taken {
         s.discard_slot(&slot.host_id, &slot.slot_id, "host draining")
             .await;
@@ -585,6 +586,24 @@ async fn metrics(State(s): State<Scheduler>, headers: HeaderMap) -> Result<Strin
         "berth_hosts_forgotten_total",
         "Hosts removed from the state after their retention without a heartbeat.",
         c.hosts_forgotten.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_idle_reaped_total",
+        "Workspaces released after their idle timeout (no stream, process or egress).",
+        c.idle_reaped.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_state_rebuilds_total",
+        "Times the leader rebuilt the state from the hosts (the store was fresh or had lost its data).",
+        c.state_rebuilds.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_fenced_writes_total",
+        "Leader writes the state store refused because this replica's lease had moved on.",
+        c.fenced_writes.load(Ordering::Relaxed),
     );
     for (name, v) in s.runtime_metrics() {
         counter(

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use berth_wire::{
-    CreateSlot, EgressUpdate, EgressView, ErrorBody, HostReport, SlotClaim, SlotInfo,
+    AgentHealth, CreateSlot, EgressUpdate, EgressView, ErrorBody, HeldClaim, HostReport, SlotClaim,
+    SlotInfo,
 };
 
 /// Why a call to hostd or an agent failed.
@@ -119,6 +120,39 @@ impl Clients {
             return Ok(None);
         }
         decode("hostd", url, resp).await.map(Some)
+    }
+
+    /// An agent's open `/health`: which workspace it serves and what it is doing. Read
+    /// here rather than the token-checked `/v1/activity`, which counts as a request
+    /// and would keep every workspace it looks at busy.
+    pub async fn agent_health(&self, agent_url: &str) -> Result<AgentHealth, CallError> {
+        let url = format!("{agent_url}/health");
+        let resp = send(
+            "agent",
+            &url,
+            self.http.get(&url).timeout(Duration::from_secs(5)),
+        )
+        .await?;
+        decode("agent", url, resp).await
+    }
+
+    /// The claims hostd holds for the slots it runs (the rebuild after a state loss).
+    pub async fn held_claims(
+        &self,
+        hostd_url: &str,
+        host_id: &str,
+    ) -> Result<Vec<HeldClaim>, CallError> {
+        let url = format!("{hostd_url}/v1/inventory");
+        let resp = send(
+            "hostd",
+            &url,
+            self.http
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .bearer_auth(berth_wire::host_token(&self.host_secret, host_id)),
+        )
+        .await?;
+        decode("hostd", url, resp).await
     }
 
     /// hostd's `/status`: its report, with every slot it runs.

@@ -18,18 +18,7 @@ impl Scheduler {
                     _ = tick.tick() => {}
                     _ = stop.changed() => break,
                 }
-                let epoch = match me
-                    .inner
-                    .store
-                    .lead(&me.inner.replica_id, ms(LEADER_LEASE))
-                    .await
-                {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot renew the leader lease");
-                        None
-                    }
-                };
+                let epoch = me.reconcile().await;
                 if epoch != leading {
                     match epoch {
                         Some(e) => {
@@ -40,9 +29,6 @@ impl Scheduler {
                         }
                     }
                     leading = epoch;
-                }
-                if leading.is_some() {
-                    me.reconcile().await;
                 }
             }
         });

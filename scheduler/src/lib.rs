@@ -20,8 +20,10 @@ pub mod clients;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod ecs;
+mod idle;
 mod leader;
 pub mod placement;
+mod rebuild;
 mod reconcile;
 pub mod redis_store;
 pub mod runtime;
@@ -43,7 +45,10 @@ use std::{
 
 use berth_wire::{CreateWorkspace, SlotClaim, SlotInfo, Source, Workspace};
 use placement::{HostView, Strategy};
-use store::{Acquired, HostRecord, Store, StoreError, WarmSlot, WorkspaceRecord, WorkspaceStatus};
+use store::{
+    Acquired, Condition, Fence, HostRecord, Store, StoreError, WarmSlot, WorkspaceRecord,
+    WorkspaceStatus,
+};
 
 pub use api::{ApiError, router};
 
@@ -95,6 +100,10 @@ pub struct Config {
     /// Cold starts in flight at once on this replica; creates beyond wait for one
     /// (within the deadline) so a burst on an empty pool cannot start a slot each.
     pub max_cold_starts: usize,
+    /// A workspace with no attached stream, no process and no egress through its
+    /// proxy for this long is released (a template's `idle_timeout_seconds` wins);
+    /// zero: never.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -119,6 +128,7 @@ impl Default for Config {
             host_retention: Duration::from_secs(3600),
             acquire_deadline: Duration::from_secs(30),
             max_cold_starts: 16,
+            idle_timeout: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -141,6 +151,11 @@ pub struct Counters {
     pub claims_recovered: AtomicU64,
     pub workspaces_lost: AtomicU64,
     pub hosts_forgotten: AtomicU64,
+    pub idle_reaped: AtomicU64,
+    /// Leader writes the store refused because the lease had moved on.
+    pub fenced_writes: AtomicU64,
+    /// Times the state was rebuilt from the hosts (a fresh or emptied store).
+    pub state_rebuilds: AtomicU64,
 }
 
 /// The scheduler's shared state.
@@ -179,6 +194,11 @@ struct Inner {
     replica_id: String,
     /// Cold starts this replica may have in flight ([`Config::max_cold_starts`]).
     cold_starts: tokio::sync::Semaphore,
+    /// The idle reaper's memory: per workspace, the latest activity it saw (unix
+    /// ms), so it asks each workspace at most once per idle period.
+    active_at: Mutex<HashMap<String, u64>>,
+    /// When the leader first found the store without its state marker.
+    lost_since: Mutex<Option<std::time::Instant>>,
 }
 
 /// Slots the refill reconciler asks one host for in one runtime call (ECS's
@@ -219,6 +239,8 @@ impl Scheduler {
                 started: std::time::Instant::now(),
                 counters: Counters::default(),
                 replica_id: format!("r-{}", short_id()),
+                active_at: Mutex::default(),
+                lost_since: Mutex::default(),
             }),
         }
     }

@@ -103,6 +103,10 @@ struct RuntimeArgs {
     /// Seconds a running slot may be unknown to every state before it is stopped.
     #[arg(long, env = "BERTH_ORPHAN_GRACE_SECS", default_value_t = 300)]
     orphan_grace_secs: u64,
+    /// Seconds with no attached stream, no process and no egress after which a
+    /// workspace is released (a template's `idle_timeout_seconds` wins); 0: never.
+    #[arg(long, env = "BERTH_IDLE_TIMEOUT_SECS", default_value_t = 1800)]
+    idle_timeout_secs: u64,
     /// ECS cluster (ecs runtime).
     #[arg(long, env = "BERTH_ECS_CLUSTER")]
     ecs_cluster: Option<String>,
@@ -338,6 +342,7 @@ async fn main() -> std::process::ExitCode {
             };
             config.scale_out_headroom = runtime.scale_out_headroom;
             config.orphan_grace = std::time::Duration::from_secs(runtime.orphan_grace_secs.max(1));
+            config.idle_timeout = std::time::Duration::from_secs(runtime.idle_timeout_secs);
             if let Some(n) = runtime.refill_parallelism {
                 config.refill_parallelism = n.max(1);
             }

@@ -4,22 +4,65 @@
 use super::*;
 
 impl Scheduler {
-    /// One pass of every reconciler. The leader calls this on a timer.
-    pub async fn reconcile(&self) {
-        if let Err(e) = self.reap_dead_hosts().await {
-            tracing::warn!(error = %e, "host-death pass failed");
+    /// Takes or renews the leader lease and, while this replica holds it, runs one
+    /// pass of every reconciler, each write fenced by the lease's epoch. Returns the
+    /// epoch, or `None` while another replica leads. The leader loop calls this on
+    /// a timer.
+    pub async fn reconcile(&self) -> Option<u64> {
+        let epoch = match self
+            .inner
+            .store
+            .lead(&self.inner.replica_id, ms(LEADER_LEASE))
+            .await
+        {
+            Ok(e) => e?,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the leader lease");
+                return None;
+            }
+        };
+        let fence = Fence {
+            owner: self.inner.replica_id.clone(),
+            epoch,
+        };
+        self.reconcile_as(&fence).await;
+        Some(epoch)
+    }
+
+    /// One pass of every reconciler under `fence`. While the state is being rebuilt
+    /// nothing else runs (a refill now could race the rebuild's view of the slots).
+    pub(crate) async fn reconcile_as(&self, fence: &Fence) {
+        match self.ensure_state(fence).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                self.note("rebuild", Err(e));
+                return;
+            }
         }
-        if let Err(e) = self.reap_expired().await {
-            tracing::warn!(error = %e, "reaper pass failed");
-        }
-        if let Err(e) = self.recover_claiming().await {
-            tracing::warn!(error = %e, "claim recovery pass failed");
-        }
-        if let Err(e) = self.refill().await {
-            tracing::warn!(error = %e, "refill pass failed");
-        }
+        self.note("host-death", self.reap_dead_hosts(fence).await);
+        self.note("expiry", self.reap_expired(fence).await);
+        self.note("idle", self.reap_idle(fence).await);
+        self.note("claim recovery", self.recover_claiming(fence).await);
+        self.note("refill", self.refill(fence).await);
         if let Err(e) = self.reap_orphans().await {
             tracing::warn!(error = %e, "orphan pass failed");
+        }
+    }
+
+    /// Logs a failed pass; a write the store fenced off is counted (this replica
+    /// lost the lease mid-pass and the next pass will follow).
+    fn note(&self, pass: &str, result: Result<(), StoreError>) {
+        match result {
+            Ok(()) => {}
+            Err(e @ StoreError::Fenced { .. }) => {
+                self.inner
+                    .counters
+                    .fenced_writes
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, pass, "leader write refused: the lease moved on");
+            }
+            Err(e) => tracing::warn!(error = %e, pass, "reconciler pass failed"),
         }
     }
 
@@ -27,7 +70,7 @@ impl Scheduler {
     /// mid-claim): each is removed — only if still `Claiming`, so a slow claim that
     /// just finished is kept — and its slot, which the binding names, is stopped. The
     /// conversation's next create is served afresh.
-    pub(crate) async fn recover_claiming(&self) -> Result<(), StoreError> {
+    pub(crate) async fn recover_claiming(&self, fence: &Fence) -> Result<(), StoreError> {
         let now = now_ms() / 1000;
         let bound = self.inner.config.claim_recovery.as_secs();
         for r in self.inner.store.workspaces().await? {
@@ -39,7 +82,11 @@ impl Scheduler {
             let Some(gone) = self
                 .inner
                 .store
-                .remove_workspace_in(&r.workspace.id, WorkspaceStatus::Claiming)
+                .remove_workspace_if(
+                    &r.workspace.id,
+                    Condition::status(WorkspaceStatus::Claiming),
+                    fence,
+                )
                 .await?
             else {
                 continue;
@@ -154,14 +201,18 @@ impl Scheduler {
     /// workspaces are marked `lost` (shown so by `GET /v1/workspaces/{id}`; the
     /// conversation's next create replaces them). A host silent past
     /// [`Config::host_retention`] is forgotten.
-    pub(crate) async fn reap_dead_hosts(&self) -> Result<(), StoreError> {
+    pub(crate) async fn reap_dead_hosts(&self, fence: &Fence) -> Result<(), StoreError> {
         let hosts = self.inner.store.hosts().await?;
         let dead = self.dead_among(&hosts);
         if dead.is_empty() {
             return Ok(());
         }
         for host in &dead {
-            let gone = self.inner.store.take_warm_on_host(host).await?;
+            let gone = self
+                .inner
+                .store
+                .take_warm_on_host(host, Some(fence))
+                .await?;
             if !gone.is_empty() {
                 tracing::warn!(host_id = %host, slots = gone.len(), "host heartbeat expired; its warm slots left the pools");
             }
@@ -175,7 +226,7 @@ impl Scheduler {
             if self
                 .inner
                 .store
-                .replace_workspace(&r, WorkspaceStatus::Ready)
+                .replace_workspace(&r, WorkspaceStatus::Ready, Some(fence))
                 .await?
             {
                 self.inner
@@ -191,7 +242,11 @@ impl Scheduler {
         for h in &hosts {
             if dead.contains(&h.report.host_id)
                 && now.saturating_sub(h.last_seen_ms) > retention
-                && self.inner.store.remove_host(&h.report.host_id).await?
+                && self
+                    .inner
+                    .store
+                    .remove_host(&h.report.host_id, fence)
+                    .await?
             {
                 self.inner
                     .counters
@@ -203,15 +258,28 @@ impl Scheduler {
         Ok(())
     }
 
-    pub(crate) async fn reap_expired(&self) -> Result<(), StoreError> {
+    /// Releases workspaces past their `expires_at`. The removal is conditional on
+    /// the expiry the pass read: a `keepalive` that lands meanwhile wins.
+    pub(crate) async fn reap_expired(&self, fence: &Fence) -> Result<(), StoreError> {
         let now = now_ms() / 1000;
         for r in self.inner.store.workspaces().await? {
-            if r.status == WorkspaceStatus::Ready && r.workspace.expires_at <= now {
-                tracing::info!(workspace_id = %r.workspace.id, "workspace expired");
-                if self.release(&r.workspace.id).await.is_ok() {
-                    self.inner.counters.reaped.fetch_add(1, Ordering::Relaxed);
-                }
+            if r.status != WorkspaceStatus::Ready || r.workspace.expires_at > now {
+                continue;
             }
+            let Some(gone) = self
+                .inner
+                .store
+                .remove_workspace_if(&r.workspace.id, Condition::unchanged_ready(&r), fence)
+                .await?
+            else {
+                continue;
+            };
+            tracing::info!(workspace_id = %gone.workspace.id, "workspace expired; released");
+            if !gone.slot_id.is_empty() {
+                self.discard_slot(&gone.workspace.host_id, &gone.slot_id, "expired")
+                    .await;
+            }
+            self.inner.counters.reaped.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -219,14 +287,14 @@ impl Scheduler {
     /// Starts slots for every pool below its target, in batches of up to
     /// [`REFILL_BATCH`] (one RunTask call on ECS), at most `refill_parallelism` slots
     /// in flight per pool.
-    pub(crate) async fn refill(&self) -> Result<(), StoreError> {
+    pub(crate) async fn refill(&self, fence: &Fence) -> Result<(), StoreError> {
         let sizes = self.inner.store.pool_sizes().await?;
         for (template, target) in self.pool_targets() {
             let template = &template;
             let ready = sizes.get(template).copied().unwrap_or(0);
             let in_flight = self.refilling(template);
             if ready > target {
-                self.shrink(template, ready - target).await?;
+                self.shrink(template, ready - target, fence).await?;
                 continue;
             }
             let want = target.saturating_sub(ready + in_flight);
@@ -334,7 +402,12 @@ impl Scheduler {
     /// emptying first the hosts that hold the fewest claimed workspaces (then the
     /// fewest warm slots), so whole hosts fall idle and ECS managed scaling can let
     /// them go (termination protection keeps every host with a task).
-    pub(crate) async fn shrink(&self, template: &str, excess: usize) -> Result<(), StoreError> {
+    pub(crate) async fn shrink(
+        &self,
+        template: &str,
+        excess: usize,
+        fence: &Fence,
+    ) -> Result<(), StoreError> {
         let claimed: HashMap<String, usize> = self
             .inner
             .store
@@ -371,7 +444,7 @@ impl Scheduler {
             }
             // Only a slot still in the pool is ours to stop (an acquire may have
             // just popped it).
-            if self.inner.store.take_warm_slot(&w).await? {
+            if self.inner.store.take_warm_slot(&w, fence).await? {
                 self.discard_slot(&w.host_id, &w.slot_id, "pool shrank")
                     .await;
                 self.inner

@@ -12,6 +12,13 @@
 //! | `berth:ws` | hash | workspace id → [`WorkspaceRecord`] (JSON) |
 //! | `berth:conv` | hash | conversation id → workspace id |
 //! | `berth:leader`, `berth:leader-epoch` | string | the reconcilers' lease and its fencing epoch |
+//! | `berth:state` | string | the state marker: when and by which epoch the state was (re)built |
+//!
+//! The marker tells a Redis that lost its data (a flush, a failover to an empty
+//! replica) from one that holds Berth's state: without it the acquire script binds
+//! nothing and answers `rebuilding` until the leader has rebuilt the state from the
+//! hosts' inventories and set it. The epoch counter is seeded from Redis's clock
+//! when missing, so epochs keep rising across such a loss.
 //!
 //! The acquire step is one Lua script, so that popping a slot and binding the
 //! conversation cannot interleave with another replica's: Redis runs a script with
@@ -23,8 +30,8 @@ use berth_wire::HostReport;
 use redis::{AsyncCommands, Script, aio::ConnectionManager};
 
 use crate::store::{
-    Acquired, BoxFuture, HostRecord, StateStore, StoreError, WarmSlot, WorkspaceRecord,
-    WorkspaceStatus,
+    Acquired, BoxFuture, Condition, Fence, HostRecord, StateStore, StoreError, WarmSlot,
+    WorkspaceRecord, WorkspaceStatus,
 };
 
 const HOSTS: &str = "berth:hosts";
@@ -35,14 +42,17 @@ const WORKSPACES: &str = "berth:ws";
 const CONVERSATIONS: &str = "berth:conv";
 const LEADER: &str = "berth:leader";
 const LEADER_EPOCH: &str = "berth:leader-epoch";
+const STATE_MARKER: &str = "berth:state";
 
 fn pool_key(template: &str) -> String {
     format!("berth:pool:{template}")
 }
 
-/// KEYS: conv, ws, pool. ARGV: conversation id, workspace id, record JSON, dead hosts
-/// (JSON array). Returns {"existing", record} | {"warm", slot} | {"cold", ""}.
+/// KEYS: conv, ws, pool, state marker. ARGV: conversation id, workspace id, record
+/// JSON, dead hosts (JSON array). Returns {"existing", record} | {"warm", slot} |
+/// {"cold", ""} | {"rebuilding", ""}.
 const ACQUIRE: &str = r#"
+if redis.call('EXISTS', KEYS[4]) == 0 then return {'rebuilding', ''} end
 local bound = redis.call('HGET', KEYS[1], ARGV[1])
 if bound then
   local rec = redis.call('HGET', KEYS[2], bound)
@@ -77,38 +87,107 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 return {'cold', ''}
 "#;
 
-/// KEYS: ws. ARGV: workspace id, record JSON, expected status. 1 if replaced.
-const REPLACE_WORKSPACE: &str = r#"
-local rec = redis.call('HGET', KEYS[1], ARGV[1])
+/// A leader write's script: KEYS[1], KEYS[2] are the lease and its epoch, ARGV[1],
+/// ARGV[2] the writer's owner and epoch (an empty owner: not a leader write). A write
+/// whose lease has lapsed or changed hands fails with `BERTH_FENCED` before it
+/// changes anything; the script's own keys and arguments follow from index 3.
+macro_rules! fenced {
+    ($body:literal) => {
+        concat!(
+            r#"
+if ARGV[1] ~= '' then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
+    return redis.error_reply('BERTH_FENCED the lease has lapsed or changed hands')
+  end
+end
+"#,
+            $body
+        )
+    };
+}
+
+/// KEYS: …, ws. ARGV: …, workspace id, record JSON, expected status. 1 if replaced.
+const REPLACE_WORKSPACE: &str = fenced!(
+    r#"
+local rec = redis.call('HGET', KEYS[3], ARGV[3])
 if not rec then return 0 end
-if cjson.decode(rec).status ~= ARGV[3] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if cjson.decode(rec).status ~= ARGV[5] then return 0 end
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
 return 1
-"#;
+"#
+);
 
-/// KEYS: ws, conv. ARGV: workspace id, expected status (empty: any). Returns the
-/// removed record or nil.
-const REMOVE_WORKSPACE: &str = r#"
-local rec = redis.call('HGET', KEYS[1], ARGV[1])
+/// KEYS: …, ws, conv. ARGV: …, workspace id, expected status (empty: any), expected
+/// expires_at (empty: any). Returns the removed record or nil.
+const REMOVE_WORKSPACE: &str = fenced!(
+    r#"
+local rec = redis.call('HGET', KEYS[3], ARGV[3])
 if not rec then return false end
-if ARGV[2] ~= '' and cjson.decode(rec).status ~= ARGV[2] then return false end
-redis.call('HDEL', KEYS[1], ARGV[1])
-local conv = cjson.decode(rec).workspace.conversation_id
-if redis.call('HGET', KEYS[2], conv) == ARGV[1] then redis.call('HDEL', KEYS[2], conv) end
+local r = cjson.decode(rec)
+if ARGV[4] ~= '' and r.status ~= ARGV[4] then return false end
+if ARGV[5] ~= '' and tostring(r.workspace.expires_at) ~= ARGV[5] then return false end
+redis.call('HDEL', KEYS[3], ARGV[3])
+local conv = r.workspace.conversation_id
+if redis.call('HGET', KEYS[4], conv) == ARGV[3] then redis.call('HDEL', KEYS[4], conv) end
 return rec
-"#;
+"#
+);
 
-/// KEYS: pool. ARGV: host id. Removes and returns the host's slots.
-const TAKE_ON_HOST: &str = r#"
+/// KEYS: …, pool. ARGV: …, host id. Removes and returns the host's slots.
+const TAKE_ON_HOST: &str = fenced!(
+    r#"
 local taken = {}
-for _, s in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-  if cjson.decode(s).host_id == ARGV[1] then
-    redis.call('LREM', KEYS[1], 1, s)
+for _, s in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+  if cjson.decode(s).host_id == ARGV[3] then
+    redis.call('LREM', KEYS[3], 1, s)
     table.insert(taken, s)
   end
 end
 return taken
-"#;
+"#
+);
+
+/// KEYS: …, pool. ARGV: …, slot id. 1 if the slot was in the pool and is taken.
+const TAKE_SLOT: &str = fenced!(
+    r#"
+for _, s in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+  if cjson.decode(s).slot_id == ARGV[3] then
+    return redis.call('LREM', KEYS[3], 1, s)
+  end
+end
+return 0
+"#
+);
+
+/// KEYS: …, ws, conv. ARGV: …, workspace id, conversation id, record JSON. 1 if put
+/// back (neither known).
+const RESTORE_WORKSPACE: &str = fenced!(
+    r#"
+if redis.call('HEXISTS', KEYS[3], ARGV[3]) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[4], ARGV[4]) == 1 then return 0 end
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
+redis.call('HSET', KEYS[4], ARGV[4], ARGV[3])
+return 1
+"#
+);
+
+/// KEYS: …, marker. ARGV: …, marker JSON.
+const MARK_STATE: &str = fenced!(
+    r#"
+redis.call('SET', KEYS[3], ARGV[3])
+return 1
+"#
+);
+
+/// KEYS: …, hosts, host-seen, draining. ARGV: …, host id. 1 if the host was known.
+const REMOVE_HOST: &str = fenced!(
+    r#"
+local n = redis.call('HDEL', KEYS[3], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[3])
+redis.call('SREM', KEYS[5], ARGV[3])
+return n
+"#
+);
 
 /// KEYS: leader, epoch. ARGV: owner, ttl ms. Returns the epoch while owner leads, else 0.
 const LEAD: &str = r#"
@@ -119,6 +198,11 @@ if holder == ARGV[1] then
 end
 if holder then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  -- Lost with the data: restart from the clock (ms), above any epoch before.
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[2], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
 return redis.call('INCR', KEYS[2])
 "#;
 
@@ -130,6 +214,26 @@ pub struct RedisStore {
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// A fenced script for `fence`: the lease keys and the writer come first.
+fn fenced_call<'s>(script: &'s Script, fence: Option<&Fence>) -> redis::ScriptInvocation<'s> {
+    let mut call = script.key(LEADER);
+    call.key(LEADER_EPOCH)
+        .arg(fence.map_or("", |f| f.owner.as_str()))
+        .arg(fence.map_or(0, |f| f.epoch));
+    call
+}
+
+/// A fenced script's error: [`StoreError::Fenced`] when the lease check refused it.
+fn refused(fence: Option<&Fence>) -> impl FnOnce(redis::RedisError) -> StoreError + '_ {
+    move |e| match fence {
+        Some(f) if e.code() == Some("BERTH_FENCED") => StoreError::Fenced {
+            owner: f.owner.clone(),
+            epoch: f.epoch,
+        },
+        _ => unavailable(e),
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, json: &str) -> Result<T, StoreError> {
@@ -162,17 +266,20 @@ impl RedisStore {
     async fn remove_if(
         &self,
         id: &str,
-        expect: Option<WorkspaceStatus>,
+        cond: Condition,
+        fence: Option<&Fence>,
     ) -> Result<Option<WorkspaceRecord>, StoreError> {
         let mut con = self.con.clone();
-        let raw: Option<String> = Script::new(REMOVE_WORKSPACE)
+        let script = Script::new(REMOVE_WORKSPACE);
+        let raw: Option<String> = fenced_call(&script, fence)
             .key(WORKSPACES)
             .key(CONVERSATIONS)
             .arg(id)
-            .arg(expect.map_or("", status_name))
+            .arg(cond.status.map_or("", status_name))
+            .arg(cond.expires_at.map_or(String::new(), |e| e.to_string()))
             .invoke_async(&mut con)
             .await
-            .map_err(unavailable)?;
+            .map_err(refused(fence))?;
         raw.map(|j| decode(WORKSPACES, &j)).transpose()
     }
 
@@ -200,17 +307,22 @@ impl StateStore for RedisStore {
         })
     }
 
-    fn remove_host<'a>(&'a self, host_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn remove_host<'a>(
+        &'a self,
+        host_id: &'a str,
+        fence: &'a Fence,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            let (removed, _, _): (i64, i64, i64) = redis::pipe()
-                .atomic()
-                .hdel(HOSTS, host_id)
-                .hdel(HOST_SEEN, host_id)
-                .srem(DRAINING, host_id)
-                .query_async(&mut con)
+            let script = Script::new(REMOVE_HOST);
+            let removed: i64 = fenced_call(&script, Some(fence))
+                .key(HOSTS)
+                .key(HOST_SEEN)
+                .key(DRAINING)
+                .arg(host_id)
+                .invoke_async(&mut con)
                 .await
-                .map_err(unavailable)?;
+                .map_err(refused(Some(fence)))?;
             Ok(removed == 1)
         })
     }
@@ -310,26 +422,30 @@ impl StateStore for RedisStore {
         })
     }
 
-    /// LREM of the slot's entry: atomic against the acquire script's pop, so a
-    /// slot is either handed out or taken here, never both.
-    fn take_warm_slot<'a>(&'a self, slot: &'a WarmSlot) -> BoxFuture<'a, Result<bool, StoreError>> {
+    /// One script: atomic against the acquire script's pop, so a slot is either
+    /// handed out or taken here, never both.
+    fn take_warm_slot<'a>(
+        &'a self,
+        slot: &'a WarmSlot,
+        fence: &'a Fence,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
-            let key = pool_key(&slot.template);
             let mut con = self.con.clone();
-            let raw: Vec<String> = con.lrange(&key, 0, -1).await.map_err(unavailable)?;
-            for entry in raw {
-                if decode::<WarmSlot>(&key, &entry)?.slot_id == slot.slot_id {
-                    let removed: i64 = con.lrem(&key, 1, &entry).await.map_err(unavailable)?;
-                    return Ok(removed > 0);
-                }
-            }
-            Ok(false)
+            let script = Script::new(TAKE_SLOT);
+            let removed: i64 = fenced_call(&script, Some(fence))
+                .key(pool_key(&slot.template))
+                .arg(&slot.slot_id)
+                .invoke_async(&mut con)
+                .await
+                .map_err(refused(Some(fence)))?;
+            Ok(removed > 0)
         })
     }
 
     fn take_warm_on_host<'a>(
         &'a self,
         host_id: &'a str,
+        fence: Option<&'a Fence>,
     ) -> BoxFuture<'a, Result<Vec<WarmSlot>, StoreError>> {
         Box::pin(async move {
             let script = Script::new(TAKE_ON_HOST);
@@ -337,12 +453,12 @@ impl StateStore for RedisStore {
             for t in self.templates().await? {
                 let mut con = self.con.clone();
                 let key = pool_key(&t);
-                let raw: Vec<String> = script
+                let raw: Vec<String> = fenced_call(&script, fence)
                     .key(&key)
                     .arg(host_id)
                     .invoke_async(&mut con)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(refused(fence))?;
                 for s in raw {
                     taken.push(decode(&key, &s)?);
                 }
@@ -364,6 +480,7 @@ impl StateStore for RedisStore {
                 .key(CONVERSATIONS)
                 .key(WORKSPACES)
                 .key(&key)
+                .key(STATE_MARKER)
                 .arg(&w.conversation_id)
                 .arg(&w.id)
                 .arg(encode(candidate))
@@ -374,6 +491,7 @@ impl StateStore for RedisStore {
             match kind.as_str() {
                 "existing" => Ok(Acquired::Existing(decode(WORKSPACES, &payload)?)),
                 "warm" => Ok(Acquired::Warm(decode(&key, &payload)?)),
+                "rebuilding" => Ok(Acquired::Rebuilding),
                 _ => Ok(Acquired::Cold),
             }
         })
@@ -395,18 +513,19 @@ impl StateStore for RedisStore {
         &'a self,
         record: &'a WorkspaceRecord,
         expect: WorkspaceStatus,
+        fence: Option<&'a Fence>,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            let status = status_name(expect);
-            let replaced: i64 = Script::new(REPLACE_WORKSPACE)
+            let script = Script::new(REPLACE_WORKSPACE);
+            let replaced: i64 = fenced_call(&script, fence)
                 .key(WORKSPACES)
                 .arg(&record.workspace.id)
                 .arg(encode(record))
-                .arg(status)
+                .arg(status_name(expect))
                 .invoke_async(&mut con)
                 .await
-                .map_err(unavailable)?;
+                .map_err(refused(fence))?;
             Ok(replaced == 1)
         })
     }
@@ -452,15 +571,63 @@ impl StateStore for RedisStore {
         &'a self,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
-        Box::pin(self.remove_if(id, None))
+        Box::pin(self.remove_if(id, Condition::default(), None))
     }
 
-    fn remove_workspace_in<'a>(
+    fn remove_workspace_if<'a>(
         &'a self,
         id: &'a str,
-        expect: WorkspaceStatus,
+        cond: Condition,
+        fence: &'a Fence,
     ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
-        Box::pin(self.remove_if(id, Some(expect)))
+        Box::pin(self.remove_if(id, cond, Some(fence)))
+    }
+
+    fn state_marked<'a>(&'a self) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            con.exists(STATE_MARKER).await.map_err(unavailable)
+        })
+    }
+
+    fn mark_state<'a>(&'a self, fence: &'a Fence) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let script = Script::new(MARK_STATE);
+            let marker = serde_json::json!({
+                "marked_at_ms": crate::now_ms(),
+                "by": fence.owner,
+                "epoch": fence.epoch,
+            });
+            fenced_call(&script, Some(fence))
+                .key(STATE_MARKER)
+                .arg(marker.to_string())
+                .invoke_async::<i64>(&mut con)
+                .await
+                .map_err(refused(Some(fence)))?;
+            Ok(())
+        })
+    }
+
+    fn restore_workspace<'a>(
+        &'a self,
+        record: &'a WorkspaceRecord,
+        fence: &'a Fence,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let script = Script::new(RESTORE_WORKSPACE);
+            let put: i64 = fenced_call(&script, Some(fence))
+                .key(WORKSPACES)
+                .key(CONVERSATIONS)
+                .arg(&record.workspace.id)
+                .arg(&record.workspace.conversation_id)
+                .arg(encode(record))
+                .invoke_async(&mut con)
+                .await
+                .map_err(refused(Some(fence)))?;
+            Ok(put == 1)
+        })
     }
 
     fn lead<'a>(

@@ -78,6 +78,7 @@ impl Scheduler {
             };
             let (slot, source) = match self.inner.store.acquire(&candidate, &dead).await? {
                 Acquired::Existing(_) => continue,
+                Acquired::Rebuilding => return Err(ApiError::Rebuilding),
                 Acquired::Warm(slot) => {
                     if let Some(why) = not_ready_reason(&hosts, &slot) {
                         // hostd withdrew it (its lock-down could not be proven) or its
@@ -119,7 +120,7 @@ impl Scheduler {
                 && !self
                     .inner
                     .store
-                    .replace_workspace(&record, WorkspaceStatus::Claiming)
+                    .replace_workspace(&record, WorkspaceStatus::Claiming, None)
                     .await?
             {
                 // The binding was recovered while the slot started: not ours now.
@@ -144,6 +145,14 @@ impl Scheduler {
                     routes,
                     allow_private: policy.allow_private.clone(),
                 },
+                binding: Some(berth_wire::ClaimBinding {
+                    conversation_id: record.workspace.conversation_id.clone(),
+                    template: record.workspace.template.clone(),
+                    source,
+                    created_at: record.workspace.created_at,
+                    expires_at: record.workspace.expires_at,
+                    labels: record.workspace.labels.clone(),
+                }),
             };
             let hostd_url = hosts
                 .iter()
@@ -192,7 +201,7 @@ impl Scheduler {
             if !self
                 .inner
                 .store
-                .replace_workspace(&record, WorkspaceStatus::Claiming)
+                .replace_workspace(&record, WorkspaceStatus::Claiming, None)
                 .await?
             {
                 tracing::warn!(workspace_id = %record.workspace.id, "binding recovered while claiming; starting over");
@@ -230,15 +239,9 @@ impl Scheduler {
 
     /// Ends a workspace and removes its slot.
     pub async fn release(&self, id: &str) -> Result<Workspace, ApiError> {
-        let record = self
-            .inner
-            .store
-            .remove_workspace(id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound {
-                what: "workspace",
-                id: id.into(),
-            })?;
+        let Some(record) = self.inner.store.remove_workspace(id).await? else {
+            return Err(self.missing(id).await);
+        };
         if !record.slot_id.is_empty() {
             self.discard_slot(&record.workspace.host_id, &record.slot_id, "released")
                 .await;
@@ -255,16 +258,7 @@ impl Scheduler {
         id: &str,
         update: Option<berth_wire::EgressUpdate>,
     ) -> Result<berth_wire::EgressView, ApiError> {
-        let record = self
-            .inner
-            .store
-            .workspace(id)
-            .await?
-            .filter(|r| r.status != WorkspaceStatus::Claiming)
-            .ok_or_else(|| ApiError::NotFound {
-                what: "workspace",
-                id: id.into(),
-            })?;
+        let record = self.workspace(id).await?;
         if record.status == WorkspaceStatus::Lost {
             return Err(ApiError::Lost(id.into()));
         }
@@ -319,21 +313,35 @@ impl Scheduler {
         }
     }
 
+    /// A workspace the backend may use or look at: not one still being claimed
+    /// (`workspace_not_found` until its create answers).
+    pub async fn workspace(&self, id: &str) -> Result<WorkspaceRecord, ApiError> {
+        match self.inner.store.workspace(id).await? {
+            Some(r) if r.status != WorkspaceStatus::Claiming => Ok(r),
+            _ => Err(self.missing(id).await),
+        }
+    }
+
+    /// The error for a workspace the state does not know: `workspace_not_found`, or
+    /// the retryable `state_rebuilding` while the state is being rebuilt (it may
+    /// come back).
+    pub(crate) async fn missing(&self, id: &str) -> ApiError {
+        match self.inner.store.state_marked().await {
+            Ok(false) => ApiError::Rebuilding,
+            _ => ApiError::NotFound {
+                what: "workspace",
+                id: id.into(),
+            },
+        }
+    }
+
     /// Pushes a workspace's expiry `ttl` seconds into the future.
     pub async fn keepalive(
         &self,
         id: &str,
         ttl_seconds: Option<u64>,
     ) -> Result<Workspace, ApiError> {
-        let mut record =
-            self.inner
-                .store
-                .workspace(id)
-                .await?
-                .ok_or_else(|| ApiError::NotFound {
-                    what: "workspace",
-                    id: id.into(),
-                })?;
+        let mut record = self.workspace(id).await?;
         let ttl = ttl_seconds.unwrap_or(self.inner.config.default_ttl_seconds);
         if ttl == 0 || ttl > self.inner.config.max_ttl_seconds {
             return Err(ApiError::InvalidField {
@@ -352,13 +360,10 @@ impl Scheduler {
         if !self
             .inner
             .store
-            .replace_workspace(&record, WorkspaceStatus::Ready)
+            .replace_workspace(&record, WorkspaceStatus::Ready, None)
             .await?
         {
-            return Err(ApiError::NotFound {
-                what: "workspace",
-                id: id.into(),
-            });
+            return Err(self.missing(id).await);
         }
         Ok(record.workspace)
     }

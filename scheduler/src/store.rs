@@ -65,6 +65,53 @@ pub enum Acquired {
     /// No warm slot: the conversation is bound to the new workspace, which must be
     /// started cold.
     Cold,
+    /// The store has no state marker (it lost its data, or was never used): nothing
+    /// was bound; the leader is rebuilding the state and creates must wait.
+    Rebuilding,
+}
+
+/// The leader's proof that it still leads: the owner and the fencing epoch its lease
+/// was granted with. Every reconciler write carries it, and the store refuses the
+/// write ([`StoreError::Fenced`]) once another replica holds the lease, so a leader
+/// that paused (GC, a stalled VM, a partition) and woke up deposed changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub owner: String,
+    pub epoch: u64,
+}
+
+/// What a conditional removal ([`StateStore::remove_workspace_if`]) requires of the
+/// stored record; `None` fields are not checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Condition {
+    pub status: Option<WorkspaceStatus>,
+    /// The stored `expires_at` must still be this one: a `keepalive` that landed
+    /// since the reaper looked makes the removal a no-op.
+    pub expires_at: Option<u64>,
+}
+
+impl Condition {
+    pub fn status(status: WorkspaceStatus) -> Self {
+        Self {
+            status: Some(status),
+            expires_at: None,
+        }
+    }
+
+    /// Still `Ready` and not kept alive since `record` was read.
+    pub fn unchanged_ready(record: &WorkspaceRecord) -> Self {
+        Self {
+            status: Some(WorkspaceStatus::Ready),
+            expires_at: Some(record.workspace.expires_at),
+        }
+    }
+
+    pub fn holds(&self, record: &WorkspaceRecord) -> bool {
+        self.status.is_none_or(|s| s == record.status)
+            && self
+                .expires_at
+                .is_none_or(|e| e == record.workspace.expires_at)
+    }
 }
 
 /// Errors of the state store.
@@ -72,6 +119,9 @@ pub enum Acquired {
 pub enum StoreError {
     #[error("state store unavailable: {0}")]
     Unavailable(String),
+    /// A leader write from a replica that no longer holds the lease.
+    #[error("write refused: epoch {epoch} of {owner} no longer leads")]
+    Fenced { owner: String, epoch: u64 },
     #[error("corrupt record {key}: {reason}")]
     Corrupt { key: String, reason: String },
 }
@@ -109,12 +159,19 @@ pub trait StateStore: Send + Sync + 'static {
     fn pool_sizes<'a>(&'a self) -> BoxFuture<'a, Result<BTreeMap<String, usize>, StoreError>>;
     /// Every warm slot in every pool (for reconciliation against the runtime).
     fn warm_slots<'a>(&'a self) -> BoxFuture<'a, Result<Vec<WarmSlot>, StoreError>>;
-    /// Takes one warm slot out of its pool; false if it is no longer there.
-    fn take_warm_slot<'a>(&'a self, slot: &'a WarmSlot) -> BoxFuture<'a, Result<bool, StoreError>>;
-    /// Takes every warm slot on `host_id` out of the pools (its host died or drains).
+    /// Takes one warm slot out of its pool (the leader shrinking it); false if it
+    /// is no longer there.
+    fn take_warm_slot<'a>(
+        &'a self,
+        slot: &'a WarmSlot,
+        fence: &'a Fence,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Takes every warm slot on `host_id` out of the pools: its host died (the
+    /// leader, fenced) or an operator drains it (`None`).
     fn take_warm_on_host<'a>(
         &'a self,
         host_id: &'a str,
+        fence: Option<&'a Fence>,
     ) -> BoxFuture<'a, Result<Vec<WarmSlot>, StoreError>>;
     /// The atomic step: the conversation's workspace if it has one, else the
     /// candidate bound to it with a warm slot of its template popped (not on a dead
@@ -130,12 +187,14 @@ pub trait StateStore: Send + Sync + 'static {
         record: &'a WorkspaceRecord,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Replaces a workspace's record only if the stored one exists and is in
-    /// `expect` (a claim finishing, a keepalive): false if it was removed or moved
-    /// on meanwhile (recovered, released), and then nothing is written.
+    /// `expect` (a claim finishing, a keepalive; the leader marking it lost, fenced):
+    /// false if it was removed or moved on meanwhile (recovered, released), and then
+    /// nothing is written.
     fn replace_workspace<'a>(
         &'a self,
         record: &'a WorkspaceRecord,
         expect: WorkspaceStatus,
+        fence: Option<&'a Fence>,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
     fn workspace<'a>(
         &'a self,
@@ -151,18 +210,39 @@ pub trait StateStore: Send + Sync + 'static {
         &'a self,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>>;
-    /// As [`StateStore::remove_workspace`], but only while the record is in
-    /// `expect` (recovering a stuck claim must not remove a workspace that just
-    /// became ready).
-    fn remove_workspace_in<'a>(
+    /// As [`StateStore::remove_workspace`], for the leader's reapers: only while the
+    /// record meets `cond` (recovering a stuck claim must not remove a workspace that
+    /// just became ready; expiry must not remove one kept alive meanwhile).
+    fn remove_workspace_if<'a>(
         &'a self,
         id: &'a str,
-        expect: WorkspaceStatus,
+        cond: Condition,
+        fence: &'a Fence,
     ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>>;
     /// Forgets a host (its heartbeats stopped long ago); false if it was unknown.
-    fn remove_host<'a>(&'a self, host_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn remove_host<'a>(
+        &'a self,
+        host_id: &'a str,
+        fence: &'a Fence,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Whether the state marker is present. A store that lost its data (a flush, a
+    /// failover to an empty replica) has none, and neither has one never used: then
+    /// [`StateStore::acquire`] refuses with [`Acquired::Rebuilding`] until the
+    /// leader has rebuilt the state from the hosts and set the marker.
+    fn state_marked<'a>(&'a self) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Sets the state marker (the leader, once the state is rebuilt).
+    fn mark_state<'a>(&'a self, fence: &'a Fence) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Puts back a workspace found on a host while rebuilding: recorded, and its
+    /// conversation bound to it, only if neither its id nor its conversation is
+    /// known (false then, and nothing is written).
+    fn restore_workspace<'a>(
+        &'a self,
+        record: &'a WorkspaceRecord,
+        fence: &'a Fence,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Takes or renews the reconcilers' lease for `owner`; the fencing epoch while
-    /// `owner` leads, `None` while another replica does.
+    /// `owner` leads (a new, higher one when the lease changes hands), `None` while
+    /// another replica does.
     fn lead<'a>(
         &'a self,
         owner: &'a str,
@@ -182,9 +262,10 @@ impl std::ops::Deref for Store {
 }
 
 impl Store {
-    /// A store in this process's memory (one scheduler; it always leads).
+    /// A store in this process's memory (one scheduler; it always leads). It starts
+    /// marked: nothing outlives the process for a rebuild to find.
     pub fn memory() -> Self {
-        Self::new(MemoryStore::default())
+        Self::new(MemoryStore::marked())
     }
 
     /// Connects to Redis at `url` (`redis://host:port[/db]`).
@@ -208,19 +289,62 @@ pub struct MemoryStore {
     inner: Mutex<MemoryState>,
 }
 
+impl MemoryStore {
+    /// An empty store without the state marker, as a fresh Redis is (the
+    /// conformance suite starts from one).
+    pub fn unmarked() -> Self {
+        Self::default()
+    }
+
+    /// An empty store with the marker set: a process's own state, complete.
+    pub fn marked() -> Self {
+        let s = Self::default();
+        s.lock().marked = true;
+        s
+    }
+}
+
 #[derive(Default)]
 struct MemoryState {
     hosts: BTreeMap<String, HostRecord>,
     pools: BTreeMap<String, VecDeque<WarmSlot>>,
     workspaces: HashMap<String, WorkspaceRecord>,
     conversations: HashMap<String, String>,
+    /// The reconcilers' lease: owner, epoch and when it lapses.
+    lease: Option<(String, u64, std::time::Instant)>,
+    epoch: u64,
+    marked: bool,
+}
+
+impl MemoryState {
+    /// Refuses a leader write whose lease has lapsed or changed hands.
+    fn check(&self, fence: Option<&Fence>) -> Result<(), StoreError> {
+        let Some(f) = fence else { return Ok(()) };
+        match &self.lease {
+            Some((owner, epoch, until))
+                if *owner == f.owner && *epoch == f.epoch && *until > std::time::Instant::now() =>
+            {
+                Ok(())
+            }
+            _ => Err(StoreError::Fenced {
+                owner: f.owner.clone(),
+                epoch: f.epoch,
+            }),
+        }
+    }
 }
 
 impl MemoryStore {
-    fn remove_if(&self, id: &str, expect: Option<WorkspaceStatus>) -> Option<WorkspaceRecord> {
+    fn remove_if(
+        &self,
+        id: &str,
+        cond: Condition,
+        fence: Option<&Fence>,
+    ) -> Result<Option<WorkspaceRecord>, StoreError> {
         let mut s = self.lock();
-        if expect.is_some_and(|e| s.workspaces.get(id).is_some_and(|r| r.status != e)) {
-            return None;
+        s.check(fence)?;
+        if s.workspaces.get(id).is_some_and(|r| !cond.holds(r)) {
+            return Ok(None);
         }
         let removed = s.workspaces.remove(id);
         if let Some(r) = &removed
@@ -228,7 +352,7 @@ impl MemoryStore {
         {
             s.conversations.remove(&r.workspace.conversation_id);
         }
-        removed
+        Ok(removed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
@@ -257,8 +381,16 @@ impl StateStore for MemoryStore {
         })
     }
 
-    fn remove_host<'a>(&'a self, host_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async move { Ok(self.lock().hosts.remove(host_id).is_some()) })
+    fn remove_host<'a>(
+        &'a self,
+        host_id: &'a str,
+        fence: &'a Fence,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut s = self.lock();
+            s.check(Some(fence))?;
+            Ok(s.hosts.remove(host_id).is_some())
+        })
     }
 
     fn hosts<'a>(&'a self) -> BoxFuture<'a, Result<Vec<HostRecord>, StoreError>> {
@@ -306,9 +438,14 @@ impl StateStore for MemoryStore {
         Box::pin(async move { Ok(self.lock().pools.values().flatten().cloned().collect()) })
     }
 
-    fn take_warm_slot<'a>(&'a self, slot: &'a WarmSlot) -> BoxFuture<'a, Result<bool, StoreError>> {
+    fn take_warm_slot<'a>(
+        &'a self,
+        slot: &'a WarmSlot,
+        fence: &'a Fence,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let mut s = self.lock();
+            s.check(Some(fence))?;
             let Some(q) = s.pools.get_mut(&slot.template) else {
                 return Ok(false);
             };
@@ -321,9 +458,11 @@ impl StateStore for MemoryStore {
     fn take_warm_on_host<'a>(
         &'a self,
         host_id: &'a str,
+        fence: Option<&'a Fence>,
     ) -> BoxFuture<'a, Result<Vec<WarmSlot>, StoreError>> {
         Box::pin(async move {
             let mut s = self.lock();
+            s.check(fence)?;
             let mut taken = Vec::new();
             for q in s.pools.values_mut() {
                 let (gone, keep): (Vec<_>, Vec<_>) =
@@ -342,6 +481,9 @@ impl StateStore for MemoryStore {
     ) -> BoxFuture<'a, Result<Acquired, StoreError>> {
         Box::pin(async move {
             let mut s = self.lock();
+            if !s.marked {
+                return Ok(Acquired::Rebuilding);
+            }
             let conv = &candidate.workspace.conversation_id;
             if let Some(existing) = s
                 .conversations
@@ -384,9 +526,11 @@ impl StateStore for MemoryStore {
         &'a self,
         record: &'a WorkspaceRecord,
         expect: WorkspaceStatus,
+        fence: Option<&'a Fence>,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let mut s = self.lock();
+            s.check(fence)?;
             match s.workspaces.get_mut(&record.workspace.id) {
                 Some(r) if r.status == expect => {
                     *r = record.clone();
@@ -425,23 +569,76 @@ impl StateStore for MemoryStore {
         &'a self,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
-        Box::pin(async move { Ok(self.remove_if(id, None)) })
+        Box::pin(async move { self.remove_if(id, Condition::default(), None) })
     }
 
-    fn remove_workspace_in<'a>(
+    fn remove_workspace_if<'a>(
         &'a self,
         id: &'a str,
-        expect: WorkspaceStatus,
+        cond: Condition,
+        fence: &'a Fence,
     ) -> BoxFuture<'a, Result<Option<WorkspaceRecord>, StoreError>> {
-        Box::pin(async move { Ok(self.remove_if(id, Some(expect))) })
+        Box::pin(async move { self.remove_if(id, cond, Some(fence)) })
+    }
+
+    fn state_marked<'a>(&'a self) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move { Ok(self.lock().marked) })
+    }
+
+    fn mark_state<'a>(&'a self, fence: &'a Fence) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut s = self.lock();
+            s.check(Some(fence))?;
+            s.marked = true;
+            Ok(())
+        })
+    }
+
+    fn restore_workspace<'a>(
+        &'a self,
+        record: &'a WorkspaceRecord,
+        fence: &'a Fence,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut s = self.lock();
+            s.check(Some(fence))?;
+            let w = &record.workspace;
+            if s.workspaces.contains_key(&w.id) || s.conversations.contains_key(&w.conversation_id)
+            {
+                return Ok(false);
+            }
+            s.conversations
+                .insert(w.conversation_id.clone(), w.id.clone());
+            s.workspaces.insert(w.id.clone(), record.clone());
+            Ok(true)
+        })
     }
 
     fn lead<'a>(
         &'a self,
-        _owner: &'a str,
-        _ttl_ms: u64,
+        owner: &'a str,
+        ttl_ms: u64,
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
-        Box::pin(async move { Ok(Some(1)) })
+        Box::pin(async move {
+            let mut s = self.lock();
+            let now = std::time::Instant::now();
+            let until = now + std::time::Duration::from_millis(ttl_ms);
+            match &mut s.lease {
+                Some((holder, epoch, lapses)) if *lapses > now => {
+                    if holder != owner {
+                        return Ok(None);
+                    }
+                    *lapses = until;
+                    Ok(Some(*epoch))
+                }
+                _ => {
+                    s.epoch += 1;
+                    let epoch = s.epoch;
+                    s.lease = Some((owner.to_owned(), epoch, until));
+                    Ok(Some(epoch))
+                }
+            }
+        })
     }
 }
 
@@ -453,7 +650,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_memory_store_passes_the_conformance_suite() {
-        let store = Store::memory();
+        let store = Store::new(MemoryStore::unmarked());
         conformance::run_all(&store, &store.clone()).await;
     }
 }

@@ -51,6 +51,10 @@ pub struct TemplatePolicy {
     /// Most files a request may place, and their total decoded size.
     pub max_files: usize,
     pub max_files_bytes: usize,
+    /// Seconds without activity (no attached stream, no process in the workspace,
+    /// no egress through its proxy) after which a workspace is released; `0` never.
+    /// Absent: the scheduler's `--idle-timeout`.
+    pub idle_timeout_seconds: Option<u64>,
 }
 
 impl Default for TemplatePolicy {
@@ -67,6 +71,7 @@ impl Default for TemplatePolicy {
             max_credentials: 8,
             max_files: 32,
             max_files_bytes: 256 * 1024,
+            idle_timeout_seconds: None,
         }
     }
 }

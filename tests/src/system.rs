@@ -40,6 +40,8 @@ pub struct Options {
     pub proxy_config_dir: Option<std::path::PathBuf>,
     /// The scheduler's template policies (`None`: the defaults).
     pub templates: Option<berth_scheduler::templates::Templates>,
+    /// The scheduler's idle timeout (`None`: its default).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Options {
@@ -53,6 +55,7 @@ impl Default for Options {
             proxy_env: Vec::new(),
             proxy_config_dir: None,
             templates: None,
+            idle_timeout: None,
         }
     }
 }
@@ -116,6 +119,7 @@ impl LocalBerth {
             pools: [("default".to_owned(), opts.pool)].into(),
             host_token: host_token.clone(),
             templates: opts.templates.clone().unwrap_or_default(),
+            idle_timeout: opts.idle_timeout.unwrap_or(Config::default().idle_timeout),
             ..Config::default()
         };
         let store = match &opts.state_url {

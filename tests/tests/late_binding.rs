@@ -317,8 +317,12 @@ async fn two_conversations_from_one_warm_pool_each_get_only_their_own_settings()
 
     // Egress: A's allowlist opens the upstream, B's does not.
     let before = up.connections();
+    let t0 = berth_wire::now_ms();
     assert_eq!(connect_from_inside(&a, &pkgs).await, "HTTP/1.1 200 OK");
     assert!(up.connections() > before, "A's tunnel reached the upstream");
+    // The proxy notes the egress it let out (the idle reaper counts it).
+    let (_, view) = egress(b, &ws_a, None).await;
+    assert!(view["last_egress_ms"].as_u64() >= Some(t0), "{view}");
     let refused = connect_from_inside(&bb, &pkgs).await;
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
 

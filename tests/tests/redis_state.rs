@@ -25,22 +25,6 @@ async fn redis_passes_the_store_conformance_suite() {
 }
 
 #[tokio::test]
-async fn the_leader_lease_has_one_holder_and_a_rising_fencing_epoch() {
-    let redis = RedisServer::start().unwrap();
-    let store = Store::redis(&redis.url()).await.unwrap();
-    assert!(store.pool_sizes().await.unwrap().is_empty(), "no pools yet");
-    let first = store.lead("r1", 300).await.unwrap();
-    assert!(first.is_some());
-    assert_eq!(store.lead("r2", 300).await.unwrap(), None);
-    // Renewal keeps the epoch.
-    assert_eq!(store.lead("r1", 300).await.unwrap(), first);
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    let second = store.lead("r2", 300).await.unwrap();
-    assert!(second > first, "{second:?} after {first:?}");
-    assert_eq!(store.lead("r1", 300).await.unwrap(), None);
-}
-
-#[tokio::test]
 async fn corrupt_records_are_reported_not_crashed_on() {
     let redis = RedisServer::start().unwrap();
     let store = Store::redis(&redis.url()).await.unwrap();
@@ -172,6 +156,120 @@ async fn a_claim_left_unfinished_by_a_dead_replica_is_recovered() {
             .claims_recovered
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 1
+    );
+    berth.stop().await;
+}
+
+/// Redis loses everything (`FLUSHALL`) under two live workspaces: creates answer
+/// the retryable `503 state_rebuilding` (nothing is handed out from the empty
+/// state), the leader rebuilds the bindings from hostd's inventory, and then each
+/// conversation gets back the very workspace it had (same id and token, agent still
+/// serving), a new conversation gets a slot nobody holds, and every slot on the host
+/// is claimed at most once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_loses_its_data_the_state_is_rebuilt_and_nothing_is_handed_out_twice() {
+    let redis = RedisServer::start().unwrap();
+    let berth = LocalBerth::start_with(Options {
+        pool: 3,
+        state_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    assert!(berth.wait_pool(3, Duration::from_secs(60)).await);
+    let create = |conv: &'static str| {
+        let http = berth.http.clone();
+        let api = berth.api.clone();
+        async move {
+            http.post(format!("{api}/v1/workspaces"))
+                .json(&json!({"conversation_id": conv}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first: Workspace = create("flush-c1").await.json().await.unwrap();
+    let second: Workspace = create("flush-c2").await.json().await.unwrap();
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+
+    let resp = create("flush-c3").await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "state_rebuilding", "{body}");
+    let got = berth
+        .http
+        .get(format!("{}/v1/workspaces/{}", berth.api, first.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 503, "not 404: the workspace may come back");
+
+    // As a backend would: retry until served.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let again = loop {
+        let resp = create("flush-c1").await;
+        if resp.status() == 200 {
+            break resp.json::<Workspace>().await.unwrap();
+        }
+        assert_eq!(resp.status(), 503, "only the retryable refusal meanwhile");
+        assert!(std::time::Instant::now() < deadline, "never rebuilt");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        (
+            again.id.as_str(),
+            again.token.as_str(),
+            again.agent_url.as_str()
+        ),
+        (
+            first.id.as_str(),
+            first.token.as_str(),
+            first.agent_url.as_str()
+        ),
+        "the conversation keeps its workspace"
+    );
+    let again2: Workspace = create("flush-c2").await.json().await.unwrap();
+    assert_eq!((again2.id, again2.token), (second.id.clone(), second.token));
+    let agent = berth_tests::agent::AgentClient::for_workspace(again);
+    assert_eq!(agent.sh("echo still").await.stdout_text(), "still\n");
+
+    let third = create("flush-c3").await;
+    assert_eq!(third.status(), 200);
+    let third: Workspace = third.json().await.unwrap();
+    assert!(third.agent_url != first.agent_url && third.agent_url != second.agent_url);
+
+    // hostd's inventory: three claims, three slots, one workspace each.
+    let held: Vec<berth_wire::HeldClaim> = berth
+        .http
+        .get(format!("{}/v1/inventory", berth.hostd_url))
+        .bearer_auth(berth_wire::host_token(&berth.host_secret, &berth.host_id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let slots: std::collections::HashSet<_> = held.iter().map(|c| &c.slot_id).collect();
+    let workspaces: std::collections::HashSet<_> = held.iter().map(|c| &c.workspace_id).collect();
+    assert_eq!(
+        (held.len(), slots.len(), workspaces.len()),
+        (3, 3, 3),
+        "{held:?}"
+    );
+    for w in [&first.id, &second.id, &third.id] {
+        assert!(workspaces.contains(w), "{w} not held: {held:?}");
+    }
+    assert!(
+        berth
+            .scheduler
+            .counters()
+            .state_rebuilds
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "the first start and the flush"
     );
     berth.stop().await;
 }

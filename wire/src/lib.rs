@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod settings;
 pub use settings::{
-    CredentialAuth, CredentialRoute, EgressRule, EgressUpdate, EgressView, ProxyPolicy, Refusal,
-    SlotClaim, WorkspaceFile,
+    ClaimBinding, CredentialAuth, CredentialRoute, EgressRule, EgressUpdate, EgressView, HeldClaim,
+    ProxyPolicy, Refusal, SlotClaim, WorkspaceFile,
 };
 
 /// Default TCP ports of the four services.

@@ -199,6 +199,13 @@ pub struct Refusal {
 pub struct EgressView {
     pub egress: Vec<EgressRule>,
     pub refused: Vec<Refusal>,
+    /// Unix milliseconds of the last request or tunnel the proxy let out (its start,
+    /// and a tunnel's end); `None` before the first. The idle reaper counts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_egress_ms: Option<u64>,
+    /// Tunnels open now: a long download is egress for as long as it runs.
+    #[serde(default)]
+    pub open_tunnels: u64,
 }
 
 /// How many refusals a proxy remembers.
@@ -218,6 +225,39 @@ pub struct SlotClaim {
     #[serde(default)]
     pub files: Vec<WorkspaceFile>,
     pub policy: ProxyPolicy,
+    /// The rest of the workspace's record, which hostd keeps with the claim so the
+    /// scheduler can rebuild its state after losing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<ClaimBinding>,
+}
+
+/// What the scheduler's state holds about a claimed workspace beyond the claim.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimBinding {
+    pub conversation_id: String,
+    pub template: String,
+    pub source: crate::Source,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds, as of the claim (later keepalives are not sent to hostd).
+    pub expires_at: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// hostd `GET /v1/inventory`: one claimed slot with what its claim bound, for the
+/// scheduler's rebuild. Carries the workspace's token and the slot's claim secret:
+/// only the fleet's scheduler (with the host's token) may read it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeldClaim {
+    pub slot_id: String,
+    pub workspace_id: String,
+    pub token: String,
+    #[serde(default)]
+    pub claim_secret: Option<String>,
+    #[serde(default)]
+    pub binding: Option<ClaimBinding>,
 }
 
 /// A host must be a canonical IP literal or an ASCII DNS name that cannot be read

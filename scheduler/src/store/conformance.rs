@@ -11,7 +11,9 @@ use std::collections::HashSet;
 
 use berth_wire::{HostReport, Source, Workspace};
 
-use super::{Acquired, Store, WarmSlot, WorkspaceRecord, WorkspaceStatus};
+use super::{
+    Acquired, Condition, Fence, Store, StoreError, WarmSlot, WorkspaceRecord, WorkspaceStatus,
+};
 
 /// A workspace record of `template` for conversation `conv`, as acquire binds it.
 pub fn record(template: &str, id: &str, conv: &str) -> WorkspaceRecord {
@@ -68,22 +70,261 @@ fn report(host_id: &str) -> HostReport {
     }
 }
 
-/// Every check, in turn.
+/// Every check, in turn. The lease checks come first (they need a store nobody
+/// leads yet); the rest write as the leader they leave in place.
 pub async fn run_all(a: &Store, b: &Store) {
-    acquire_pops_a_slot_once_and_binds_the_conversation(a).await;
+    let fence = the_lease_has_one_holder_and_a_rising_epoch(a, b).await;
+    an_unmarked_store_binds_nothing_until_the_leader_marks_it(a, b, &fence).await;
+    a_deposed_leaders_writes_are_refused(a, b, &fence).await;
+    restoring_puts_back_only_what_is_unknown(a, b, &fence).await;
+    acquire_pops_a_slot_once_and_binds_the_conversation(a, &fence).await;
     concurrent_acquires_on_two_handles_never_share_a_slot(a, b).await;
-    slots_on_dead_hosts_are_skipped_and_taken_out(a).await;
+    slots_on_dead_hosts_are_skipped_and_taken_out(a, &fence).await;
     removal_unbinds_the_conversation_and_only_its_own(a).await;
-    single_warm_slots_are_listed_and_taken_once(a, b).await;
-    hosts_keep_their_draining_mark_across_reports(a, b).await;
+    single_warm_slots_are_listed_and_taken_once(a, b, &fence).await;
+    hosts_keep_their_draining_mark_across_reports(a, b, &fence).await;
     records_round_trip_whole(a, b).await;
-    takers_and_acquirers_race_and_each_slot_goes_once(a, b).await;
-    the_binding_names_its_slot_and_finishes_only_while_claiming(a, b).await;
+    takers_and_acquirers_race_and_each_slot_goes_once(a, b, &fence).await;
+    the_binding_names_its_slot_and_finishes_only_while_claiming(a, b, &fence).await;
+    removal_by_condition_loses_to_a_keepalive(a, b, &fence).await;
+}
+
+/// One holder at a time; renewal keeps the epoch; a lapsed lease goes to the next
+/// replica with a higher epoch. Returns the fence of the replica left leading
+/// (`conf-leader`, for a minute).
+pub async fn the_lease_has_one_holder_and_a_rising_epoch(a: &Store, b: &Store) -> Fence {
+    let first = a
+        .lead("conf-r1", 200)
+        .await
+        .unwrap()
+        .expect("nobody leads yet");
+    assert_eq!(b.lead("conf-r2", 200).await.unwrap(), None, "one holder");
+    assert_eq!(
+        a.lead("conf-r1", 200).await.unwrap(),
+        Some(first),
+        "renewal"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    let second = b
+        .lead("conf-leader", 60_000)
+        .await
+        .unwrap()
+        .expect("lapsed");
+    assert!(second > first, "{second} after {first}");
+    assert_eq!(a.lead("conf-r1", 200).await.unwrap(), None, "deposed");
+    Fence {
+        owner: "conf-leader".into(),
+        epoch: second,
+    }
+}
+
+/// A store without the state marker (fresh, or flushed) answers every acquire with
+/// `Rebuilding`, binding nothing and popping nothing; only the live leader can set
+/// the marker, and then acquires work.
+pub async fn an_unmarked_store_binds_nothing_until_the_leader_marks_it(
+    a: &Store,
+    b: &Store,
+    live: &Fence,
+) {
+    let t = "conf-marker";
+    assert!(
+        !a.state_marked().await.unwrap(),
+        "a fresh store is unmarked"
+    );
+    a.push_warm(slot(t, "mark-s1", "mark-h")).await.unwrap();
+    assert_eq!(
+        b.acquire(&record(t, "mark-w1", "mark-c1"), &[])
+            .await
+            .unwrap(),
+        Acquired::Rebuilding
+    );
+    assert!(
+        a.workspace_for_conversation("mark-c1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(a.pool_sizes().await.unwrap().get(t), Some(&1));
+    let stale = Fence {
+        owner: "conf-r1".into(),
+        epoch: live.epoch - 1,
+    };
+    assert!(matches!(
+        b.mark_state(&stale).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(!a.state_marked().await.unwrap());
+    b.mark_state(live).await.unwrap();
+    assert!(a.state_marked().await.unwrap());
+    assert_eq!(
+        a.acquire(&record(t, "mark-w1", "mark-c1"), &[])
+            .await
+            .unwrap(),
+        Acquired::Warm(slot(t, "mark-s1", "mark-h"))
+    );
+}
+
+/// Restoring a workspace found on a host binds its conversation, once; a workspace
+/// or a conversation the state already knows is left as it is.
+pub async fn restoring_puts_back_only_what_is_unknown(a: &Store, b: &Store, fence: &Fence) {
+    let t = "conf-restore";
+    let mut found = record(t, "rs-w1", "rs-c1");
+    found.status = WorkspaceStatus::Ready;
+    found.slot_id = "rs-s1".into();
+    assert!(a.restore_workspace(&found, fence).await.unwrap());
+    assert_eq!(
+        b.workspace_for_conversation("rs-c1").await.unwrap(),
+        Some(found.clone())
+    );
+    assert!(!b.restore_workspace(&found, fence).await.unwrap(), "once");
+    // The conversation has moved on to another workspace: the old one stays out.
+    let mut other = record(t, "rs-w2", "rs-c1");
+    other.slot_id = "rs-s2".into();
+    assert!(!a.restore_workspace(&other, fence).await.unwrap());
+    assert!(a.workspace("rs-w2").await.unwrap().is_none());
+    let stale = Fence {
+        owner: "conf-r1".into(),
+        epoch: fence.epoch - 1,
+    };
+    let mut third = record(t, "rs-w3", "rs-c3");
+    third.status = WorkspaceStatus::Ready;
+    assert!(matches!(
+        a.restore_workspace(&third, &stale).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(a.workspace("rs-w3").await.unwrap().is_none());
+}
+
+/// Every fenced write from the deposed `conf-r1` (or from `conf-leader` with a
+/// stale epoch) fails with [`StoreError::Fenced`] and changes nothing; the same
+/// writes under the live fence go through.
+pub async fn a_deposed_leaders_writes_are_refused(a: &Store, b: &Store, live: &Fence) {
+    let t = "conf-fence";
+    a.put_host(report("fence-h"), 1).await.unwrap();
+    a.push_warm(slot(t, "fence-s1", "fence-h")).await.unwrap();
+    a.push_warm(slot(t, "fence-s2", "fence-h")).await.unwrap();
+    a.acquire(&record(t, "fence-w1", "fence-c1"), &[])
+        .await
+        .unwrap();
+    let mut ready = a.workspace("fence-w1").await.unwrap().expect("bound");
+    ready.status = WorkspaceStatus::Ready;
+    a.put_workspace(&ready).await.unwrap();
+    let mut lost = ready.clone();
+    lost.status = WorkspaceStatus::Lost;
+    for stale in [
+        Fence {
+            owner: "conf-r1".into(),
+            epoch: live.epoch - 1,
+        },
+        Fence {
+            owner: live.owner.clone(),
+            epoch: live.epoch - 1,
+        },
+    ] {
+        let fenced = |r: Result<(), StoreError>, what: &str| match r {
+            Err(StoreError::Fenced { epoch, .. }) => assert_eq!(epoch, stale.epoch),
+            other => panic!("{what} under {stale:?}: expected Fenced, got {other:?}"),
+        };
+        fenced(
+            b.remove_host("fence-h", &stale).await.map(drop),
+            "remove_host",
+        );
+        fenced(
+            b.take_warm_slot(&slot(t, "fence-s2", "fence-h"), &stale)
+                .await
+                .map(drop),
+            "take_warm_slot",
+        );
+        fenced(
+            b.take_warm_on_host("fence-h", Some(&stale)).await.map(drop),
+            "take_warm_on_host",
+        );
+        fenced(
+            b.replace_workspace(&lost, WorkspaceStatus::Ready, Some(&stale))
+                .await
+                .map(drop),
+            "replace_workspace",
+        );
+        fenced(
+            b.remove_workspace_if("fence-w1", Condition::default(), &stale)
+                .await
+                .map(drop),
+            "remove_workspace_if",
+        );
+    }
+    // Nothing changed.
+    assert!(
+        a.hosts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|h| h.report.host_id == "fence-h")
+    );
+    assert_eq!(a.pool_sizes().await.unwrap().get(t), Some(&1));
+    assert_eq!(a.workspace("fence-w1").await.unwrap(), Some(ready.clone()));
+    // The live leader's writes go through.
+    assert!(
+        b.replace_workspace(&lost, WorkspaceStatus::Ready, Some(live))
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.take_warm_slot(&slot(t, "fence-s2", "fence-h"), live)
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.remove_workspace_if("fence-w1", Condition::status(WorkspaceStatus::Lost), live)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(b.remove_host("fence-h", live).await.unwrap());
+}
+
+/// A conditional removal that saw an expiry loses to a keepalive that moved it
+/// meanwhile; with the expiry unchanged it removes the record and its binding.
+pub async fn removal_by_condition_loses_to_a_keepalive(a: &Store, b: &Store, fence: &Fence) {
+    let t = "conf-cond";
+    a.acquire(&record(t, "cond-w1", "cond-c1"), &[])
+        .await
+        .unwrap();
+    let mut seen = a.workspace("cond-w1").await.unwrap().expect("bound");
+    seen.status = WorkspaceStatus::Ready;
+    a.put_workspace(&seen).await.unwrap();
+    // A keepalive lands after the reaper read the record.
+    let mut kept = seen.clone();
+    kept.workspace.expires_at += 600;
+    assert!(
+        b.replace_workspace(&kept, WorkspaceStatus::Ready, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        a.remove_workspace_if("cond-w1", Condition::unchanged_ready(&seen), fence)
+            .await
+            .unwrap()
+            .is_none(),
+        "the keepalive wins"
+    );
+    assert_eq!(a.workspace("cond-w1").await.unwrap(), Some(kept.clone()));
+    let gone = a
+        .remove_workspace_if("cond-w1", Condition::unchanged_ready(&kept), fence)
+        .await
+        .unwrap()
+        .expect("unchanged: removed");
+    assert_eq!(gone, kept);
+    assert!(
+        b.workspace_for_conversation("cond-c1")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// One acquire pops one slot and binds; the same conversation again gets the same
 /// workspace and pops nothing.
-pub async fn acquire_pops_a_slot_once_and_binds_the_conversation(a: &Store) {
+pub async fn acquire_pops_a_slot_once_and_binds_the_conversation(a: &Store, fence: &Fence) {
     let t = "conf-acquire";
     a.push_warm(slot(t, "acq-s1", "h1")).await.unwrap();
     let got = a
@@ -102,7 +343,7 @@ pub async fn acquire_pops_a_slot_once_and_binds_the_conversation(a: &Store) {
     }
     assert_eq!(a.pool_sizes().await.unwrap().get(t), Some(&1));
     // An empty pool binds the conversation for a cold start.
-    a.take_warm_on_host("h1").await.unwrap();
+    a.take_warm_on_host("h1", Some(fence)).await.unwrap();
     assert_eq!(
         a.acquire(&record(t, "acq-w3", "acq-c3"), &[])
             .await
@@ -146,6 +387,7 @@ pub async fn concurrent_acquires_on_two_handles_never_share_a_slot(a: &Store, b:
             Acquired::Warm(s) => assert!(seen.insert(s.slot_id), "a slot was handed out twice"),
             Acquired::Cold => cold += 1,
             Acquired::Existing(_) => panic!("distinct conversations got one workspace"),
+            Acquired::Rebuilding => panic!("the store is marked"),
         }
     }
     assert_eq!((seen.len(), cold), (50, 50));
@@ -157,7 +399,7 @@ pub async fn concurrent_acquires_on_two_handles_never_share_a_slot(a: &Store, b:
 
 /// Slots on dead hosts are passed over (the conversation goes cold) and can be
 /// taken out of the pools by host.
-pub async fn slots_on_dead_hosts_are_skipped_and_taken_out(a: &Store) {
+pub async fn slots_on_dead_hosts_are_skipped_and_taken_out(a: &Store, fence: &Fence) {
     let t = "conf-dead";
     a.push_warm(slot(t, "dead-s1", "dead-host")).await.unwrap();
     a.push_warm(slot(t, "dead-s2", "live-host")).await.unwrap();
@@ -174,7 +416,7 @@ pub async fn slots_on_dead_hosts_are_skipped_and_taken_out(a: &Store) {
             .unwrap(),
         Acquired::Cold
     );
-    let taken = a.take_warm_on_host("dead-host").await.unwrap();
+    let taken = a.take_warm_on_host("dead-host", Some(fence)).await.unwrap();
     assert_eq!(taken, vec![slot(t, "dead-s1", "dead-host")]);
     assert_eq!(
         a.pool_sizes().await.unwrap().get(t).copied().unwrap_or(0),
@@ -211,7 +453,7 @@ pub async fn removal_unbinds_the_conversation_and_only_its_own(a: &Store) {
 }
 
 /// Warm slots are listed; taking one succeeds once across handles.
-pub async fn single_warm_slots_are_listed_and_taken_once(a: &Store, b: &Store) {
+pub async fn single_warm_slots_are_listed_and_taken_once(a: &Store, b: &Store, fence: &Fence) {
     let t = "conf-take";
     for i in 0..3 {
         a.push_warm(slot(t, &format!("take-s{i}"), "take-h"))
@@ -227,14 +469,17 @@ pub async fn single_warm_slots_are_listed_and_taken_once(a: &Store, b: &Store) {
         .collect();
     assert_eq!(mine.len(), 3);
     let target = mine[1].clone();
-    assert!(a.take_warm_slot(&target).await.unwrap());
-    assert!(!b.take_warm_slot(&target).await.unwrap(), "taken twice");
+    assert!(a.take_warm_slot(&target, fence).await.unwrap());
+    assert!(
+        !b.take_warm_slot(&target, fence).await.unwrap(),
+        "taken twice"
+    );
     assert_eq!(a.pool_sizes().await.unwrap().get(t), Some(&2));
 }
 
 /// Reports replace each other; the draining mark survives new reports; unknown
 /// hosts cannot be drained.
-pub async fn hosts_keep_their_draining_mark_across_reports(a: &Store, b: &Store) {
+pub async fn hosts_keep_their_draining_mark_across_reports(a: &Store, b: &Store, fence: &Fence) {
     a.put_host(report("conf-h1"), 10).await.unwrap();
     assert!(b.set_draining("conf-h1", true).await.unwrap());
     assert!(!b.set_draining("conf-nobody", true).await.unwrap());
@@ -250,8 +495,8 @@ pub async fn hosts_keep_their_draining_mark_across_reports(a: &Store, b: &Store)
     assert_eq!(h.last_seen_ms, 20);
     assert!(a.set_draining("conf-h1", false).await.unwrap());
     // Forgotten hosts are gone from the list; forgetting twice finds nothing.
-    assert!(b.remove_host("conf-h1").await.unwrap());
-    assert!(!a.remove_host("conf-h1").await.unwrap());
+    assert!(b.remove_host("conf-h1", fence).await.unwrap());
+    assert!(!a.remove_host("conf-h1", fence).await.unwrap());
     assert!(
         a.hosts()
             .await
@@ -276,21 +521,30 @@ pub async fn records_round_trip_whole(a: &Store, b: &Store) {
 }
 
 /// Pool shrinking (take) and acquires race for the same slots: each goes once.
-pub async fn takers_and_acquirers_race_and_each_slot_goes_once(a: &Store, b: &Store) {
+pub async fn takers_and_acquirers_race_and_each_slot_goes_once(
+    a: &Store,
+    b: &Store,
+    fence: &Fence,
+) {
     let t = "conf-take-race";
     for i in 0..20 {
         a.push_warm(slot(t, &format!("tr-s{i}"), "tr-h"))
             .await
             .unwrap();
     }
-    assert!(!a.take_warm_slot(&slot(t, "tr-nope", "tr-h")).await.unwrap());
+    assert!(
+        !a.take_warm_slot(&slot(t, "tr-nope", "tr-h"), fence)
+            .await
+            .unwrap()
+    );
     let mut tasks = Vec::new();
     for i in 0..20 {
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let fence = fence.clone();
         tasks.push(tokio::spawn(async move {
             if i % 2 == 0 {
                 usize::from(
-                    s.take_warm_slot(&slot(t, &format!("tr-s{i}"), "tr-h"))
+                    s.take_warm_slot(&slot(t, &format!("tr-s{i}"), "tr-h"), &fence)
                         .await
                         .unwrap(),
                 )
@@ -315,7 +569,11 @@ pub async fn takers_and_acquirers_race_and_each_slot_goes_once(a: &Store, b: &St
 /// The acquire step writes the popped slot into the binding; completing a claim
 /// (`replace_workspace` expecting `Claiming`) works once and not after a recovery
 /// removed the binding; removal by status keeps records in another status.
-pub async fn the_binding_names_its_slot_and_finishes_only_while_claiming(a: &Store, b: &Store) {
+pub async fn the_binding_names_its_slot_and_finishes_only_while_claiming(
+    a: &Store,
+    b: &Store,
+    fence: &Fence,
+) {
     let t = "conf-bind";
     a.push_warm(slot(t, "bind-s1", "bind-h")).await.unwrap();
     a.acquire(&record(t, "bind-w1", "bind-c1"), &[])
@@ -342,27 +600,31 @@ pub async fn the_binding_names_its_slot_and_finishes_only_while_claiming(a: &Sto
     let mut ready = bound.clone();
     ready.status = WorkspaceStatus::Ready;
     assert!(
-        a.replace_workspace(&ready, WorkspaceStatus::Claiming)
+        a.replace_workspace(&ready, WorkspaceStatus::Claiming, None)
             .await
             .unwrap()
     );
     assert!(
-        !b.replace_workspace(&ready, WorkspaceStatus::Claiming)
+        !b.replace_workspace(&ready, WorkspaceStatus::Claiming, None)
             .await
             .unwrap(),
         "a claim finishes once"
     );
     assert!(
-        b.remove_workspace_in("bind-w1", WorkspaceStatus::Claiming)
-            .await
-            .unwrap()
-            .is_none()
+        b.remove_workspace_if(
+            "bind-w1",
+            Condition::status(WorkspaceStatus::Claiming),
+            fence
+        )
+        .await
+        .unwrap()
+        .is_none()
     );
     assert!(a.workspace("bind-w1").await.unwrap().is_some());
     // A keepalive (expecting Ready) after a release brings nothing back.
     assert!(a.remove_workspace("bind-w1").await.unwrap().is_some());
     assert!(
-        !b.replace_workspace(&ready, WorkspaceStatus::Ready)
+        !b.replace_workspace(&ready, WorkspaceStatus::Ready, None)
             .await
             .unwrap()
     );
@@ -372,7 +634,11 @@ pub async fn the_binding_names_its_slot_and_finishes_only_while_claiming(a: &Sto
         .await
         .unwrap();
     let gone = b
-        .remove_workspace_in("bind-w2", WorkspaceStatus::Claiming)
+        .remove_workspace_if(
+            "bind-w2",
+            Condition::status(WorkspaceStatus::Claiming),
+            fence,
+        )
         .await
         .unwrap()
         .expect("removed while Claiming");
@@ -384,7 +650,7 @@ pub async fn the_binding_names_its_slot_and_finishes_only_while_claiming(a: &Sto
             .is_none()
     );
     assert!(
-        !a.replace_workspace(&ready, WorkspaceStatus::Claiming)
+        !a.replace_workspace(&ready, WorkspaceStatus::Claiming, None)
             .await
             .unwrap()
     );

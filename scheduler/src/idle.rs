@@ -1,0 +1,204 @@
+//! The idle reaper: releases workspaces nobody uses, and never one that works.
+//!
+//! Background: a timer that only API calls touch kills a twenty-minute build, so
+//! idleness is read from the workspace itself. A workspace is idle when its agent
+//! has no attached stream, no running command and no process besides itself, and
+//! its proxy has no open tunnel, and neither the agent's last authenticated request
+//! nor the proxy's last egress is newer than the idle timeout. The agent's open
+//! `/health` and hostd's egress view (from the proxy's admin channel) tell; if
+//! either cannot be read, the workspace is not idle (a failed look kills nothing).
+//! The removal is conditional on the record the pass read, so a `keepalive` landing
+//! meanwhile keeps the workspace.
+
+use super::*;
+
+/// What one look at a workspace found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Idleness {
+    /// Something runs or is attached now.
+    Busy,
+    /// Nothing runs; the latest activity was at this unix ms.
+    QuietSince(u64),
+}
+
+/// Reads the agent's and the proxy's activity into [`Idleness`].
+pub(crate) fn idleness(
+    created_ms: u64,
+    agent: &berth_wire::Activity,
+    egress: &berth_wire::EgressView,
+) -> Idleness {
+    if agent.attached_streams > 0
+        || agent.running_commands > 0
+        || agent.processes > 0
+        || egress.open_tunnels > 0
+    {
+        return Idleness::Busy;
+    }
+    Idleness::QuietSince(
+        created_ms
+            .max(agent.last_request_ms.unwrap_or(0))
+            .max(egress.last_egress_ms.unwrap_or(0)),
+    )
+}
+
+impl Scheduler {
+    /// A template's idle timeout (zero: never reaped for idleness).
+    pub(crate) fn idle_timeout(&self, template: &str) -> Duration {
+        self.inner
+            .config
+            .templates
+            .policy(template)
+            .idle_timeout_seconds
+            .map_or(self.inner.config.idle_timeout, Duration::from_secs)
+    }
+
+    /// One pass: every ready workspace quiet for its template's idle timeout (as far
+    /// as this leader knows) is looked at, and released if the look confirms it.
+    pub(crate) async fn reap_idle(&self, fence: &Fence) -> Result<(), StoreError> {
+        let now = now_ms();
+        let records = self.inner.store.workspaces().await?;
+        {
+            let mut seen = self
+                .inner
+                .active_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            seen.retain(|id, _| records.iter().any(|r| &r.workspace.id == id));
+        }
+        for r in records {
+            if r.status != WorkspaceStatus::Ready {
+                continue;
+            }
+            let timeout = ms(self.idle_timeout(&r.workspace.template));
+            if timeout == 0 {
+                continue;
+            }
+            let known = self
+                .inner
+                .active_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&r.workspace.id)
+                .copied()
+                .unwrap_or(0)
+                .max(r.workspace.created_at * 1000);
+            if now.saturating_sub(known) < timeout {
+                continue;
+            }
+            let last = match self.look(&r).await {
+                Some(Idleness::Busy) => now,
+                Some(Idleness::QuietSince(t)) => t,
+                None => now,
+            };
+            self.inner
+                .active_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(r.workspace.id.clone(), last);
+            if now.saturating_sub(last) < timeout {
+                continue;
+            }
+            let Some(gone) = self
+                .inner
+                .store
+                .remove_workspace_if(&r.workspace.id, Condition::unchanged_ready(&r), fence)
+                .await?
+            else {
+                continue;
+            };
+            self.inner
+                .counters
+                .idle_reaped
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(workspace_id = %gone.workspace.id, conversation_id = %gone.workspace.conversation_id,
+                idle_s = now.saturating_sub(last) / 1000, "workspace idle past its timeout; released");
+            if !gone.slot_id.is_empty() {
+                self.discard_slot(&gone.workspace.host_id, &gone.slot_id, "idle")
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks at one workspace: its agent's activity (the agent must say it serves
+    /// this workspace) and its proxy's egress. `None` when either cannot be read.
+    async fn look(&self, r: &WorkspaceRecord) -> Option<Idleness> {
+        let w = &r.workspace;
+        let health = match self.inner.clients.agent_health(&w.agent_url).await {
+            Ok(h) if h.workspace_id.as_deref() == Some(w.id.as_str()) => h,
+            Ok(h) => {
+                tracing::warn!(workspace_id = %w.id, serving = ?h.workspace_id,
+                    "idle check: the agent serves another workspace; not reaping");
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(workspace_id = %w.id, error = %e, "idle check: agent unreadable");
+                return None;
+            }
+        };
+        let hostd = self.hostd_url(&w.host_id).await.ok().flatten()?;
+        let egress = match self
+            .inner
+            .clients
+            .slot_egress(&hostd, &w.host_id, &r.slot_id, &r.claim_secret, None)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(workspace_id = %w.id, error = %e, "idle check: proxy activity unreadable");
+                return None;
+            }
+        };
+        Some(idleness(w.created_at * 1000, &health.activity, &egress))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_wire::{Activity, EgressView};
+
+    #[test]
+    fn anything_running_or_attached_is_busy_and_the_latest_sign_of_life_counts() {
+        let quiet = Activity::default();
+        let none = EgressView::default();
+        assert_eq!(idleness(1_000, &quiet, &none), Idleness::QuietSince(1_000));
+        for busy in [
+            Activity {
+                attached_streams: 1,
+                ..quiet
+            },
+            Activity {
+                running_commands: 1,
+                ..quiet
+            },
+            Activity {
+                processes: 1,
+                ..quiet
+            },
+        ] {
+            assert_eq!(idleness(1_000, &busy, &none), Idleness::Busy);
+        }
+        let tunnel = EgressView {
+            open_tunnels: 1,
+            ..EgressView::default()
+        };
+        assert_eq!(idleness(1_000, &quiet, &tunnel), Idleness::Busy);
+        let requested = Activity {
+            last_request_ms: Some(5_000),
+            ..quiet
+        };
+        let egressed = EgressView {
+            last_egress_ms: Some(9_000),
+            ..EgressView::default()
+        };
+        assert_eq!(
+            idleness(1_000, &requested, &egressed),
+            Idleness::QuietSince(9_000)
+        );
+        assert_eq!(
+            idleness(1_000, &requested, &none),
+            Idleness::QuietSince(5_000)
+        );
+    }
+}
