@@ -144,6 +144,7 @@ pub fn router(s: Scheduler) -> Router {
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/{id}/drain", post(drain_host))
         .route("/v1/hosts/{id}/report", post(host_report))
+        .route("/v1/fleet", get(fleet_json))
         .route("/v1/pools", get(pools))
         .route("/v1/pools/{template}", put(set_pool))
         .fallback(|| async {
@@ -634,48 +635,13 @@ async fn fleet_page(
     headers: HeaderMap,
 ) -> Result<Html<String>, ApiError> {
     check_operator(&s, &headers)?;
-    let views = s.host_views().await?;
-    let sizes = s.store().pool_sizes().await?;
-    let workspaces = s.store().workspaces().await?.len();
-    let hosts: String = views
-        .iter()
-        .map(|v| {
-            format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&v.host_id),
-                if v.healthy { "healthy" } else { "DEAD" },
-                if v.draining { "draining" } else { "" },
-                v.branches_free,
-                v.memory_free_mib
-            )
-        })
-        .collect();
-    let pools: String = s
-        .pool_targets()
-        .iter()
-        .map(|(t, target)| {
-            format!(
-                "<tr><td>{}</td><td>{}/{}</td><td>{}</td></tr>",
-                esc(t),
-                sizes.get(t).copied().unwrap_or(0),
-                target,
-                s.refilling(t)
-            )
-        })
-        .collect();
-    Ok(Html(format!(
-        "<!doctype html><html><head><meta charset=utf-8><title>Berth fleet</title>\
-         <meta http-equiv=refresh content=5></head><body><h1>Berth fleet</h1>\
-         <p>{workspaces} workspaces in use · {n} hosts</p>\
-         <h2>Pools</h2><table border=1 cellpadding=4><tr><th>template</th><th>ready/target</th>\
-         <th>starting</th></tr>{pools}</table>\
-         <h2>Hosts</h2><table border=1 cellpadding=4><tr><th>host</th><th>health</th><th></th>\
-         <th>branches free</th><th>memory free (MiB)</th></tr>{hosts}</table></body></html>",
-        n = views.len()
-    )))
+    Ok(Html(crate::fleet::page(&s.fleet_view().await?)))
 }
 
-use berth_wire::html_escape as esc;
+async fn fleet_json(State(s): State<Scheduler>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_operator(&s, &headers)?;
+    Ok(axum::Json(s.fleet_view().await?).into_response())
+}
 
 async fn openapi() -> impl IntoResponse {
     (

@@ -110,6 +110,11 @@ impl Scheduler {
                 .counters
                 .idle_reaped
                 .fetch_add(1, Ordering::Relaxed);
+            self.event(
+                "idle_reaped",
+                &gone.workspace.id,
+                format!("idle for {} s", now.saturating_sub(last) / 1000),
+            );
             tracing::info!(workspace_id = %gone.workspace.id, conversation_id = %gone.workspace.conversation_id,
                 idle_s = now.saturating_sub(last) / 1000, "workspace idle past its timeout; released");
             if !gone.slot_id.is_empty() {

@@ -20,6 +20,7 @@ pub mod clients;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod ecs;
+pub mod fleet;
 mod idle;
 mod leader;
 pub mod placement;
@@ -199,6 +200,10 @@ struct Inner {
     active_at: Mutex<HashMap<String, u64>>,
     /// When the leader first found the store without its state marker.
     lost_since: Mutex<Option<std::time::Instant>>,
+    /// The lease's epoch while this replica leads, else 0.
+    leading: AtomicU64,
+    /// The latest events, for the fleet page.
+    events: fleet::Events,
 }
 
 /// Slots the refill reconciler asks one host for in one runtime call (ECS's
@@ -241,6 +246,8 @@ impl Scheduler {
                 replica_id: format!("r-{}", short_id()),
                 active_at: Mutex::default(),
                 lost_since: Mutex::default(),
+                leading: AtomicU64::new(0),
+                events: fleet::Events::default(),
             }),
         }
     }

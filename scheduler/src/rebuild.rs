@@ -57,6 +57,14 @@ impl Scheduler {
                     .counters
                     .state_rebuilds
                     .fetch_add(1, Ordering::Relaxed);
+                self.event(
+                    "state_rebuilt",
+                    &self.inner.replica_id,
+                    format!(
+                        "{} bindings restored from the hosts, {} unclaimable slots stopped",
+                        found.restored, found.stopped
+                    ),
+                );
                 tracing::warn!(
                     restored = found.restored,
                     stopped = found.stopped,

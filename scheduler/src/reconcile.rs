@@ -15,12 +15,16 @@ impl Scheduler {
             .lead(&self.inner.replica_id, ms(LEADER_LEASE))
             .await
         {
-            Ok(e) => e?,
+            Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot renew the leader lease");
-                return None;
+                None
             }
         };
+        self.inner
+            .leading
+            .store(epoch.unwrap_or(0), Ordering::Relaxed);
+        let epoch = epoch?;
         let fence = Fence {
             owner: self.inner.replica_id.clone(),
             epoch,
@@ -95,6 +99,14 @@ impl Scheduler {
                 .counters
                 .claims_recovered
                 .fetch_add(1, Ordering::Relaxed);
+            self.event(
+                "claim_recovered",
+                &gone.workspace.id,
+                format!(
+                    "binding left Claiming (its replica died mid-claim); slot {} stopped",
+                    gone.slot_id
+                ),
+            );
             tracing::warn!(workspace_id = %gone.workspace.id, conversation_id = %gone.workspace.conversation_id,
                 slot_id = %gone.slot_id, age_s = now.saturating_sub(gone.workspace.created_at),
                 "binding stuck in Claiming (its replica died mid-claim); removed");
@@ -187,6 +199,11 @@ impl Scheduler {
         *self.inner.orphans.lock().unwrap_or_else(|e| e.into_inner()) = suspects;
         for r in stop {
             tracing::warn!(slot_id = %r.slot_id, host_id = %r.host_id, "orphan: running, known to no state; stopping it");
+            self.event(
+                "orphan_stopped",
+                &r.slot_id,
+                format!("running on {}, known to no state", r.host_id),
+            );
             self.discard_slot(&r.host_id, &r.slot_id, "orphan: known to no state")
                 .await;
             self.inner
@@ -235,6 +252,11 @@ impl Scheduler {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(workspace_id = %r.workspace.id, host_id = %r.workspace.host_id,
                     conversation_id = %r.workspace.conversation_id, "workspace lost with its host");
+                self.event(
+                    "workspace_lost",
+                    &r.workspace.id,
+                    format!("host {} stopped reporting", r.workspace.host_id),
+                );
             }
         }
         let now = now_ms();
@@ -253,6 +275,11 @@ impl Scheduler {
                     .hosts_forgotten
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(host_id = %h.report.host_id, "host silent past its retention; forgotten");
+                self.event(
+                    "host_forgotten",
+                    &h.report.host_id,
+                    "silent past its retention".to_owned(),
+                );
             }
         }
         Ok(())
@@ -275,6 +302,11 @@ impl Scheduler {
                 continue;
             };
             tracing::info!(workspace_id = %gone.workspace.id, "workspace expired; released");
+            self.event(
+                "expired",
+                &gone.workspace.id,
+                "past its expires_at".to_owned(),
+            );
             if !gone.slot_id.is_empty() {
                 self.discard_slot(&gone.workspace.host_id, &gone.slot_id, "expired")
                     .await;
@@ -338,7 +370,10 @@ impl Scheduler {
                             Err(ApiError::NoCapacity) => {
                                 tracing::debug!(%template, "no host has room for another warm slot")
                             }
-                            Err(e) => tracing::warn!(%template, error = %e, "refill failed"),
+                            Err(e) => {
+                                me.event("slot_start_failed", &template, format!("refill: {e}"));
+                                tracing::warn!(%template, error = %e, "refill failed")
+                            }
                         }
                     }
                     if let Some(k) = me

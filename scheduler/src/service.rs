@@ -46,6 +46,14 @@ impl Scheduler {
                         .counters
                         .replaced_lost
                         .fetch_add(1, Ordering::Relaxed);
+                    self.event(
+                        "replaced",
+                        &existing.workspace.id,
+                        format!(
+                            "lost with host {}; conversation {} gets a new workspace",
+                            existing.workspace.host_id, req.conversation_id
+                        ),
+                    );
                     replaced = Some(existing.workspace.id);
                     continue;
                 }
@@ -172,6 +180,11 @@ impl Scheduler {
             };
             if let Err(e) = claimed {
                 tracing::warn!(slot_id = %slot.slot_id, error = %e, "claim failed; discarding slot");
+                self.event(
+                    "acquire_failed",
+                    &slot.slot_id,
+                    format!("claim on {} failed: {e}", slot.host_id),
+                );
                 self.inner
                     .store
                     .remove_workspace(&record.workspace.id)
@@ -214,6 +227,20 @@ impl Scheduler {
                 Source::Cold => &self.inner.counters.acquired_cold,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            self.event(
+                "placed",
+                &record.workspace.id,
+                format!(
+                    "{} slot on {} for conversation {}",
+                    if source == Source::Warm {
+                        "warm"
+                    } else {
+                        "cold"
+                    },
+                    slot.host_id,
+                    req.conversation_id
+                ),
+            );
             tracing::info!(workspace_id = %record.workspace.id, conversation_id = %req.conversation_id,
                 host_id = %slot.host_id, source = ?source, "workspace handed out");
             return Ok(record.workspace);

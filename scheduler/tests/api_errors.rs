@@ -149,6 +149,8 @@ async fn malformed_and_hostile_requests_get_their_codes_and_the_service_keeps_se
         case("drain with the backend token", M::POST, "/v1/hosts/h1/drain").expect(401, "operator_token_required"),
         case("metrics without a token", M::GET, "/metrics").token(None).expect(401, "operator_token_required"),
         case("fleet page with the backend token", M::GET, "/").expect(401, "operator_token_required"),
+        case("fleet JSON with the backend token", M::GET, "/v1/fleet").expect(401, "operator_token_required"),
+        case("fleet JSON without a token", M::GET, "/v1/fleet").token(None).expect(401, "operator_token_required"),
         case("workspaces with the operator token", M::GET, w).token(Some(OPERATOR)).expect(401, "unauthorized"),
         case("no host has room", M::POST, w).json(json!({"conversation_id": "💥 unicode is fine 会話"})).expect(503, "no_capacity"),
     ];

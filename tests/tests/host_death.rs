@@ -115,6 +115,57 @@ async fn conversations_of_a_dead_host_get_new_workspaces_elsewhere() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(state, "lost", "GET shows the dead host's workspace as lost");
+
+    // On-call's fleet page says where the problem is, and its JSON says the same.
+    let fleet: Value = berth
+        .http
+        .get(format!("{}/v1/fleet", berth.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fleet["healthy"], false, "{fleet}");
+    assert!(
+        fleet["problems"].as_array().unwrap().iter().any(|p| p
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("host {first} dead"))),
+        "{fleet}"
+    );
+    assert!(
+        fleet["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "workspace_lost" && e["subject"] == victim.id.as_str()),
+        "{fleet}"
+    );
+    let html = berth
+        .http
+        .get(format!("{}/", berth.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(&format!("host {first} dead")), "{html}");
+    assert!(html.contains("<span class=dead>DEAD</span>"), "{html}");
+    let second_url = fleet["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host_id"] == second.as_str())
+        .map(|h| h["status_url"].as_str().unwrap().to_owned())
+        .expect("the survivor is listed");
+    assert!(
+        html.contains(&format!("<a href=\"{second_url}\">{second}</a>")),
+        "each host links to its own status page: {html}"
+    );
+    let page = berth.http.get(&second_url).send().await.unwrap();
+    assert_eq!(page.status(), 200, "the link leads to hostd's page");
     let keepalive = berth
         .http
         .post(format!(
@@ -161,5 +212,24 @@ async fn conversations_of_a_dead_host_get_new_workspaces_elsewhere() {
     let fresh = acquire(&berth, "after-death").await;
     assert_eq!(fresh.host_id, second);
     assert!(echo(&berth, &fresh).await);
+    let fleet: Value = berth
+        .http
+        .get(format!("{}/v1/fleet", berth.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = fleet["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"placed") && kinds.contains(&"replaced"),
+        "{kinds:?}"
+    );
     berth.stop().await;
 }
