@@ -3,8 +3,9 @@
 # formatting, lints and the whole suite. Usage: tests/run.sh [extra cargo test args]
 #
 # Installs on a fresh Debian machine with Docker:
-#   apt: redis-server iptables iproute2 busybox-static python3-venv (+ shellcheck for infra checks)
-#   a Python venv with moto[server] at $BERTH_CACHE_DIR/venv-moto
+#   apt: redis-server iptables iproute2 busybox-static python3-venv curl (+ shellcheck for infra checks)
+#   a Python venv with moto[server] at $BERTH_CACHE_DIR/venv-moto, and one with
+#   schemathesis at $BERTH_CACHE_DIR/venv-schemathesis (tests/schemathesis.sh)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,6 +24,7 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v iptables >/dev/null || need_apt+=(iptables)
 command -v ip >/dev/null || need_apt+=(iproute2)          # test namespaces (lockdown tests)
 command -v nsenter >/dev/null || need_apt+=(util-linux)
+command -v curl >/dev/null || need_apt+=(curl)
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ! ldd /bin/busybox >/dev/null 2>&1 \
   || need_apt+=(busybox-static)
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
@@ -71,6 +73,15 @@ set +e
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+
+# --- the API against its own document ---------------------------------------
+step "schemathesis against the real scheduler (tests/schemathesis.sh)"
+if tests/schemathesis.sh; then
+  echo "test result: ok. 1 passed; 0 failed; (schemathesis)" >> "$log"
+else
+  echo "test result: FAILED. 0 passed; 1 failed; (schemathesis)" | tee -a "$log"
+  status=1
+fi
 # One closing line over every test binary (cargo's own last line is a doc-test
 # binary's, usually "0 passed").
 awk '/^test result:/ {

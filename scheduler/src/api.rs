@@ -1,8 +1,6 @@
 //! The scheduler's HTTP API: thin handlers over [`Scheduler`], one error type with a
 //! status and a stable code for every failure, details in the logs.
 
-use std::sync::atomic::Ordering;
-
 use axum::{
     Router,
     body::Bytes,
@@ -11,10 +9,10 @@ use axum::{
     response::{Html, IntoResponse, Response},
     routing::{get, post, put},
 };
-use berth_wire::{CreateWorkspace, ErrorBody, HostReport};
-use serde::Deserialize;
+use berth_wire::{CreateWorkspace, EgressUpdate, EgressView, ErrorBody, HostReport, Workspace};
+use serde::{Deserialize, Serialize};
 
-use crate::{Scheduler, now_ms, store::StoreError};
+use crate::{Scheduler, fleet::FleetView, fleet::PoolLevel, now_ms, store::StoreError};
 
 /// Seconds a client should wait before retrying when no capacity is free.
 pub const RETRY_AFTER_SECONDS: u32 = 2;
@@ -125,7 +123,7 @@ impl IntoResponse for ApiError {
 pub fn router(s: Scheduler) -> Router {
     Router::new()
         .route("/", get(fleet_page))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route(
@@ -267,7 +265,29 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
 }
 
-async fn create_workspace(
+/// `GET /healthz`: the process answers (open; says nothing about the fleet).
+#[utoipa::path(get, path = "/healthz", tag = "operator",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `POST /v1/workspaces`: the conversation's workspace — the one it has while that
+/// lives, else a warm one, else one started for it.
+#[utoipa::path(post, path = "/v1/workspaces", tag = "workspaces",
+    security(("backend" = [])),
+    request_body = CreateWorkspace,
+    responses(
+        (status = 200, description = "The conversation's workspace (`replaced` names a lost one it replaces)", body = Workspace),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`, `egress_not_allowed`, `ip_literal_not_allowed`, `upstream_not_allowed`, `secret_not_allowed` (`field` names the part)", body = ErrorBody),
+        (status = 502, description = "`runtime_failed`", body = ErrorBody),
+        (status = 503, description = "`no_capacity`, `state_rebuilding`, `state_unavailable` (with `Retry-After`)", body = ErrorBody),
+    ))]
+pub(crate) async fn create_workspace(
     State(s): State<Scheduler>,
     headers: HeaderMap,
     body: Bytes,
@@ -279,7 +299,18 @@ async fn create_workspace(
 }
 
 /// `GET /v1/workspaces/{id}/egress`: the allowlist in force and the last refusals.
-async fn get_egress(
+#[utoipa::path(get, path = "/v1/workspaces/{id}/egress", tag = "workspaces",
+    security(("backend" = [])),
+    params(("id" = String, Path, description = "Workspace id")),
+    responses(
+        (status = 200, description = "The allowlist, the proxy's latest refusals and its last egress", body = EgressView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`workspace_not_found`", body = ErrorBody),
+        (status = 409, description = "`workspace_lost`, `workspace_not_ready`", body = ErrorBody),
+        (status = 502, description = "`slot_unreachable`", body = ErrorBody),
+        (status = 503, description = "`state_rebuilding`, `state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn get_egress(
     State(s): State<Scheduler>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -289,23 +320,56 @@ async fn get_egress(
 }
 
 /// `PUT /v1/workspaces/{id}/egress`: replaces the allowlist of a running workspace.
-async fn put_egress(
+#[utoipa::path(put, path = "/v1/workspaces/{id}/egress", tag = "workspaces",
+    security(("backend" = [])),
+    params(("id" = String, Path, description = "Workspace id")),
+    request_body = EgressUpdate,
+    responses(
+        (status = 200, description = "The allowlist now in force", body = EgressView),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`workspace_not_found`", body = ErrorBody),
+        (status = 409, description = "`workspace_lost`, `workspace_not_ready`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`, `egress_not_allowed`, `ip_literal_not_allowed`", body = ErrorBody),
+        (status = 502, description = "`slot_unreachable`", body = ErrorBody),
+        (status = 503, description = "`state_rebuilding`, `state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn put_egress(
     State(s): State<Scheduler>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_api(&s, &headers)?;
-    let update: berth_wire::EgressUpdate = parse(&body)?;
+    let update: EgressUpdate = parse(&body)?;
     Ok(axum::Json(s.egress(&id, Some(update)).await?).into_response())
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct ListQuery {
+    /// Only this conversation's workspace.
     conversation_id: Option<String>,
 }
 
-async fn list_workspaces(
+/// `GET /v1/workspaces`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkspaceList {
+    pub workspaces: Vec<Workspace>,
+}
+
+/// `GET /v1/workspaces`: every workspace, or one conversation's.
+#[utoipa::path(get, path = "/v1/workspaces", tag = "workspaces",
+    security(("backend" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Workspaces", body = WorkspaceList),
+        (status = 400, description = "`bad_request` (a query it cannot read)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn list_workspaces(
     State(s): State<Scheduler>,
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
@@ -320,11 +384,21 @@ async fn list_workspaces(
             .collect(),
         None => s.store().workspaces().await?,
     };
-    let list: Vec<_> = list.into_iter().map(|r| r.workspace).collect();
-    Ok(axum::Json(serde_json::json!({ "workspaces": list })).into_response())
+    let workspaces = list.into_iter().map(|r| r.workspace).collect();
+    Ok(axum::Json(WorkspaceList { workspaces }).into_response())
 }
 
-async fn get_workspace(
+/// `GET /v1/workspaces/{id}`: the workspace, `state: lost` if its host died.
+#[utoipa::path(get, path = "/v1/workspaces/{id}", tag = "workspaces",
+    security(("backend" = [])),
+    params(("id" = String, Path, description = "Workspace id")),
+    responses(
+        (status = 200, description = "The workspace", body = Workspace),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`workspace_not_found`", body = ErrorBody),
+        (status = 503, description = "`state_rebuilding`, `state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn get_workspace(
     State(s): State<Scheduler>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -333,23 +407,63 @@ async fn get_workspace(
     Ok(axum::Json(s.workspace(&id).await?.workspace).into_response())
 }
 
-async fn delete_workspace(
+/// `DELETE /v1/workspaces/{id}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    pub id: String,
+    pub deleted: bool,
+}
+
+/// `DELETE /v1/workspaces/{id}`: releases the workspace; its slot is stopped.
+#[utoipa::path(delete, path = "/v1/workspaces/{id}", tag = "workspaces",
+    security(("backend" = [])),
+    params(("id" = String, Path, description = "Workspace id")),
+    responses(
+        (status = 200, description = "Released", body = Deleted),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`workspace_not_found`", body = ErrorBody),
+        (status = 503, description = "`state_rebuilding`, `state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn delete_workspace(
     State(s): State<Scheduler>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_api(&s, &headers)?;
     let ws = s.release(&id).await?;
-    Ok(axum::Json(serde_json::json!({"id": ws.id, "deleted": true})).into_response())
+    Ok(axum::Json(Deleted {
+        id: ws.id,
+        deleted: true,
+    })
+    .into_response())
 }
 
-#[derive(Deserialize, Default)]
+/// `POST /v1/workspaces/{id}/keepalive` (the body may be empty).
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct KeepaliveBody {
+pub struct KeepaliveBody {
+    /// Seconds from now; the default TTL when absent.
+    #[schema(minimum = 1)]
     ttl_seconds: Option<u64>,
 }
 
-async fn keepalive(
+/// `POST /v1/workspaces/{id}/keepalive`: pushes the workspace's expiry out.
+#[utoipa::path(post, path = "/v1/workspaces/{id}/keepalive", tag = "workspaces",
+    security(("backend" = [])),
+    params(("id" = String, Path, description = "Workspace id")),
+    request_body(content = Option<KeepaliveBody>, description = "Optional; `{}` or no body keeps the default TTL"),
+    responses(
+        (status = 200, description = "The workspace with its new `expires_at`", body = Workspace),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`workspace_not_found`", body = ErrorBody),
+        (status = 409, description = "`workspace_lost`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field` (`ttl_seconds`)", body = ErrorBody),
+        (status = 503, description = "`state_rebuilding`, `state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn keepalive(
     State(s): State<Scheduler>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -359,13 +473,27 @@ async fn keepalive(
     let req: KeepaliveBody = if body.is_empty() {
         KeepaliveBody::default()
     } else {
-        parse(&body)?
+        parse::<Option<KeepaliveBody>>(&body)?.unwrap_or_default()
     };
     let ws = s.keepalive(&id, req.ttl_seconds).await?;
     Ok(axum::Json(ws).into_response())
 }
 
-async fn host_report(
+/// `POST /v1/hosts/{id}/report`: a host's heartbeat (hostd, with its host token).
+#[utoipa::path(post, path = "/v1/hosts/{id}/report", tag = "hosts",
+    security(("host" = [])),
+    params(("id" = String, Path, description = "Host id")),
+    request_body = HostReport,
+    responses(
+        (status = 204, description = "Recorded"),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized` (not this host's token)", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field` (`host_id`: the report names another host)", body = ErrorBody),
+        (status = 503, description = "`state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn host_report(
     State(s): State<Scheduler>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -393,35 +521,86 @@ async fn host_report(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_hosts(State(s): State<Scheduler>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// One host in `GET /v1/hosts`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HostSummary {
+    pub host_id: String,
+    pub hostd_url: String,
+    pub instance_type: String,
+    pub healthy: bool,
+    pub draining: bool,
+    pub compliant: bool,
+    pub branch_limit: u32,
+    pub branches_used: u32,
+    pub branches_free: u32,
+    pub memory_free_mib: u64,
+    pub slots: usize,
+    pub last_seen_ms_ago: u64,
+}
+
+/// `GET /v1/hosts`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HostList {
+    pub hosts: Vec<HostSummary>,
+}
+
+/// `GET /v1/hosts`: every host the state knows, with placement's view of it.
+#[utoipa::path(get, path = "/v1/hosts", tag = "operator",
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "Hosts", body = HostList),
+        (status = 401, description = "`operator_token_required`", body = ErrorBody),
+        (status = 503, description = "`state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn list_hosts(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     check_operator(&s, &headers)?;
     let records = s.store().hosts().await?;
     let views = s.views_of(&records);
-    let hosts: Vec<_> = records
+    let now = now_ms();
+    let hosts = records
         .into_iter()
         .zip(&views)
-        .map(|(h, view)| {
-            let view = Some(view);
-            serde_json::json!({
-                "host_id": h.report.host_id,
-                "hostd_url": h.report.hostd_url,
-                "instance_type": h.report.instance_type,
-                "healthy": view.is_some_and(|v| v.healthy),
-                "draining": h.draining || h.report.draining,
-                "compliant": h.report.compliant,
-                "branch_limit": h.report.branch_limit,
-                "branches_used": h.report.branches_used,
-                "branches_free": view.map_or(0, |v| v.branches_free),
-                "memory_free_mib": view.map_or(0, |v| v.memory_free_mib),
-                "slots": h.report.slots.len(),
-                "last_seen_ms_ago": now_ms().saturating_sub(h.last_seen_ms),
-            })
+        .map(|(h, v)| HostSummary {
+            healthy: v.healthy,
+            draining: h.draining || h.report.draining,
+            compliant: h.report.compliant,
+            branch_limit: h.report.branch_limit,
+            branches_used: h.report.branches_used,
+            branches_free: v.branches_free,
+            memory_free_mib: v.memory_free_mib,
+            slots: h.report.slots.len(),
+            last_seen_ms_ago: now.saturating_sub(h.last_seen_ms),
+            host_id: h.report.host_id,
+            hostd_url: h.report.hostd_url,
+            instance_type: h.report.instance_type,
         })
         .collect();
-    Ok(axum::Json(serde_json::json!({ "hosts": hosts })).into_response())
+    Ok(axum::Json(HostList { hosts }).into_response())
 }
 
-async fn drain_host(
+/// `POST /v1/hosts/{id}/drain`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Drained {
+    pub host_id: String,
+    pub draining: bool,
+    /// Warm slots taken out of the pools and stopped.
+    pub warm_slots_removed: usize,
+}
+
+/// `POST /v1/hosts/{id}/drain`: no new slots there; its warm slots are stopped.
+#[utoipa::path(post, path = "/v1/hosts/{id}/drain", tag = "operator",
+    security(("operator" = [])),
+    params(("id" = String, Path, description = "Host id")),
+    responses(
+        (status = 200, description = "Draining", body = Drained),
+        (status = 401, description = "`operator_token_required`", body = ErrorBody),
+        (status = 404, description = "`host_not_found`", body = ErrorBody),
+        (status = 503, description = "`state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn drain_host(
     State(s): State<Scheduler>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -436,44 +615,78 @@ async fn drain_host(
             .await;
     }
     tracing::info!(host_id = %id, warm_slots_removed = taken.len(), "host draining");
-    Ok(axum::Json(
-        serde_json::json!({"host_id": id, "draining": true, "warm_slots_removed": taken.len()}),
-    )
+    Ok(axum::Json(Drained {
+        host_id: id,
+        draining: true,
+        warm_slots_removed: taken.len(),
+    })
     .into_response())
 }
 
-async fn pools(State(s): State<Scheduler>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// `GET /v1/pools`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PoolList {
+    pub pools: Vec<PoolLevel>,
+}
+
+/// `GET /v1/pools`: each pool's ready slots against its target.
+#[utoipa::path(get, path = "/v1/pools", tag = "operator",
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "Pools", body = PoolList),
+        (status = 401, description = "`operator_token_required`", body = ErrorBody),
+        (status = 503, description = "`state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn pools(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     check_operator(&s, &headers)?;
     let sizes = s.store().pool_sizes().await?;
-    let pools: Vec<_> = s
+    let pools = s
         .pool_targets()
-        .iter()
-        .map(|(t, target)| {
-            serde_json::json!({
-                "template": t,
-                "target": target,
-                "ready": sizes.get(t).copied().unwrap_or(0),
-                "starting": s.refilling(t),
-            })
+        .into_iter()
+        .map(|(template, target)| PoolLevel {
+            ready: sizes.get(&template).copied().unwrap_or(0),
+            starting: s.refilling(&template),
+            template,
+            target,
         })
         .collect();
-    Ok(axum::Json(serde_json::json!({ "pools": pools })).into_response())
+    Ok(axum::Json(PoolList { pools }).into_response())
+}
+
+/// `PUT /v1/pools/{template}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPool {
+    #[schema(minimum = 0, maximum = 100000)]
+    pub target: usize,
 }
 
 /// `PUT /v1/pools/{template}` with `{"target": N}`: grows or shrinks a warm pool
 /// (the refill reconciler starts or stops slots within a pass or two).
-async fn set_pool(
+#[utoipa::path(put, path = "/v1/pools/{template}", tag = "operator",
+    security(("operator" = [])),
+    params(("template" = String, Path, description = "A configured template")),
+    request_body = SetPool,
+    responses(
+        (status = 200, description = "The pool's new target and level", body = PoolLevel),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`operator_token_required`", body = ErrorBody),
+        (status = 404, description = "`template_not_found`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field` (`target`)", body = ErrorBody),
+        (status = 503, description = "`state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn set_pool(
     State(s): State<Scheduler>,
     headers: HeaderMap,
     Path(template): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_operator(&s, &headers)?;
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct SetPool {
-        target: usize,
-    }
     let req: SetPool = parse(&body)?;
     s.set_pool_target(&template, req.target)?;
     let ready = s
@@ -483,154 +696,41 @@ async fn set_pool(
         .get(&template)
         .copied()
         .unwrap_or(0);
-    Ok(axum::Json(serde_json::json!({
-        "template": template, "target": req.target, "ready": ready, "starting": s.refilling(&template),
-    }))
+    Ok(axum::Json(PoolLevel {
+        ready,
+        starting: s.refilling(&template),
+        target: req.target,
+        template,
+    })
     .into_response())
 }
 
-async fn metrics(State(s): State<Scheduler>, headers: HeaderMap) -> Result<String, ApiError> {
+/// Prometheus text: counters, pool levels, hosts by health.
+#[utoipa::path(get, path = "/metrics", tag = "operator",
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 401, description = "`operator_token_required`", body = ErrorBody),
+        (status = 503, description = "`state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn metrics(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+) -> Result<String, ApiError> {
     check_operator(&s, &headers)?;
-    let c = s.counters();
-    let mut out = String::new();
-    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
-        ));
-    };
-    counter(
-        &mut out,
-        "berth_acquired_warm_total",
-        "Workspaces handed out from a warm pool.",
-        c.acquired_warm.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_acquired_cold_total",
-        "Workspaces started for the request.",
-        c.acquired_cold.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_acquire_failed_total",
-        "Acquires that failed.",
-        c.acquire_failed.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_replaced_lost_total",
-        "Workspaces replaced because their host died.",
-        c.replaced_lost.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_slots_started_total",
-        "Slots started on hosts.",
-        c.slots_started.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_slot_start_failed_total",
-        "Slot starts that failed.",
-        c.slot_start_failed.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_reaped_total",
-        "Workspaces removed at expiry.",
-        c.reaped.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_agent_address_refused_total",
-        "Slots discarded because their agent address was outside --agent-networks.",
-        c.agent_address_refused.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_host_refusals_total",
-        "Slots a host refused (ECS failures[]); placement then tried another host.",
-        c.host_refusals.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_orphans_stopped_total",
-        "Running slots no state knew, stopped after the orphan grace period.",
-        c.orphans_stopped.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_scale_out_requested_total",
-        "Warm slots started through the runtime's scale-out path (no host had room).",
-        c.scale_out_requested.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_pool_shrunk_total",
-        "Warm slots stopped because their pool was above its target.",
-        c.pool_shrunk.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_claims_recovered_total",
-        "Bindings left Claiming by a replica that died mid-claim, removed with their slot.",
-        c.claims_recovered.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_workspaces_lost_total",
-        "Workspaces marked lost because their host's heartbeats stopped.",
-        c.workspaces_lost.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_hosts_forgotten_total",
-        "Hosts removed from the state after their retention without a heartbeat.",
-        c.hosts_forgotten.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_idle_reaped_total",
-        "Workspaces released after their idle timeout (no stream, process or egress).",
-        c.idle_reaped.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_state_rebuilds_total",
-        "Times the leader rebuilt the state from the hosts (the store was fresh or had lost its data).",
-        c.state_rebuilds.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "berth_fenced_writes_total",
-        "Leader writes the state store refused because this replica's lease had moved on.",
-        c.fenced_writes.load(Ordering::Relaxed),
-    );
-    for (name, v) in s.runtime_metrics() {
-        counter(
-            &mut out,
-            name,
-            "Counted by the runtime (see docs/OPERATIONS.md).",
-            v,
-        );
-    }
-    out.push_str(
-        "# HELP berth_pool_ready Warm slots ready per template.\n# TYPE berth_pool_ready gauge\n",
-    );
-    for (t, n) in s.store().pool_sizes().await? {
-        out.push_str(&format!("berth_pool_ready{{template=\"{t}\"}} {n}\n"));
-    }
-    let views = s.host_views().await?;
-    out.push_str("# HELP berth_hosts Hosts known, by health.\n# TYPE berth_hosts gauge\n");
-    let healthy = views.iter().filter(|v| v.healthy).count();
-    out.push_str(&format!(
-        "berth_hosts{{state=\"healthy\"}} {healthy}\nberth_hosts{{state=\"dead\"}} {}\n",
-        views.len() - healthy
-    ));
-    Ok(out)
+    crate::metrics::render(&s).await.map_err(ApiError::from)
 }
 
-async fn fleet_page(
+/// `GET /`: the fleet page for on-call (HTML; HTTP Basic with the operator token as
+/// the password works from a browser).
+#[utoipa::path(get, path = "/", tag = "operator",
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "The fleet page", body = String, content_type = "text/html"),
+        (status = 401, description = "`operator_token_required`", body = ErrorBody),
+        (status = 503, description = "`state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn fleet_page(
     State(s): State<Scheduler>,
     headers: HeaderMap,
 ) -> Result<Html<String>, ApiError> {
@@ -638,14 +738,29 @@ async fn fleet_page(
     Ok(Html(crate::fleet::page(&s.fleet_view().await?)))
 }
 
-async fn fleet_json(State(s): State<Scheduler>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// `GET /v1/fleet`: the fleet page's data.
+#[utoipa::path(get, path = "/v1/fleet", tag = "operator",
+    security(("operator" = [])),
+    responses(
+        (status = 200, description = "The fleet at a glance", body = FleetView),
+        (status = 401, description = "`operator_token_required`", body = ErrorBody),
+        (status = 503, description = "`state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn fleet_json(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     check_operator(&s, &headers)?;
     Ok(axum::Json(s.fleet_view().await?).into_response())
 }
 
-async fn openapi() -> impl IntoResponse {
+/// `GET /openapi.json`: this document (generated from the code; the repository's
+/// `scheduler/openapi.json` is the same, checked by a test).
+#[utoipa::path(get, path = "/openapi.json", tag = "operator",
+    responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+pub(crate) async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        include_str!("openapi.json"),
+        crate::openapi::document(),
     )
 }

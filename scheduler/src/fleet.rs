@@ -19,7 +19,7 @@ use berth_wire::html_escape as esc;
 pub const EVENTS_KEPT: usize = 50;
 
 /// Something the scheduler did or found that on-call should see.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FleetEvent {
     /// Unix milliseconds.
     pub at_ms: u64,
@@ -61,7 +61,7 @@ impl Events {
 }
 
 /// `GET /v1/fleet`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FleetView {
     pub generated_at_ms: u64,
     /// This replica, and whether it leads the reconcilers now.
@@ -80,14 +80,14 @@ pub struct FleetView {
     pub events: Vec<FleetEvent>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
 pub struct WorkspaceCounts {
     pub ready: usize,
     pub claiming: usize,
     pub lost: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PoolLevel {
     pub template: String,
     pub ready: usize,
@@ -96,7 +96,7 @@ pub struct PoolLevel {
     pub starting: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FleetHost {
     pub host_id: String,
     pub instance_type: String,
@@ -118,7 +118,7 @@ pub struct FleetHost {
     pub slots_failing: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FailingCheck {
     pub name: String,
     pub detail: String,

@@ -23,6 +23,8 @@ pub mod ecs;
 pub mod fleet;
 mod idle;
 mod leader;
+pub mod metrics;
+pub mod openapi;
 pub mod placement;
 mod rebuild;
 mod reconcile;

@@ -31,7 +31,7 @@ pub const MAX_ENV_TOTAL: usize = 32 * 1024;
 /// Checks a create request: every field the backend sends, each error naming it.
 pub fn create(req: &CreateWorkspace, template: &str, config: &Config) -> Result<(), ApiError> {
     let conv = &req.conversation_id;
-    if conv.is_empty() || conv.len() > 256 {
+    if conv.is_empty() || conv.chars().count() > 256 {
         return Err(ApiError::InvalidField {
             field: "conversation_id",
             reason: "must be 1 to 256 characters".into(),

@@ -27,6 +27,7 @@ pub mod ecs_forwarder;
 pub mod moto;
 pub mod netns;
 pub mod redis_server;
+pub mod standin_host;
 pub mod system;
 
 use std::time::{Duration, Instant};

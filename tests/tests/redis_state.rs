@@ -207,38 +207,33 @@ async fn after_redis_loses_its_data_the_state_is_rebuilt_and_nothing_is_handed_o
         .unwrap();
     assert_eq!(got.status(), 503, "not 404: the workspace may come back");
 
-    // As a backend would: retry until served.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let again = loop {
-        let resp = create("flush-c1").await;
-        if resp.status() == 200 {
-            break resp.json::<Workspace>().await.unwrap();
+    // As a backend would: retry until served (bindings come back one by one, and
+    // the marker is set after the last).
+    let served = |conv: &'static str| {
+        let create = &create;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let resp = create(conv).await;
+                if resp.status() == 200 {
+                    break resp.json::<Workspace>().await.unwrap();
+                }
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                assert_eq!(status, 503, "only the retryable refusal meanwhile: {body}");
+                assert!(body.contains("state_rebuilding"), "{body}");
+                assert!(std::time::Instant::now() < deadline, "never rebuilt");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
-        assert_eq!(resp.status(), 503, "only the retryable refusal meanwhile");
-        assert!(std::time::Instant::now() < deadline, "never rebuilt");
-        tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    assert_eq!(
-        (
-            again.id.as_str(),
-            again.token.as_str(),
-            again.agent_url.as_str()
-        ),
-        (
-            first.id.as_str(),
-            first.token.as_str(),
-            first.agent_url.as_str()
-        ),
-        "the conversation keeps its workspace"
-    );
-    let again2: Workspace = create("flush-c2").await.json().await.unwrap();
+    let again = served("flush-c1").await;
+    let again2 = served("flush-c2").await;
     assert_eq!((again2.id, again2.token), (second.id.clone(), second.token));
     let agent = berth_tests::agent::AgentClient::for_workspace(again);
     assert_eq!(agent.sh("echo still").await.stdout_text(), "still\n");
 
-    let third = create("flush-c3").await;
-    assert_eq!(third.status(), 200);
-    let third: Workspace = third.json().await.unwrap();
+    let third = served("flush-c3").await;
     assert!(third.agent_url != first.agent_url && third.agent_url != second.agent_url);
 
     // hostd's inventory: three claims, three slots, one workspace each.

@@ -98,12 +98,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// A stable, machine-readable error body. Every error any Berth service returns
 /// over HTTP has this shape.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 /// The inside of [`ErrorBody`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Stable code, e.g. `workspace_not_found`; clients switch on this.
     pub code: String,
@@ -191,7 +193,17 @@ pub fn html_escape(s: &str) -> String {
 /// `POST /v1/workspaces`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateWorkspace {
+    /// 1 to 256 characters, no control characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 256,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+        )
+    )]
     pub conversation_id: String,
     #[serde(default)]
     pub template: Option<String>,
@@ -219,6 +231,7 @@ pub struct CreateWorkspace {
 /// Whether a workspace came from a warm pool or was started for the request.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Source {
     Warm,
     Cold,
@@ -227,6 +240,7 @@ pub enum Source {
 /// Whether a workspace can be used.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum WorkspaceState {
     #[default]
     Ready,
@@ -237,6 +251,7 @@ pub enum WorkspaceState {
 
 /// A workspace as the backend sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Workspace {
     pub id: String,
     pub conversation_id: String,
@@ -264,6 +279,7 @@ pub struct Workspace {
 
 /// What hostd reports about its host on every heartbeat and on `GET /status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostReport {
     pub host_id: String,
     /// `docker` or `ecs`.
@@ -302,6 +318,7 @@ pub struct HostReport {
 
 /// One of hostd's policy checks and its last result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyCheck {
     /// Stable name, e.g. `host_rules_v4`; `docs/OPERATIONS.md` explains each.
     pub name: String,
@@ -336,6 +353,7 @@ pub struct CreateSlot {
 /// Lifecycle of a warm slot on a host.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SlotState {
     Starting,
     Ready,
@@ -346,6 +364,7 @@ pub enum SlotState {
 
 /// One slot (workspace task: agent + proxy) as hostd knows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SlotInfo {
     pub slot_id: String,
     pub template: String,

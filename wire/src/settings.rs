@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 /// template allows) an IP literal; and its ports, 443 when none are given.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EgressRule {
     pub host: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -35,6 +36,7 @@ impl EgressRule {
 /// How a credential route authenticates to its upstream.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CredentialAuth {
     /// AWS Signature V4 (the secret, when given, holds the keys as JSON; without
     /// one the proxy signs with its own task credentials).
@@ -49,6 +51,7 @@ pub enum CredentialAuth {
 /// with the secret injected.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CredentialRoute {
     /// Path prefix on the proxy, starting and ending with `/`, e.g. `/mcp/`.
     pub prefix: String,
@@ -137,6 +140,7 @@ pub fn check_route_prefix(p: &str) -> Result<(), String> {
 /// How a file's `content` is written.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum FileEncoding {
     #[default]
     Utf8,
@@ -146,6 +150,7 @@ pub enum FileEncoding {
 /// A small file placed in the workspace before it is handed out.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkspaceFile {
     /// Relative to the workspace root; parent directories are made.
     pub path: String,
@@ -177,12 +182,14 @@ pub struct ProxyPolicy {
 /// `PUT /v1/workspaces/{id}/egress`, and the proxy's `PUT /v1/egress`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EgressUpdate {
     pub egress: Vec<EgressRule>,
 }
 
 /// A destination the proxy refused.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Refusal {
     /// Unix milliseconds.
     pub at_ms: u64,
@@ -196,6 +203,7 @@ pub struct Refusal {
 /// `GET /v1/workspaces/{id}/egress`: the allowlist in force and the latest refusals
 /// (newest last, at most [`REFUSALS_KEPT`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EgressView {
     pub egress: Vec<EgressRule>,
     pub refused: Vec<Refusal>,
