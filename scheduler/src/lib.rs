@@ -206,7 +206,15 @@ struct Inner {
     leading: AtomicU64,
     /// The latest events, for the fleet page.
     events: fleet::Events,
+    /// The hosts' reports as last read, shared by every create in flight (see
+    /// [`Scheduler::hosts_now`]).
+    hosts_cache: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<HostRecord>>)>>,
 }
+
+/// How old a read of the hosts' reports a create may use. Heartbeats come every
+/// 2 s, so this adds little staleness, and a burst of creates reads (and parses)
+/// the reports once per period instead of once per create.
+pub const HOSTS_FRESH_FOR: Duration = Duration::from_millis(250);
 
 /// Slots the refill reconciler asks one host for in one runtime call (ECS's
 /// RunTask `count` limit).
@@ -250,6 +258,7 @@ impl Scheduler {
                 lost_since: Mutex::default(),
                 leading: AtomicU64::new(0),
                 events: fleet::Events::default(),
+                hosts_cache: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -295,6 +304,20 @@ impl Scheduler {
             .into_iter()
             .find(|h| h.report.host_id == host_id)
             .map(|h| h.report.hostd_url))
+    }
+
+    /// The hosts' reports, read at most [`HOSTS_FRESH_FOR`] ago; one read at a time
+    /// (creates that arrive while it runs wait for it and share it).
+    pub(crate) async fn hosts_now(&self) -> Result<Arc<Vec<HostRecord>>, StoreError> {
+        let mut cache = self.inner.hosts_cache.lock().await;
+        if let Some((at, hosts)) = cache.as_ref()
+            && at.elapsed() < HOSTS_FRESH_FOR
+        {
+            return Ok(hosts.clone());
+        }
+        let hosts = Arc::new(self.inner.store.hosts().await?);
+        *cache = Some((std::time::Instant::now(), hosts.clone()));
+        Ok(hosts)
     }
 
     /// Placement's view of the fleet, counting slots this process is starting.

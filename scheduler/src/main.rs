@@ -107,6 +107,14 @@ struct RuntimeArgs {
     /// workspace is released (a template's `idle_timeout_seconds` wins); 0: never.
     #[arg(long, env = "BERTH_IDLE_TIMEOUT_SECS", default_value_t = 1800)]
     idle_timeout_secs: u64,
+    /// Seconds after which a binding still `Claiming` is taken for one whose
+    /// replica died mid-claim: removed and its slot stopped. Longer than any claim.
+    #[arg(long, env = "BERTH_CLAIM_RECOVERY_SECS", default_value_t = 90)]
+    claim_recovery_secs: u64,
+    /// Seconds one create may take, every call inside it included; must be below
+    /// the claim recovery (a live replica's claim is never taken for a dead one's).
+    #[arg(long, env = "BERTH_ACQUIRE_DEADLINE_SECS", default_value_t = 30)]
+    acquire_deadline_secs: u64,
     /// ECS cluster (ecs runtime).
     #[arg(long, env = "BERTH_ECS_CLUSTER")]
     ecs_cluster: Option<String>,
@@ -343,6 +351,19 @@ async fn main() -> std::process::ExitCode {
             config.scale_out_headroom = runtime.scale_out_headroom;
             config.orphan_grace = std::time::Duration::from_secs(runtime.orphan_grace_secs.max(1));
             config.idle_timeout = std::time::Duration::from_secs(runtime.idle_timeout_secs);
+            config.claim_recovery =
+                std::time::Duration::from_secs(runtime.claim_recovery_secs.max(1));
+            config.acquire_deadline =
+                std::time::Duration::from_secs(runtime.acquire_deadline_secs.max(1));
+            if config.claim_recovery <= config.acquire_deadline + std::time::Duration::from_secs(1)
+            {
+                return config_error(&format!(
+                    "--claim-recovery-secs ({}) must exceed --acquire-deadline-secs ({}) by more \
+                     than a second: a claim still within its deadline would be taken for a dead \
+                     replica's",
+                    runtime.claim_recovery_secs, runtime.acquire_deadline_secs
+                ));
+            }
             if let Some(n) = runtime.refill_parallelism {
                 config.refill_parallelism = n.max(1);
             }

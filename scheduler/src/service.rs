@@ -22,7 +22,7 @@ impl Scheduler {
             }
             // One read of the fleet per attempt: whether the conversation's host lives,
             // and which hosts' warm slots must not be handed out.
-            let hosts = self.inner.store.hosts().await?;
+            let hosts = self.hosts_now().await?;
             let dead = self.dead_among(&hosts);
             if let Some(existing) = self
                 .inner

@@ -29,7 +29,7 @@ impl Scheduler {
         let mut refused_by: Vec<String> = Vec::new();
         let per_slot = self.inner.config.slot_memory_mib;
         while left > 0 {
-            let hosts = match self.inner.store.hosts().await {
+            let hosts = match self.hosts_now().await {
                 Ok(h) => h,
                 Err(e) => {
                     let text = e.to_string();
