@@ -571,7 +571,7 @@ pub(crate) async fn list_hosts(
             branches_used: h.report.branches_used,
             branches_free: v.branches_free,
             memory_free_mib: v.memory_free_mib,
-            slots: h.report.slots.len(),
+            slots: h.slot_ids.len(),
             last_seen_ms_ago: now.saturating_sub(h.last_seen_ms),
             host_id: h.report.host_id,
             hostd_url: h.report.hostd_url,

@@ -54,9 +54,12 @@ impl Scheduler {
 
     /// One pass: every ready workspace quiet for its template's idle timeout (as far
     /// as this leader knows) is looked at, and released if the look confirms it.
-    pub(crate) async fn reap_idle(&self, fence: &Fence) -> Result<(), StoreError> {
+    pub(crate) async fn reap_idle(
+        &self,
+        fence: &Fence,
+        records: &[WorkspaceRecord],
+    ) -> Result<(), StoreError> {
         let now = now_ms();
-        let records = self.inner.store.workspaces().await?;
         {
             let mut seen = self
                 .inner
@@ -85,7 +88,7 @@ impl Scheduler {
             if now.saturating_sub(known) < timeout {
                 continue;
             }
-            let last = match self.look(&r).await {
+            let last = match self.look(r).await {
                 Some(Idleness::Busy) => now,
                 Some(Idleness::QuietSince(t)) => t,
                 None => now,
@@ -101,7 +104,7 @@ impl Scheduler {
             let Some(gone) = self
                 .inner
                 .store
-                .remove_workspace_if(&r.workspace.id, Condition::unchanged_ready(&r), fence)
+                .remove_workspace_if(&r.workspace.id, Condition::unchanged_ready(r), fence)
                 .await?
             else {
                 continue;

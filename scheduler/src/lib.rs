@@ -208,13 +208,28 @@ struct Inner {
     events: fleet::Events,
     /// The hosts' reports as last read, shared by every create in flight (see
     /// [`Scheduler::hosts_now`]).
-    hosts_cache: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<HostRecord>>)>>,
+    hosts_cache: HostsCache,
+    /// Create latencies, for `/metrics`.
+    acquire_histogram: metrics::AcquireHistogram,
+    /// When the reconcilers last swept every workspace.
+    last_sweep: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often the leader's passes over every workspace run (host death, expiry,
+/// idleness, claim recovery); the refill runs on every pass.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 /// How old a read of the hosts' reports a create may use. Heartbeats come every
 /// 2 s, so this adds little staleness, and a burst of creates reads (and parses)
 /// the reports once per period instead of once per create.
-pub const HOSTS_FRESH_FOR: Duration = Duration::from_millis(250);
+pub const HOSTS_FRESH_FOR: Duration = Duration::from_millis(500);
+
+/// The last read of the hosts' reports, and whether a newer one is being made.
+#[derive(Default)]
+struct HostsCache {
+    last: std::sync::RwLock<Option<(std::time::Instant, Arc<Vec<HostRecord>>)>>,
+    refreshing: std::sync::atomic::AtomicBool,
+}
 
 /// Slots the refill reconciler asks one host for in one runtime call (ECS's
 /// RunTask `count` limit).
@@ -258,7 +273,9 @@ impl Scheduler {
                 lost_since: Mutex::default(),
                 leading: AtomicU64::new(0),
                 events: fleet::Events::default(),
-                hosts_cache: tokio::sync::Mutex::new(None),
+                hosts_cache: HostsCache::default(),
+                acquire_histogram: metrics::AcquireHistogram::default(),
+                last_sweep: Mutex::default(),
             }),
         }
     }
@@ -273,6 +290,10 @@ impl Scheduler {
 
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
+    }
+
+    pub fn acquire_histogram(&self) -> &metrics::AcquireHistogram {
+        &self.inner.acquire_histogram
     }
 
     /// The runtime's own counters (ECS calls, throttles, …), for `/metrics`.
@@ -306,17 +327,40 @@ impl Scheduler {
             .map(|h| h.report.hostd_url))
     }
 
-    /// The hosts' reports, read at most [`HOSTS_FRESH_FOR`] ago; one read at a time
-    /// (creates that arrive while it runs wait for it and share it).
+    /// The hosts' reports as a create uses them: the last read while it is younger
+    /// than [`HOSTS_FRESH_FOR`]; past that, still the last read while one create
+    /// refreshes it in the background (no create waits for a read but the first,
+    /// and a read older than four periods is not used).
     pub(crate) async fn hosts_now(&self) -> Result<Arc<Vec<HostRecord>>, StoreError> {
-        let mut cache = self.inner.hosts_cache.lock().await;
-        if let Some((at, hosts)) = cache.as_ref()
-            && at.elapsed() < HOSTS_FRESH_FOR
-        {
-            return Ok(hosts.clone());
+        let cache = &self.inner.hosts_cache;
+        let last = cache.last.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match last {
+            Some((at, hosts)) if at.elapsed() < HOSTS_FRESH_FOR => Ok(hosts),
+            Some((at, hosts)) if at.elapsed() < HOSTS_FRESH_FOR * 4 => {
+                if !cache.refreshing.swap(true, Ordering::AcqRel) {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _ = me.read_hosts().await;
+                        me.inner
+                            .hosts_cache
+                            .refreshing
+                            .store(false, Ordering::Release);
+                    });
+                }
+                Ok(hosts)
+            }
+            _ => self.read_hosts().await,
         }
+    }
+
+    async fn read_hosts(&self) -> Result<Arc<Vec<HostRecord>>, StoreError> {
         let hosts = Arc::new(self.inner.store.hosts().await?);
-        *cache = Some((std::time::Instant::now(), hosts.clone()));
+        *self
+            .inner
+            .hosts_cache
+            .last
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), hosts.clone()));
         Ok(hosts)
     }
 
@@ -334,15 +378,28 @@ impl Scheduler {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let recent = {
+        // Slots started here that the host's last report does not list yet. One
+        // that a report lists, or that is older than 30 s (a report comes every few
+        // seconds: it is gone, not unreported), is forgotten here.
+        let unreported: HashMap<String, usize> = {
             let mut recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
-            // A report comes every few seconds; after this long a slot the host does
-            // not report is gone, not unreported.
+            for h in hosts {
+                if let Some(ids) = recent.get_mut(&h.report.host_id) {
+                    let listed: std::collections::HashSet<&str> =
+                        h.slot_ids.iter().map(String::as_str).collect();
+                    ids.retain(|(id, at)| {
+                        at.elapsed() < Duration::from_secs(30) && !listed.contains(id.as_str())
+                    });
+                }
+            }
             for ids in recent.values_mut() {
                 ids.retain(|(_, at)| at.elapsed() < Duration::from_secs(30));
             }
             recent.retain(|_, ids| !ids.is_empty());
-            recent.clone()
+            recent
+                .iter()
+                .map(|(h, ids)| (h.clone(), ids.len()))
+                .collect()
         };
         let per_slot = self.inner.config.slot_memory_mib;
         hosts
@@ -350,14 +407,7 @@ impl Scheduler {
             .map(|h| {
                 let r = &h.report;
                 // Starting now, plus started but not yet in the host's last report.
-                let unreported = recent
-                    .get(&r.host_id)
-                    .map(|ids| {
-                        ids.iter()
-                            .filter(|(id, _)| !r.slots.iter().any(|s| &s.slot_id == id))
-                            .count()
-                    })
-                    .unwrap_or(0);
+                let unreported = unreported.get(&r.host_id).copied().unwrap_or(0);
                 let pending = starting.get(&r.host_id).copied().unwrap_or(0)
                     + u32::try_from(unreported).unwrap_or(u32::MAX);
                 HostView {

@@ -1,8 +1,98 @@
-//! `/metrics`: the scheduler's counters and levels in Prometheus's text format.
+//! `/metrics`: the scheduler's counters and levels in Prometheus's text format, and
+//! the create latency histogram.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::{Scheduler, store::StoreError};
+
+/// Upper bounds (seconds) of the create latency buckets: sub-millisecond for warm
+/// creates, up to the 30 s deadline for cold ones.
+pub const BUCKETS: [f64; 16] = [
+    0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0,
+];
+
+/// How a create ended, one histogram series each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A warm slot was claimed for it.
+    Warm,
+    /// A slot was started for it.
+    Cold,
+    /// The conversation already had a workspace.
+    Existing,
+    /// An error answered.
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 4] = [Self::Warm, Self::Cold, Self::Existing, Self::Error];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Warm => "warm",
+            Self::Cold => "cold",
+            Self::Existing => "existing",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// One cumulative histogram per [`Outcome`], lock-free.
+#[derive(Default)]
+pub struct AcquireHistogram {
+    series: [Series; 4],
+}
+
+#[derive(Default)]
+struct Series {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl AcquireHistogram {
+    pub fn record(&self, outcome: Outcome, took: Duration) {
+        let s = &self.series[outcome as usize];
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            s.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        s.count.fetch_add(1, Ordering::Relaxed);
+        s.sum_us.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The histogram in Prometheus's text format.
+    pub fn render(&self, out: &mut String) {
+        let name = "berth_acquire_duration_seconds";
+        out.push_str(&format!(
+            "# HELP {name} POST /v1/workspaces, from the request read to the answer, by outcome.\n\
+             # TYPE {name} histogram\n"
+        ));
+        for o in Outcome::ALL {
+            let s = &self.series[o as usize];
+            let mut cumulative = 0;
+            for (i, le) in BUCKETS.iter().enumerate() {
+                cumulative += s.buckets[i].load(Ordering::Relaxed);
+                out.push_str(&format!(
+                    "{name}_bucket{{outcome=\"{}\",le=\"{le}\"}} {cumulative}\n",
+                    o.label()
+                ));
+            }
+            let count = s.count.load(Ordering::Relaxed);
+            out.push_str(&format!(
+                "{name}_bucket{{outcome=\"{l}\",le=\"+Inf\"}} {count}\n\
+                 {name}_sum{{outcome=\"{l}\"}} {}\n{name}_count{{outcome=\"{l}\"}} {count}\n",
+                s.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+                l = o.label()
+            ));
+        }
+    }
+}
 
 /// Everything `/metrics` shows.
 pub async fn render(s: &Scheduler) -> Result<String, StoreError> {
@@ -135,6 +225,7 @@ pub async fn render(s: &Scheduler) -> Result<String, StoreError> {
     for (t, n) in s.store().pool_sizes().await? {
         out.push_str(&format!("berth_pool_ready{{template=\"{t}\"}} {n}\n"));
     }
+    s.acquire_histogram().render(&mut out);
     let views = s.host_views().await?;
     out.push_str("# HELP berth_hosts Hosts known, by health.\n# TYPE berth_hosts gauge\n");
     let healthy = views.iter().filter(|v| v.healthy).count();
@@ -143,4 +234,48 @@ pub async fn render(s: &Scheduler) -> Result<String, StoreError> {
         views.len() - healthy
     ));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_histogram_is_cumulative_per_outcome() {
+        let h = AcquireHistogram::default();
+        h.record(Outcome::Warm, Duration::from_micros(400));
+        h.record(Outcome::Warm, Duration::from_micros(900));
+        h.record(Outcome::Warm, Duration::from_secs(60));
+        h.record(Outcome::Cold, Duration::from_secs(3));
+        let mut out = String::new();
+        h.render(&mut out);
+        let line = |s: &str| out.lines().any(|l| l == s);
+        assert!(line(
+            "berth_acquire_duration_seconds_bucket{outcome=\"warm\",le=\"0.00025\"} 0"
+        ));
+        assert!(line(
+            "berth_acquire_duration_seconds_bucket{outcome=\"warm\",le=\"0.0005\"} 1"
+        ));
+        assert!(line(
+            "berth_acquire_duration_seconds_bucket{outcome=\"warm\",le=\"0.001\"} 2"
+        ));
+        assert!(line(
+            "berth_acquire_duration_seconds_bucket{outcome=\"warm\",le=\"30\"} 2"
+        ));
+        assert!(line(
+            "berth_acquire_duration_seconds_bucket{outcome=\"warm\",le=\"+Inf\"} 3"
+        ));
+        assert!(line(
+            "berth_acquire_duration_seconds_count{outcome=\"warm\"} 3"
+        ));
+        assert!(line(
+            "berth_acquire_duration_seconds_bucket{outcome=\"cold\",le=\"2.5\"} 0"
+        ));
+        assert!(line(
+            "berth_acquire_duration_seconds_bucket{outcome=\"cold\",le=\"5\"} 1"
+        ));
+        assert!(line(
+            "berth_acquire_duration_seconds_count{outcome=\"error\"} 0"
+        ));
+    }
 }

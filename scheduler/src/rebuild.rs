@@ -125,7 +125,7 @@ impl Scheduler {
         let mut found = Rebuilt::default();
         for (host, claims) in inventories {
             let report = &host.report;
-            for slot in &report.slots {
+            for slot in &self.inner.store.host_slots(&report.host_id).await? {
                 let claim = claims.iter().find(|c| c.slot_id == slot.slot_id);
                 match claim.and_then(|c| restored_record(c, slot, &self.inner.config)) {
                     Some(record) => {

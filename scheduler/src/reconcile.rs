@@ -44,14 +44,51 @@ impl Scheduler {
                 return;
             }
         }
-        self.note("host-death", self.reap_dead_hosts(fence).await);
-        self.note("expiry", self.reap_expired(fence).await);
-        self.note("idle", self.reap_idle(fence).await);
-        self.note("claim recovery", self.recover_claiming(fence).await);
+        if self.sweep_due() {
+            // The passes over every workspace share one read of them, every
+            // SWEEP_EVERY (reading a large table each 500 ms would stall Redis and
+            // every acquire behind it).
+            match self.inner.store.workspaces().await {
+                Ok(records) => {
+                    self.note("host-death", self.reap_dead_hosts(fence, &records).await);
+                    self.note("expiry", self.reap_expired(fence, &records).await);
+                    self.note("idle", self.reap_idle(fence, &records).await);
+                    self.note(
+                        "claim recovery",
+                        self.recover_claiming(fence, &records).await,
+                    );
+                }
+                Err(e) => self.note("sweep", Err(e)),
+            }
+        }
         self.note("refill", self.refill(fence).await);
         if let Err(e) = self.reap_orphans().await {
             tracing::warn!(error = %e, "orphan pass failed");
         }
+    }
+
+    /// Whether the passes over every workspace are due (every [`SWEEP_EVERY`]).
+    fn sweep_due(&self) -> bool {
+        let mut last = self
+            .inner
+            .last_sweep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
+    }
+
+    /// Makes the next pass sweep every workspace, due or not (tests).
+    #[cfg(test)]
+    pub(crate) fn sweep_soon(&self) {
+        *self
+            .inner
+            .last_sweep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Logs a failed pass; a write the store fenced off is counted (this replica
@@ -74,10 +111,14 @@ impl Scheduler {
     /// mid-claim): each is removed — only if still `Claiming`, so a slow claim that
     /// just finished is kept — and its slot, which the binding names, is stopped. The
     /// conversation's next create is served afresh.
-    pub(crate) async fn recover_claiming(&self, fence: &Fence) -> Result<(), StoreError> {
+    pub(crate) async fn recover_claiming(
+        &self,
+        fence: &Fence,
+        records: &[WorkspaceRecord],
+    ) -> Result<(), StoreError> {
         let now = now_ms() / 1000;
         let bound = self.inner.config.claim_recovery.as_secs();
-        for r in self.inner.store.workspaces().await? {
+        for r in records {
             if r.status != WorkspaceStatus::Claiming
                 || now.saturating_sub(r.workspace.created_at) < bound
             {
@@ -218,7 +259,11 @@ impl Scheduler {
     /// workspaces are marked `lost` (shown so by `GET /v1/workspaces/{id}`; the
     /// conversation's next create replaces them). A host silent past
     /// [`Config::host_retention`] is forgotten.
-    pub(crate) async fn reap_dead_hosts(&self, fence: &Fence) -> Result<(), StoreError> {
+    pub(crate) async fn reap_dead_hosts(
+        &self,
+        fence: &Fence,
+        records: &[WorkspaceRecord],
+    ) -> Result<(), StoreError> {
         let hosts = self.inner.store.hosts().await?;
         let dead = self.dead_among(&hosts);
         if dead.is_empty() {
@@ -234,10 +279,11 @@ impl Scheduler {
                 tracing::warn!(host_id = %host, slots = gone.len(), "host heartbeat expired; its warm slots left the pools");
             }
         }
-        for mut r in self.inner.store.workspaces().await? {
+        for r in records {
             if r.status != WorkspaceStatus::Ready || !dead.contains(&r.workspace.host_id) {
                 continue;
             }
+            let mut r = r.clone();
             r.status = WorkspaceStatus::Lost;
             r.workspace.state = berth_wire::WorkspaceState::Lost;
             if self
@@ -287,16 +333,20 @@ impl Scheduler {
 
     /// Releases workspaces past their `expires_at`. The removal is conditional on
     /// the expiry the pass read: a `keepalive` that lands meanwhile wins.
-    pub(crate) async fn reap_expired(&self, fence: &Fence) -> Result<(), StoreError> {
+    pub(crate) async fn reap_expired(
+        &self,
+        fence: &Fence,
+        records: &[WorkspaceRecord],
+    ) -> Result<(), StoreError> {
         let now = now_ms() / 1000;
-        for r in self.inner.store.workspaces().await? {
+        for r in records {
             if r.status != WorkspaceStatus::Ready || r.workspace.expires_at > now {
                 continue;
             }
             let Some(gone) = self
                 .inner
                 .store
-                .remove_workspace_if(&r.workspace.id, Condition::unchanged_ready(&r), fence)
+                .remove_workspace_if(&r.workspace.id, Condition::unchanged_ready(r), fence)
                 .await?
             else {
                 continue;
@@ -498,7 +548,7 @@ impl Scheduler {
     /// Slots the fleet's live, compliant, non-draining hosts can still take.
     pub(crate) async fn fleet_room(&self) -> usize {
         let per_slot = self.inner.config.slot_memory_mib.max(1);
-        match self.host_views().await {
+        match self.hosts_now().await.map(|h| self.views_of(&h)) {
             Ok(views) => views
                 .iter()
                 .filter(|v| v.healthy && v.compliant && !v.draining && !self.is_stale(&v.host_id))

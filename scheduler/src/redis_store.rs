@@ -4,7 +4,9 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `berth:hosts` | hash | host id → last [`HostReport`] (JSON) |
+//! | `berth:hosts` | hash | host id → last [`HostReport`] without its ready slots (JSON) |
+//! | `berth:host-slot-ids` | hash | host id → every slot id of that report (JSON) |
+//! | `berth:host-slots` | hash | host id → every slot of that report (JSON) |
 //! | `berth:host-seen` | hash | host id → unix ms of the last report |
 //! | `berth:draining` | set | drained host ids |
 //! | `berth:templates` | set | templates that have a pool |
@@ -36,6 +38,8 @@ use crate::store::{
 
 const HOSTS: &str = "berth:hosts";
 const HOST_SEEN: &str = "berth:host-seen";
+const HOST_SLOT_IDS: &str = "berth:host-slot-ids";
+const HOST_SLOTS: &str = "berth:host-slots";
 const DRAINING: &str = "berth:draining";
 const TEMPLATES: &str = "berth:templates";
 const WORKSPACES: &str = "berth:ws";
@@ -43,6 +47,9 @@ const CONVERSATIONS: &str = "berth:conv";
 const LEADER: &str = "berth:leader";
 const LEADER_EPOCH: &str = "berth:leader-epoch";
 const STATE_MARKER: &str = "berth:state";
+
+/// Entries one `HSCAN` call asks for.
+const SCAN_PAGE: usize = 500;
 
 fn pool_key(template: &str) -> String {
     format!("berth:pool:{template}")
@@ -179,12 +186,15 @@ return 1
 "#
 );
 
-/// KEYS: …, hosts, host-seen, draining. ARGV: …, host id. 1 if the host was known.
+/// KEYS: …, hosts, host-seen, draining, slot ids, slots. ARGV: …, host id. 1 if
+/// the host was known.
 const REMOVE_HOST: &str = fenced!(
     r#"
 local n = redis.call('HDEL', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[3])
 redis.call('SREM', KEYS[5], ARGV[3])
+redis.call('HDEL', KEYS[6], ARGV[3])
+redis.call('HDEL', KEYS[7], ARGV[3])
 return n
 "#
 );
@@ -297,9 +307,12 @@ impl StateStore for RedisStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
+            let (trimmed, ids) = crate::store::brief(&report);
             redis::pipe()
                 .atomic()
-                .hset(HOSTS, &report.host_id, encode(&report))
+                .hset(HOSTS, &report.host_id, encode(&trimmed))
+                .hset(HOST_SLOT_IDS, &report.host_id, encode(&ids))
+                .hset(HOST_SLOTS, &report.host_id, encode(&report.slots))
                 .hset(HOST_SEEN, &report.host_id, now_ms)
                 .query_async::<()>(&mut con)
                 .await
@@ -319,6 +332,8 @@ impl StateStore for RedisStore {
                 .key(HOSTS)
                 .key(HOST_SEEN)
                 .key(DRAINING)
+                .key(HOST_SLOT_IDS)
+                .key(HOST_SLOTS)
                 .arg(host_id)
                 .invoke_async(&mut con)
                 .await
@@ -330,14 +345,16 @@ impl StateStore for RedisStore {
     fn hosts<'a>(&'a self) -> BoxFuture<'a, Result<Vec<HostRecord>, StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            let (reports, seen, draining): (
+            let (reports, seen, draining, ids): (
                 BTreeMap<String, String>,
                 BTreeMap<String, u64>,
                 Vec<String>,
+                BTreeMap<String, String>,
             ) = redis::pipe()
                 .hgetall(HOSTS)
                 .hgetall(HOST_SEEN)
                 .smembers(DRAINING)
+                .hgetall(HOST_SLOT_IDS)
                 .query_async(&mut con)
                 .await
                 .map_err(unavailable)?;
@@ -348,9 +365,24 @@ impl StateStore for RedisStore {
                         report: decode(HOSTS, &json)?,
                         last_seen_ms: seen.get(&id).copied().unwrap_or(0),
                         draining: draining.contains(&id),
+                        slot_ids: match ids.get(&id) {
+                            Some(j) => decode(HOST_SLOT_IDS, j)?,
+                            None => Vec::new(),
+                        },
                     })
                 })
                 .collect()
+        })
+    }
+
+    fn host_slots<'a>(
+        &'a self,
+        host_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<berth_wire::SlotInfo>, StoreError>> {
+        Box::pin(async move {
+            let mut con = self.con.clone();
+            let raw: Option<String> = con.hget(HOST_SLOTS, host_id).await.map_err(unavailable)?;
+            raw.map_or(Ok(Vec::new()), |j| decode(HOST_SLOTS, &j))
         })
     }
 
@@ -558,12 +590,37 @@ impl StateStore for RedisStore {
         })
     }
 
+    /// Every record, read in `HSCAN` pages (one `HGETALL` of a large table would hold
+    /// Redis, and every acquire behind it, for milliseconds) and decoded off the
+    /// async workers.
     fn workspaces<'a>(&'a self) -> BoxFuture<'a, Result<Vec<WorkspaceRecord>, StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            let all: BTreeMap<String, String> =
-                con.hgetall(WORKSPACES).await.map_err(unavailable)?;
-            all.values().map(|j| decode(WORKSPACES, j)).collect()
+            let mut all: BTreeMap<String, String> = BTreeMap::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                    .arg(WORKSPACES)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(SCAN_PAGE)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(unavailable)?;
+                // A scan may return an entry twice; the map keeps one.
+                all.extend(page);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            tokio::task::spawn_blocking(move || {
+                all.values()
+                    .map(|j| decode(WORKSPACES, j))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("decoding workspaces: {e}")))?
         })
     }
 

@@ -8,6 +8,22 @@ impl Scheduler {
     /// Hands out the conversation's workspace: the one it has while that lives, else
     /// a warm slot, else a cold one. See `POST /v1/workspaces`.
     pub async fn acquire(&self, req: CreateWorkspace) -> Result<Workspace, ApiError> {
+        let started = std::time::Instant::now();
+        let result = self.acquire_timed(req).await;
+        let outcome = match &result {
+            Ok((_, o)) => *o,
+            Err(_) => metrics::Outcome::Error,
+        };
+        self.inner
+            .acquire_histogram
+            .record(outcome, started.elapsed());
+        result.map(|(w, _)| w)
+    }
+
+    async fn acquire_timed(
+        &self,
+        req: CreateWorkspace,
+    ) -> Result<(Workspace, metrics::Outcome), ApiError> {
         let template = req.template.clone().unwrap_or_else(|| "default".into());
         validate::create(&req, &template, &self.inner.config)?;
         let ttl = req
@@ -24,46 +40,6 @@ impl Scheduler {
             // and which hosts' warm slots must not be handed out.
             let hosts = self.hosts_now().await?;
             let dead = self.dead_among(&hosts);
-            if let Some(existing) = self
-                .inner
-                .store
-                .workspace_for_conversation(&req.conversation_id)
-                .await?
-            {
-                let host = &existing.workspace.host_id;
-                let host_lives = hosts
-                    .iter()
-                    .any(|h| &h.report.host_id == host && !dead.contains(host));
-                if existing.status == WorkspaceStatus::Lost || (!host.is_empty() && !host_lives) {
-                    // Its host died: forget it and hand out a new one, saying so.
-                    tracing::warn!(workspace_id = %existing.workspace.id, host_id = %existing.workspace.host_id,
-                        conversation_id = %req.conversation_id, "workspace lost with its host; replacing");
-                    self.inner
-                        .store
-                        .remove_workspace(&existing.workspace.id)
-                        .await?;
-                    self.inner
-                        .counters
-                        .replaced_lost
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.event(
-                        "replaced",
-                        &existing.workspace.id,
-                        format!(
-                            "lost with host {}; conversation {} gets a new workspace",
-                            existing.workspace.host_id, req.conversation_id
-                        ),
-                    );
-                    replaced = Some(existing.workspace.id);
-                    continue;
-                }
-                if existing.status == WorkspaceStatus::Claiming {
-                    // Another request for this conversation is binding it right now.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-                return Ok(existing.workspace);
-            }
             let now = now_ms() / 1000;
             let candidate = WorkspaceRecord {
                 workspace: Workspace {
@@ -85,7 +61,44 @@ impl Scheduler {
                 claim_secret: String::new(),
             };
             let (slot, source) = match self.inner.store.acquire(&candidate, &dead).await? {
-                Acquired::Existing(_) => continue,
+                // The conversation has a workspace (the acquire step checks first,
+                // atomically: one round trip for the common repeat).
+                Acquired::Existing(existing) => {
+                    let host = &existing.workspace.host_id;
+                    let host_lives = hosts
+                        .iter()
+                        .any(|h| &h.report.host_id == host && !dead.contains(host));
+                    if existing.status == WorkspaceStatus::Lost || (!host.is_empty() && !host_lives)
+                    {
+                        // Its host died: forget it and hand out a new one, saying so.
+                        tracing::warn!(workspace_id = %existing.workspace.id, host_id = %existing.workspace.host_id,
+                            conversation_id = %req.conversation_id, "workspace lost with its host; replacing");
+                        self.inner
+                            .store
+                            .remove_workspace(&existing.workspace.id)
+                            .await?;
+                        self.inner
+                            .counters
+                            .replaced_lost
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.event(
+                            "replaced",
+                            &existing.workspace.id,
+                            format!(
+                                "lost with host {}; conversation {} gets a new workspace",
+                                existing.workspace.host_id, req.conversation_id
+                            ),
+                        );
+                        replaced = Some(existing.workspace.id);
+                        continue;
+                    }
+                    if existing.status == WorkspaceStatus::Claiming {
+                        // Another request for this conversation is binding it right now.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    return Ok((existing.workspace, metrics::Outcome::Existing));
+                }
                 Acquired::Rebuilding => return Err(ApiError::Rebuilding),
                 Acquired::Warm(slot) => {
                     if let Some(why) = not_ready_reason(&hosts, &slot) {
@@ -243,7 +256,11 @@ impl Scheduler {
             );
             tracing::info!(workspace_id = %record.workspace.id, conversation_id = %req.conversation_id,
                 host_id = %slot.host_id, source = ?source, "workspace handed out");
-            return Ok(record.workspace);
+            let outcome = match source {
+                Source::Warm => metrics::Outcome::Warm,
+                Source::Cold => metrics::Outcome::Cold,
+            };
+            return Ok((record.workspace, outcome));
         }
     }
 

@@ -47,12 +47,32 @@ pub struct WorkspaceRecord {
     pub claim_secret: String,
 }
 
-/// The last report of a host and when it came.
+/// The last report of a host and when it came, as every create reads it: the
+/// report's `slots` hold only the slots that are not ready (unhealthy, withdrawn:
+/// what a create must not hand out), `slot_ids` names every slot it reported. The
+/// full slot list is [`StateStore::host_slots`]. Reading every host's full list on
+/// every create would cost O(slots in the fleet) per create.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HostRecord {
     pub report: HostReport,
     pub last_seen_ms: u64,
     pub draining: bool,
+    #[serde(default)]
+    pub slot_ids: Vec<String>,
+}
+
+/// What [`StateStore::put_host`] keeps in the host record: the report with its
+/// ready and starting slots left out, and every slot's id.
+pub fn brief(report: &HostReport) -> (HostReport, Vec<String>) {
+    let ids = report.slots.iter().map(|s| s.slot_id.clone()).collect();
+    let mut brief = report.clone();
+    brief.slots.retain(|s| {
+        !matches!(
+            s.state,
+            berth_wire::SlotState::Ready | berth_wire::SlotState::Starting
+        )
+    });
+    (brief, ids)
 }
 
 /// The outcome of [`Store::acquire`].
@@ -147,7 +167,13 @@ pub trait StateStore: Send + Sync + 'static {
         report: HostReport,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Every host's record ([`HostRecord`]: the report without its ready slots).
     fn hosts<'a>(&'a self) -> BoxFuture<'a, Result<Vec<HostRecord>, StoreError>>;
+    /// Every slot of a host's last report (empty for an unknown host).
+    fn host_slots<'a>(
+        &'a self,
+        host_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<berth_wire::SlotInfo>, StoreError>>;
     /// Marks a host draining; false if the host is unknown.
     fn set_draining<'a>(
         &'a self,
@@ -307,6 +333,7 @@ impl MemoryStore {
 #[derive(Default)]
 struct MemoryState {
     hosts: BTreeMap<String, HostRecord>,
+    host_slots: BTreeMap<String, Vec<berth_wire::SlotInfo>>,
     pools: BTreeMap<String, VecDeque<WarmSlot>>,
     workspaces: HashMap<String, WorkspaceRecord>,
     conversations: HashMap<String, String>,
@@ -369,12 +396,15 @@ impl StateStore for MemoryStore {
         Box::pin(async move {
             let mut s = self.lock();
             let draining = s.hosts.get(&report.host_id).is_some_and(|h| h.draining);
+            let (trimmed, slot_ids) = brief(&report);
+            s.host_slots.insert(report.host_id.clone(), report.slots);
             s.hosts.insert(
                 report.host_id.clone(),
                 HostRecord {
-                    report,
+                    report: trimmed,
                     last_seen_ms: now_ms,
                     draining,
+                    slot_ids,
                 },
             );
             Ok(())
@@ -389,12 +419,27 @@ impl StateStore for MemoryStore {
         Box::pin(async move {
             let mut s = self.lock();
             s.check(Some(fence))?;
+            s.host_slots.remove(host_id);
             Ok(s.hosts.remove(host_id).is_some())
         })
     }
 
     fn hosts<'a>(&'a self) -> BoxFuture<'a, Result<Vec<HostRecord>, StoreError>> {
         Box::pin(async move { Ok(self.lock().hosts.values().cloned().collect()) })
+    }
+
+    fn host_slots<'a>(
+        &'a self,
+        host_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<berth_wire::SlotInfo>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .host_slots
+                .get(host_id)
+                .cloned()
+                .unwrap_or_default())
+        })
     }
 
     fn set_draining<'a>(

@@ -41,6 +41,7 @@ fn host_with(slot: &str, state: SlotState) -> HostRecord {
         },
         last_seen_ms: 0,
         draining: false,
+        slot_ids: vec![slot.into()],
     }
 }
 
@@ -507,6 +508,7 @@ async fn a_dead_hosts_workspaces_are_marked_lost_and_the_host_forgotten_after_re
         .put_host(report, now_ms() - 120_000)
         .await
         .unwrap();
+    s.sweep_soon();
     s.reconcile().await;
     assert!(s.store().hosts().await.unwrap().is_empty());
     assert_eq!(s.counters().hosts_forgotten.load(Ordering::Relaxed), 1);

@@ -83,6 +83,7 @@ pub async fn run_all(a: &Store, b: &Store) {
     removal_unbinds_the_conversation_and_only_its_own(a).await;
     single_warm_slots_are_listed_and_taken_once(a, b, &fence).await;
     hosts_keep_their_draining_mark_across_reports(a, b, &fence).await;
+    host_records_are_brief_and_the_full_slot_list_is_kept(a, b, &fence).await;
     records_round_trip_whole(a, b).await;
     takers_and_acquirers_race_and_each_slot_goes_once(a, b, &fence).await;
     the_binding_names_its_slot_and_finishes_only_while_claiming(a, b, &fence).await;
@@ -504,6 +505,53 @@ pub async fn hosts_keep_their_draining_mark_across_reports(a: &Store, b: &Store,
             .iter()
             .all(|h| h.report.host_id != "conf-h1")
     );
+}
+
+/// A host's record keeps only its not-ready slots (what creates must refuse) and
+/// every slot's id; the full list is read per host.
+pub async fn host_records_are_brief_and_the_full_slot_list_is_kept(
+    a: &Store,
+    b: &Store,
+    fence: &Fence,
+) {
+    let slot_info = |id: &str, state: berth_wire::SlotState| berth_wire::SlotInfo {
+        slot_id: id.into(),
+        template: "default".into(),
+        host_id: "brief-h".into(),
+        agent_url: format!("http://{id}:9000"),
+        state,
+        memory_mib: 32,
+        memory_limit_mib: 256,
+        memory_idle_mib: None,
+        reason: None,
+        rules_verified_at_ms: None,
+        created_at_ms: 1,
+        claim_secret: None,
+    };
+    let mut r = report("brief-h");
+    r.slots = vec![
+        slot_info("brief-s1", berth_wire::SlotState::Ready),
+        slot_info("brief-s2", berth_wire::SlotState::Withdrawn),
+        slot_info("brief-s3", berth_wire::SlotState::Starting),
+    ];
+    a.put_host(r.clone(), 5).await.unwrap();
+    let h = b
+        .hosts()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|h| h.report.host_id == "brief-h")
+        .expect("recorded");
+    assert_eq!(
+        h.report.slots,
+        vec![r.slots[1].clone()],
+        "not-ready slots only"
+    );
+    assert_eq!(h.slot_ids, vec!["brief-s1", "brief-s2", "brief-s3"]);
+    assert_eq!(b.host_slots("brief-h").await.unwrap(), r.slots);
+    assert!(b.host_slots("brief-nobody").await.unwrap().is_empty());
+    assert!(a.remove_host("brief-h", fence).await.unwrap());
+    assert!(b.host_slots("brief-h").await.unwrap().is_empty());
 }
 
 /// What one handle writes, the other reads back whole.
