@@ -345,12 +345,13 @@ impl StateStore for RedisStore {
     fn hosts<'a>(&'a self) -> BoxFuture<'a, Result<Vec<HostRecord>, StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            let (reports, seen, draining, ids): (
+            type Hosts = (
                 BTreeMap<String, String>,
                 BTreeMap<String, u64>,
                 Vec<String>,
                 BTreeMap<String, String>,
-            ) = redis::pipe()
+            );
+            let (reports, seen, draining, ids): Hosts = redis::pipe()
                 .hgetall(HOSTS)
                 .hgetall(HOST_SEEN)
                 .smembers(DRAINING)
