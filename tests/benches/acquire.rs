@@ -10,7 +10,7 @@
 //! The pool is filled directly before each phase (slots made on the stand-ins and
 //! put into the pool); during a phase the scheduler's own refill runs at its
 //! default parallelism (4). Settings: `BERTH_BENCH_RATE` (acquires/s, default 500), `BERTH_BENCH_SECS`
-//! (default 10), `BERTH_BENCH_CLAIMS` (slots for the claim-rate phase, default 8000),
+//! (default 10), `BERTH_BENCH_CLAIMS` (creates in the claim-rate phase, default 20000),
 //! `BERTH_BENCH_CONCURRENCY` (its closed-loop clients, default 64).
 
 use std::sync::Arc;
@@ -159,7 +159,7 @@ async fn main() {
     }
     let rate = env_or("BERTH_BENCH_RATE", 500);
     let secs = env_or("BERTH_BENCH_SECS", 10);
-    let claims = env_or("BERTH_BENCH_CLAIMS", 8000);
+    let claims = env_or("BERTH_BENCH_CLAIMS", 20_000);
     let concurrency = env_or("BERTH_BENCH_CONCURRENCY", 64);
     let paced = rate * secs;
 
