@@ -18,6 +18,10 @@ use berth_wire::html_escape as esc;
 /// Events kept for the page.
 pub const EVENTS_KEPT: usize = 50;
 
+/// How long a pool may stay below its target (but not empty) before the page calls
+/// it a problem: every hand-out dips it until the refill catches up.
+pub const POOL_BELOW_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Something the scheduler did or found that on-call should see.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FleetEvent {
@@ -234,12 +238,37 @@ impl Scheduler {
                 target,
             })
             .collect();
-        for p in &pools {
-            if p.ready < p.target {
-                problems.push(format!(
-                    "pool {} below target: {} of {} ready ({} starting)",
-                    p.template, p.ready, p.target, p.starting
-                ));
+        // A pool dips below its target with every hand-out until the refill
+        // catches up: a problem when it is empty, or below for a minute.
+        {
+            let mut below = self
+                .inner
+                .pools_below_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            below.retain(|t, _| pools.iter().any(|p| &p.template == t && p.ready < p.target));
+            for p in &pools {
+                if p.ready >= p.target {
+                    continue;
+                }
+                let since = *below
+                    .entry(p.template.clone())
+                    .or_insert_with(std::time::Instant::now);
+                if p.ready == 0 {
+                    problems.push(format!(
+                        "pool {} empty (target {}, {} starting): creates start cold",
+                        p.template, p.target, p.starting
+                    ));
+                } else if since.elapsed() >= POOL_BELOW_GRACE {
+                    problems.push(format!(
+                        "pool {} below target for {} s: {} of {} ready ({} starting)",
+                        p.template,
+                        since.elapsed().as_secs(),
+                        p.ready,
+                        p.target,
+                        p.starting
+                    ));
+                }
             }
         }
         Ok(FleetView {

@@ -213,6 +213,8 @@ struct Inner {
     acquire_histogram: metrics::AcquireHistogram,
     /// When the reconcilers last swept every workspace.
     last_sweep: Mutex<Option<std::time::Instant>>,
+    /// Pools below their target, since when (the fleet page's grace).
+    pools_below_since: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// How often the leader's passes over every workspace run (host death, expiry,
@@ -276,6 +278,7 @@ impl Scheduler {
                 hosts_cache: HostsCache::default(),
                 acquire_histogram: metrics::AcquireHistogram::default(),
                 last_sweep: Mutex::default(),
+                pools_below_since: Mutex::default(),
             }),
         }
     }

@@ -569,3 +569,27 @@ async fn the_acquire_deadline_covers_a_claim_that_hangs_and_nothing_stays_bound(
         fake.calls()
     );
 }
+
+#[tokio::test]
+async fn the_fleet_view_names_an_empty_pool_but_not_a_dip_below_target() {
+    let (s, _fake) = on_fake_runtime(2).await;
+    let v = s.fleet_view().await.unwrap();
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.starts_with("pool default empty")),
+        "{:?}",
+        v.problems
+    );
+    assert!(!v.healthy);
+    s.store().push_warm(warm("s1")).await.unwrap();
+    let v = s.fleet_view().await.unwrap();
+    assert!(
+        v.problems.iter().all(|p| !p.starts_with("pool default")),
+        "one of two ready is a dip, not yet a problem: {:?}",
+        v.problems
+    );
+    assert_eq!(v.pools[0].ready, 1);
+    assert_eq!(v.hosts.len(), 1);
+    assert!(v.healthy, "{:?}", v.problems);
+}

@@ -48,6 +48,8 @@ pub struct BedOptions {
     pub capacity_provider: Option<String>,
     /// How long a started task may take to be ready before it is stopped.
     pub start_deadline: Duration,
+    /// `redis://…` for the scheduler's state; `None` keeps it in memory.
+    pub state_url: Option<String>,
 }
 
 impl Default for BedOptions {
@@ -61,6 +63,7 @@ impl Default for BedOptions {
             orphan_grace: Duration::from_secs(300),
             capacity_provider: None,
             start_deadline: Duration::from_secs(60),
+            state_url: None,
         }
     }
 }
@@ -277,7 +280,11 @@ impl EcsBed {
             orphan_grace: opts.orphan_grace,
             ..Config::default()
         };
-        let scheduler = Scheduler::with_runtime(config, Store::memory(), runtime.clone());
+        let store = match &opts.state_url {
+            Some(url) => Store::redis(url).await.expect("redis store"),
+            None => Store::memory(),
+        };
+        let scheduler = Scheduler::with_runtime(config, store, runtime.clone());
         let (stop, mut rx) = tokio::sync::watch::channel(false);
         let sched = scheduler.clone();
         let scheduler_task = tokio::spawn(async move {

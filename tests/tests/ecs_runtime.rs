@@ -871,3 +871,70 @@ async fn a_task_that_never_becomes_ready_is_stopped_and_5xx_are_retried() {
     assert_eq!(ws.source, berth_wire::Source::Cold);
     bed.stop().await;
 }
+
+/// The ECS runtime after Redis loses its data: hostd in ECS mode made every claim,
+/// so the leader rebuilds the binding from its inventory (the conversation gets its
+/// own workspace back, same token, agent still serving), and the warm tasks nobody
+/// claimed — whose claim secrets were only in the lost state — are stopped through
+/// ECS (StopTask) and the pool refilled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_redis_loses_its_data_ecs_bindings_are_rebuilt_from_the_hosts() {
+    let redis = berth_tests::redis_server::RedisServer::start().unwrap();
+    let bed = EcsBed::start(BedOptions {
+        pool: 2,
+        state_url: Some(redis.url()),
+        ..BedOptions::default()
+    })
+    .await;
+    bed.expect_pool(2, Duration::from_secs(120)).await;
+    let ws = acquire(&bed, "ecs-flush").await;
+    bed.expect_pool(2, Duration::from_secs(120)).await;
+    let stops_before = bed.forwarder.calls_of("StopTask").len();
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut con).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let again: Workspace = loop {
+        let resp = bed
+            .http
+            .post(format!("{}/v1/workspaces", bed.api))
+            .json(&json!({"conversation_id": "ecs-flush"}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        if status == 200 {
+            break serde_json::from_str(&body).unwrap();
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("state_rebuilding"), "{body}");
+        assert!(Instant::now() < deadline, "never rebuilt");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        (
+            again.id.as_str(),
+            again.token.as_str(),
+            again.agent_url.as_str()
+        ),
+        (ws.id.as_str(), ws.token.as_str(), ws.agent_url.as_str())
+    );
+    let agent = AgentClient::for_workspace(again);
+    assert_eq!(agent.sh("echo kept").await.stdout_text(), "kept\n");
+    // The two unclaimable warm tasks were stopped through ECS; the pool refills.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bed.forwarder.calls_of("StopTask").len() < stops_before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the unclaimable warm tasks were not stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bed.expect_pool(2, Duration::from_secs(120)).await;
+    let other = acquire(&bed, "ecs-after-flush").await;
+    assert_ne!(other.agent_url, ws.agent_url, "not the claimed slot");
+    bed.stop().await;
+}
