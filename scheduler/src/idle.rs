@@ -101,12 +101,7 @@ impl Scheduler {
             if now.saturating_sub(last) < timeout {
                 continue;
             }
-            let Some(gone) = self
-                .inner
-                .store
-                .remove_workspace_if(&r.workspace.id, Condition::unchanged_ready(r), fence)
-                .await?
-            else {
+            let Some(gone) = self.reap(r, fence, "idle").await? else {
                 continue;
             };
             self.inner
@@ -120,10 +115,6 @@ impl Scheduler {
             );
             tracing::info!(workspace_id = %gone.workspace.id, conversation_id = %gone.workspace.conversation_id,
                 idle_s = now.saturating_sub(last) / 1000, "workspace idle past its timeout; released");
-            if !gone.slot_id.is_empty() {
-                self.discard_slot(&gone.workspace.host_id, &gone.slot_id, "idle")
-                    .await;
-            }
         }
         Ok(())
     }

@@ -114,14 +114,7 @@ impl Scheduler {
                 })?;
             inventories.push((h, claims));
         }
-        let pooled: std::collections::HashSet<String> = self
-            .inner
-            .store
-            .warm_slots()
-            .await?
-            .into_iter()
-            .map(|w| w.slot_id)
-            .collect();
+        let pooled = self.pooled_slot_ids().await?;
         let mut found = Rebuilt::default();
         for (host, claims) in inventories {
             let report = &host.report;

@@ -199,14 +199,7 @@ impl Scheduler {
             .list_slots(&targets)
             .await
             .map_err(|e| ApiError::Runtime(e.to_string()))?;
-        let mut known: std::collections::HashSet<String> = self
-            .inner
-            .store
-            .warm_slots()
-            .await?
-            .into_iter()
-            .map(|w| w.slot_id)
-            .collect();
+        let mut known = self.pooled_slot_ids().await?;
         known.extend(
             self.inner
                 .store
@@ -343,12 +336,7 @@ impl Scheduler {
             if r.status != WorkspaceStatus::Ready || r.workspace.expires_at > now {
                 continue;
             }
-            let Some(gone) = self
-                .inner
-                .store
-                .remove_workspace_if(&r.workspace.id, Condition::unchanged_ready(r), fence)
-                .await?
-            else {
+            let Some(gone) = self.reap(r, fence, "expired").await? else {
                 continue;
             };
             tracing::info!(workspace_id = %gone.workspace.id, "workspace expired; released");
@@ -357,13 +345,46 @@ impl Scheduler {
                 &gone.workspace.id,
                 "past its expires_at".to_owned(),
             );
-            if !gone.slot_id.is_empty() {
-                self.discard_slot(&gone.workspace.host_id, &gone.slot_id, "expired")
-                    .await;
-            }
             self.inner.counters.reaped.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// A reaper's release of `r`: removed only if still `Ready` and not kept alive
+    /// since it was read (a `keepalive` that landed meanwhile wins), then its slot
+    /// stopped. What was removed, if anything.
+    pub(crate) async fn reap(
+        &self,
+        r: &WorkspaceRecord,
+        fence: &Fence,
+        why: &str,
+    ) -> Result<Option<WorkspaceRecord>, StoreError> {
+        let gone = self
+            .inner
+            .store
+            .remove_workspace_if(&r.workspace.id, Condition::unchanged_ready(r), fence)
+            .await?;
+        if let Some(g) = &gone
+            && !g.slot_id.is_empty()
+        {
+            self.discard_slot(&g.workspace.host_id, &g.slot_id, why)
+                .await;
+        }
+        Ok(gone)
+    }
+
+    /// The ids of every slot in a warm pool.
+    pub(crate) async fn pooled_slot_ids(
+        &self,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        Ok(self
+            .inner
+            .store
+            .warm_slots()
+            .await?
+            .into_iter()
+            .map(|w| w.slot_id)
+            .collect())
     }
 
     /// Starts slots for every pool below its target, in batches of up to

@@ -76,6 +76,23 @@ pub async fn wait_pool(
     false
 }
 
+/// `GET url` (with `token` as a bearer token, if given), its body as JSON; panics
+/// with the body if it is not JSON.
+pub async fn get_json(http: &reqwest::Client, url: &str, token: Option<&str>) -> serde_json::Value {
+    let mut req = http.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let text = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
+}
+
 /// The directory holding the workspace's built binaries (`target/debug`).
 pub fn bin_dir() -> std::path::PathBuf {
     let here = std::env::current_exe().expect("current exe");

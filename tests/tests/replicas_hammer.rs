@@ -82,14 +82,7 @@ fn env_or(name: &str, default: usize) -> usize {
 }
 
 async fn operator_get(http: &reqwest::Client, url: &str) -> Value {
-    http.get(url)
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    berth_tests::get_json(http, url, Some(OPERATOR)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,15 +234,8 @@ async fn two_replicas_one_killed_mid_burst_serve_each_conversation_exactly_once(
     assert_eq!(report.slots.len(), conversations + ready);
 
     // The state agrees: 500 workspaces, each on its own slot.
-    let listed: Value = http
-        .get(format!("{}/v1/workspaces", survivor.url))
-        .bearer_auth(API)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed =
+        berth_tests::get_json(&http, &format!("{}/v1/workspaces", survivor.url), Some(API)).await;
     let listed = listed["workspaces"].as_array().unwrap();
     assert_eq!(listed.len(), conversations);
     let metrics = http
