@@ -261,7 +261,14 @@ fn check_api(s: &Scheduler, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// A request body: a JSON object (serde would also read a struct from an array of
+/// its fields, `[[]]` for `{"egress": []}`, which the API does not take).
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::InvalidJson(
+            "the body must be a JSON object".into(),
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
 }
 
@@ -473,7 +480,10 @@ pub(crate) async fn keepalive(
     let req: KeepaliveBody = if body.is_empty() {
         KeepaliveBody::default()
     } else {
-        parse::<Option<KeepaliveBody>>(&body)?.unwrap_or_default()
+        match std::str::from_utf8(&body).map(str::trim) {
+            Ok("null") => KeepaliveBody::default(),
+            _ => parse(&body)?,
+        }
     };
     let ws = s.keepalive(&id, req.ttl_seconds).await?;
     Ok(axum::Json(ws).into_response())

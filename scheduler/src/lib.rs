@@ -356,7 +356,8 @@ impl Scheduler {
         }
     }
 
-    async fn read_hosts(&self) -> Result<Arc<Vec<HostRecord>>, StoreError> {
+    /// The hosts' reports read now (and shared with the creates that follow).
+    pub(crate) async fn read_hosts(&self) -> Result<Arc<Vec<HostRecord>>, StoreError> {
         let hosts = Arc::new(self.inner.store.hosts().await?);
         *self
             .inner

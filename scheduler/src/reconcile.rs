@@ -569,7 +569,7 @@ impl Scheduler {
     /// Slots the fleet's live, compliant, non-draining hosts can still take.
     pub(crate) async fn fleet_room(&self) -> usize {
         let per_slot = self.inner.config.slot_memory_mib.max(1);
-        match self.hosts_now().await.map(|h| self.views_of(&h)) {
+        match self.read_hosts().await.map(|h| self.views_of(&h)) {
             Ok(views) => views
                 .iter()
                 .filter(|v| v.healthy && v.compliant && !v.draining && !self.is_stale(&v.host_id))

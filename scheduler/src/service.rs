@@ -175,11 +175,16 @@ impl Scheduler {
                     labels: record.workspace.labels.clone(),
                 }),
             };
-            let hostd_url = hosts
+            let mut hostd_url = hosts
                 .iter()
                 .find(|h| h.report.host_id == slot.host_id)
-                .map(|h| h.report.hostd_url.clone())
-                .unwrap_or_default();
+                .map(|h| h.report.hostd_url.clone());
+            if hostd_url.is_none() {
+                // A host newer than the shared read (it joined within the last
+                // moments): read again rather than lose its slot.
+                hostd_url = self.hostd_url(&slot.host_id).await?;
+            }
+            let hostd_url = hostd_url.unwrap_or_default();
             let claimed = match tokio::time::timeout_at(
                 deadline,
                 self.inner

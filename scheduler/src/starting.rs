@@ -29,7 +29,9 @@ impl Scheduler {
         let mut refused_by: Vec<String> = Vec::new();
         let per_slot = self.inner.config.slot_memory_mib;
         while left > 0 {
-            let hosts = match self.hosts_now().await {
+            // A fresh read: starts are not the hot path, and a host that joined
+            // since the shared read must be placeable at once.
+            let hosts = match self.read_hosts().await {
                 Ok(h) => h,
                 Err(e) => {
                     let text = e.to_string();
