@@ -216,6 +216,26 @@ end
 return redis.call('INCR', KEYS[2])
 "#;
 
+/// Each script once, with its SHA-1 (computed at first use, not on every call).
+mod scripts {
+    use std::sync::LazyLock;
+
+    use redis::Script;
+
+    pub static REMOVE_WORKSPACE: LazyLock<Script> =
+        LazyLock::new(|| Script::new(super::REMOVE_WORKSPACE));
+    pub static REMOVE_HOST: LazyLock<Script> = LazyLock::new(|| Script::new(super::REMOVE_HOST));
+    pub static TAKE_SLOT: LazyLock<Script> = LazyLock::new(|| Script::new(super::TAKE_SLOT));
+    pub static TAKE_ON_HOST: LazyLock<Script> = LazyLock::new(|| Script::new(super::TAKE_ON_HOST));
+    pub static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(super::ACQUIRE));
+    pub static REPLACE_WORKSPACE: LazyLock<Script> =
+        LazyLock::new(|| Script::new(super::REPLACE_WORKSPACE));
+    pub static MARK_STATE: LazyLock<Script> = LazyLock::new(|| Script::new(super::MARK_STATE));
+    pub static RESTORE_WORKSPACE: LazyLock<Script> =
+        LazyLock::new(|| Script::new(super::RESTORE_WORKSPACE));
+    pub static LEAD: LazyLock<Script> = LazyLock::new(|| Script::new(super::LEAD));
+}
+
 /// A connection to the shared Redis; cheap to clone, reconnects by itself.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -280,8 +300,8 @@ impl RedisStore {
         fence: Option<&Fence>,
     ) -> Result<Option<WorkspaceRecord>, StoreError> {
         let mut con = self.con.clone();
-        let script = Script::new(REMOVE_WORKSPACE);
-        let raw: Option<String> = fenced_call(&script, fence)
+        let script = &*scripts::REMOVE_WORKSPACE;
+        let raw: Option<String> = fenced_call(script, fence)
             .key(WORKSPACES)
             .key(CONVERSATIONS)
             .arg(id)
@@ -327,8 +347,8 @@ impl StateStore for RedisStore {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            let script = Script::new(REMOVE_HOST);
-            let removed: i64 = fenced_call(&script, Some(fence))
+            let script = &*scripts::REMOVE_HOST;
+            let removed: i64 = fenced_call(script, Some(fence))
                 .key(HOSTS)
                 .key(HOST_SEEN)
                 .key(DRAINING)
@@ -464,8 +484,8 @@ impl StateStore for RedisStore {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            let script = Script::new(TAKE_SLOT);
-            let removed: i64 = fenced_call(&script, Some(fence))
+            let script = &*scripts::TAKE_SLOT;
+            let removed: i64 = fenced_call(script, Some(fence))
                 .key(pool_key(&slot.template))
                 .arg(&slot.slot_id)
                 .invoke_async(&mut con)
@@ -481,12 +501,12 @@ impl StateStore for RedisStore {
         fence: Option<&'a Fence>,
     ) -> BoxFuture<'a, Result<Vec<WarmSlot>, StoreError>> {
         Box::pin(async move {
-            let script = Script::new(TAKE_ON_HOST);
+            let script = &*scripts::TAKE_ON_HOST;
             let mut taken = Vec::new();
             for t in self.templates().await? {
                 let mut con = self.con.clone();
                 let key = pool_key(&t);
-                let raw: Vec<String> = fenced_call(&script, fence)
+                let raw: Vec<String> = fenced_call(script, fence)
                     .key(&key)
                     .arg(host_id)
                     .invoke_async(&mut con)
@@ -509,7 +529,7 @@ impl StateStore for RedisStore {
             let mut con = self.con.clone();
             let w = &candidate.workspace;
             let key = pool_key(&w.template);
-            let (kind, payload): (String, String) = Script::new(ACQUIRE)
+            let (kind, payload): (String, String) = scripts::ACQUIRE
                 .key(CONVERSATIONS)
                 .key(WORKSPACES)
                 .key(&key)
@@ -550,8 +570,8 @@ impl StateStore for RedisStore {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            let script = Script::new(REPLACE_WORKSPACE);
-            let replaced: i64 = fenced_call(&script, fence)
+            let script = &*scripts::REPLACE_WORKSPACE;
+            let replaced: i64 = fenced_call(script, fence)
                 .key(WORKSPACES)
                 .arg(&record.workspace.id)
                 .arg(encode(record))
@@ -651,13 +671,13 @@ impl StateStore for RedisStore {
     fn mark_state<'a>(&'a self, fence: &'a Fence) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            let script = Script::new(MARK_STATE);
+            let script = &*scripts::MARK_STATE;
             let marker = serde_json::json!({
                 "marked_at_ms": crate::now_ms(),
                 "by": fence.owner,
                 "epoch": fence.epoch,
             });
-            fenced_call(&script, Some(fence))
+            fenced_call(script, Some(fence))
                 .key(STATE_MARKER)
                 .arg(marker.to_string())
                 .invoke_async::<i64>(&mut con)
@@ -674,8 +694,8 @@ impl StateStore for RedisStore {
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            let script = Script::new(RESTORE_WORKSPACE);
-            let put: i64 = fenced_call(&script, Some(fence))
+            let script = &*scripts::RESTORE_WORKSPACE;
+            let put: i64 = fenced_call(script, Some(fence))
                 .key(WORKSPACES)
                 .key(CONVERSATIONS)
                 .arg(&record.workspace.id)
@@ -695,7 +715,7 @@ impl StateStore for RedisStore {
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            let epoch: u64 = Script::new(LEAD)
+            let epoch: u64 = scripts::LEAD
                 .key(LEADER)
                 .key(LEADER_EPOCH)
                 .arg(owner)
