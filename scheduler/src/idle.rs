@@ -12,6 +12,9 @@
 
 use super::*;
 
+/// Workspaces looked at concurrently in one pass.
+const LOOKS_AT_ONCE: usize = 16;
+
 /// What one look at a workspace found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Idleness {
@@ -60,38 +63,50 @@ impl Scheduler {
         records: &[WorkspaceRecord],
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        {
+        let candidates: Vec<WorkspaceRecord> = {
             let mut seen = self
                 .inner
                 .active_at
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            seen.retain(|id, _| records.iter().any(|r| &r.workspace.id == id));
-        }
-        for r in records {
-            if r.status != WorkspaceStatus::Ready {
-                continue;
-            }
+            let ids: std::collections::HashSet<&str> =
+                records.iter().map(|r| r.workspace.id.as_str()).collect();
+            seen.retain(|id, _| ids.contains(id.as_str()));
+            records
+                .iter()
+                .filter(|r| r.status == WorkspaceStatus::Ready)
+                .filter(|r| {
+                    let timeout = ms(self.idle_timeout(&r.workspace.template));
+                    let known = seen
+                        .get(&r.workspace.id)
+                        .copied()
+                        .unwrap_or(0)
+                        .max(r.workspace.created_at * 1000);
+                    timeout > 0 && now.saturating_sub(known) >= timeout
+                })
+                .cloned()
+                .collect()
+        };
+        // Looked at LOOKS_AT_ONCE at a time: an agent that does not answer costs its
+        // timeout, not the whole pass's.
+        use futures_util::StreamExt;
+        let looked: Vec<(WorkspaceRecord, Option<Idleness>)> =
+            futures_util::stream::iter(candidates)
+                .map(|r| {
+                    let me = self.clone();
+                    async move {
+                        let seen = me.look(&r).await;
+                        (r, seen)
+                    }
+                })
+                .buffer_unordered(LOOKS_AT_ONCE)
+                .collect()
+                .await;
+        for (r, seen) in &looked {
             let timeout = ms(self.idle_timeout(&r.workspace.template));
-            if timeout == 0 {
-                continue;
-            }
-            let known = self
-                .inner
-                .active_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&r.workspace.id)
-                .copied()
-                .unwrap_or(0)
-                .max(r.workspace.created_at * 1000);
-            if now.saturating_sub(known) < timeout {
-                continue;
-            }
-            let last = match self.look(r).await {
-                Some(Idleness::Busy) => now,
-                Some(Idleness::QuietSince(t)) => t,
-                None => now,
+            let last = match seen {
+                Some(Idleness::Busy) | None => now,
+                Some(Idleness::QuietSince(t)) => *t,
             };
             self.inner
                 .active_at
@@ -101,13 +116,12 @@ impl Scheduler {
             if now.saturating_sub(last) < timeout {
                 continue;
             }
-            let Some(gone) = self.reap(r, fence, "idle").await? else {
+            let Some(gone) = self
+                .reap(r, fence, "idle", &self.inner.counters.idle_reaped)
+                .await?
+            else {
                 continue;
             };
-            self.inner
-                .counters
-                .idle_reaped
-                .fetch_add(1, Ordering::Relaxed);
             self.event(
                 "idle_reaped",
                 &gone.workspace.id,
@@ -135,7 +149,13 @@ impl Scheduler {
                 return None;
             }
         };
-        let hostd = self.hostd_url(&w.host_id).await.ok().flatten()?;
+        let hostd = self
+            .hosts_now()
+            .await
+            .ok()?
+            .iter()
+            .find(|h| h.report.host_id == w.host_id)
+            .map(|h| h.report.hostd_url.clone())?;
         let egress = match self
             .inner
             .clients

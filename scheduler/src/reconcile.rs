@@ -336,7 +336,10 @@ impl Scheduler {
             if r.status != WorkspaceStatus::Ready || r.workspace.expires_at > now {
                 continue;
             }
-            let Some(gone) = self.reap(r, fence, "expired").await? else {
+            let Some(gone) = self
+                .reap(r, fence, "expired", &self.inner.counters.reaped)
+                .await?
+            else {
                 continue;
             };
             tracing::info!(workspace_id = %gone.workspace.id, "workspace expired; released");
@@ -345,30 +348,31 @@ impl Scheduler {
                 &gone.workspace.id,
                 "past its expires_at".to_owned(),
             );
-            self.inner.counters.reaped.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
     /// A reaper's release of `r`: removed only if still `Ready` and not kept alive
-    /// since it was read (a `keepalive` that landed meanwhile wins), then its slot
-    /// stopped. What was removed, if anything.
+    /// since it was read (a `keepalive` that landed meanwhile wins), counted in
+    /// `counter`, then its slot stopped. What was removed, if anything.
     pub(crate) async fn reap(
         &self,
         r: &WorkspaceRecord,
         fence: &Fence,
         why: &str,
+        counter: &AtomicU64,
     ) -> Result<Option<WorkspaceRecord>, StoreError> {
         let gone = self
             .inner
             .store
             .remove_workspace_if(&r.workspace.id, Condition::unchanged_ready(r), fence)
             .await?;
-        if let Some(g) = &gone
-            && !g.slot_id.is_empty()
-        {
-            self.discard_slot(&g.workspace.host_id, &g.slot_id, why)
-                .await;
+        if let Some(g) = &gone {
+            counter.fetch_add(1, Ordering::Relaxed);
+            if !g.slot_id.is_empty() {
+                self.discard_slot(&g.workspace.host_id, &g.slot_id, why)
+                    .await;
+            }
         }
         Ok(gone)
     }
