@@ -741,6 +741,13 @@ impl Hostd {
                     }
                 }
                 Err(reason) => {
+                    if self.slot_ended(&slot_id).await {
+                        // Destroyed (a release, a stopped task) while it was probed:
+                        // its namespace went with it. Nothing to hand out and
+                        // nothing about the host; the health pass marks what remains.
+                        tracing::debug!(%slot_id, %reason, "slot ended while its egress lock was read");
+                        continue;
+                    }
                     failed.push(format!("{slot_id}: {reason}"));
                     self.withdraw(&slot_id, format!("egress lock cannot be proven: {reason}"));
                 }
@@ -759,6 +766,26 @@ impl Hostd {
         };
         let check = self.enforcer.check("slot_rules", failed.is_empty(), detail);
         self.record_checks([check]);
+    }
+
+    /// Whether a slot has ended: gone from the inventory, or none of its containers
+    /// (namespace owner, workspace, proxy) runs any more — checked again after a
+    /// failed probe, since the pass's pids are from its start. A container that
+    /// still runs, or one that cannot be inspected for another reason, is not an
+    /// end: its lock must be proven.
+    async fn slot_ended(&self, slot_id: &str) -> bool {
+        if !self.slots().contains_key(slot_id) {
+            return true;
+        }
+        let c = self.containers_of(slot_id);
+        for name in [&c.netns_owner, &c.workspace, &c.proxy] {
+            match self.enforcer.privileged.inspect_container(name).await {
+                Ok(facts) if facts.running && facts.pid > 0 => return false,
+                Ok(_) | Err(privileged::PrivError::NoSuchContainer { .. }) => {}
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     /// Finds the process owning a slot's namespace (in `pids`, else by inspecting

@@ -350,3 +350,67 @@ async fn cold_start_when_the_pool_is_empty_and_bad_input_is_named() {
     }
     berth.stop().await;
 }
+
+/// Releases while hostd's enforcement pass runs (every second here) never make the
+/// host look non-compliant: a slot destroyed while its egress lock is read back has
+/// ended, it has not failed its lock. Seen on `scheduler dev`: the probe of a
+/// just-released slot failed ("cannot enter network namespace") and the whole host
+/// was marked non-compliant — nothing placed there — until the next pass. The race
+/// is narrow (this churn did not hit it on the old code in two runs); the test holds
+/// the property under churn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_during_enforcement_keep_the_host_compliant() {
+    let berth = LocalBerth::start(6).await;
+    assert!(berth.wait_pool(6, Duration::from_secs(60)).await);
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (http, url, watching) = (
+            berth.http.clone(),
+            berth.hostd_url.clone(),
+            watching.clone(),
+        );
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let status: Value = http
+                    .get(format!("{url}/status"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if status["compliant"] != true {
+                    seen.push(status["checks"].clone());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen
+        })
+    };
+    for i in 0..12 {
+        let ws: Workspace = create(&berth, json!({"conversation_id": format!("churn-{i}")}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let resp = berth
+            .http
+            .delete(format!("{}/v1/workspaces/{}", berth.api, ws.id))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.await.unwrap();
+    assert!(
+        seen.is_empty(),
+        "the host looked non-compliant {} times: {:?}",
+        seen.len(),
+        seen.first()
+    );
+    berth.stop().await;
+}
