@@ -62,7 +62,9 @@ if [ -z "$ready" ]; then
 fi
 
 set +e
-(cd tests/schemathesis && "$venv/bin/schemathesis" --no-color run "http://127.0.0.1:$port/openapi.json" \
+# Run from the scratch directory: schemathesis keeps a cache where it runs.
+config="$PWD/tests/schemathesis/schemathesis.toml"
+(cd "$logs" && "$venv/bin/schemathesis" --no-color --config-file "$config" run "http://127.0.0.1:$port/openapi.json" \
   --checks all --exclude-checks positive_data_acceptance \
   --workers 1 --max-failures 20 --phases examples,coverage,fuzzing)
 status=$?

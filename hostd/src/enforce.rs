@@ -137,6 +137,20 @@ fn describe(d: &[Drift]) -> String {
 }
 
 impl Enforcer {
+    /// Whether none of `containers` runs: each is gone or stopped. One that runs, or
+    /// that cannot be inspected for another reason (the engine not answering), is
+    /// not taken for ended — a slot's lock must then still be proven.
+    pub async fn none_running(&self, containers: &[&str]) -> bool {
+        for name in containers {
+            match self.privileged.inspect_container(name).await {
+                Ok(facts) if facts.running && facts.pid > 0 => return false,
+                Ok(_) | Err(crate::privileged::PrivError::NoSuchContainer { .. }) => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
     /// Makes `specs` hold in `netns` for `family`: reads the table, reapplies if it
     /// drifted, reads it again. `Ok(None)`: intact; `Ok(Some(what))`: repaired;
     /// `Err`: cannot be proven.
@@ -408,6 +422,27 @@ mod tests {
 
     fn slot_ns() -> Netns {
         Netns::of_pid(4242)
+    }
+
+    #[tokio::test]
+    async fn a_slot_has_ended_only_when_none_of_its_containers_runs() {
+        let p = RecordingPrivileged::new();
+        let e = enforcer(&p);
+        let facts = |id: &str, running: bool| ContainerFacts {
+            id: id.into(),
+            running,
+            pid: if running { 4242 } else { 0 },
+            ..ContainerFacts::default()
+        };
+        // All gone (a released slot whose containers were removed): ended.
+        assert!(e.none_running(&["proxy", "ws"]).await);
+        // Stopped, or removed: ended.
+        p.add_container(facts("proxy", false));
+        assert!(e.none_running(&["proxy", "ws"]).await);
+        // The workspace still runs, though its namespace owner stopped: not ended,
+        // its lock must still be proven.
+        p.add_container(facts("ws", true));
+        assert!(!e.none_running(&["proxy", "ws"]).await);
     }
 
     #[tokio::test]

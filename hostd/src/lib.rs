@@ -778,14 +778,9 @@ impl Hostd {
             return true;
         }
         let c = self.containers_of(slot_id);
-        for name in [&c.netns_owner, &c.workspace, &c.proxy] {
-            match self.enforcer.privileged.inspect_container(name).await {
-                Ok(facts) if facts.running && facts.pid > 0 => return false,
-                Ok(_) | Err(privileged::PrivError::NoSuchContainer { .. }) => {}
-                Err(_) => return false,
-            }
-        }
-        true
+        self.enforcer
+            .none_running(&[&c.netns_owner, &c.workspace, &c.proxy])
+            .await
     }
 
     /// Finds the process owning a slot's namespace (in `pids`, else by inspecting

@@ -652,17 +652,7 @@ pub(crate) async fn pools(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_operator(&s, &headers)?;
-    let sizes = s.store().pool_sizes().await?;
-    let pools = s
-        .pool_targets()
-        .into_iter()
-        .map(|(template, target)| PoolLevel {
-            ready: sizes.get(&template).copied().unwrap_or(0),
-            starting: s.refilling(&template),
-            template,
-            target,
-        })
-        .collect();
+    let pools = s.pool_levels(&s.store().pool_sizes().await?);
     Ok(axum::Json(PoolList { pools }).into_response())
 }
 
@@ -699,20 +689,15 @@ pub(crate) async fn set_pool(
     check_operator(&s, &headers)?;
     let req: SetPool = parse(&body)?;
     s.set_pool_target(&template, req.target)?;
-    let ready = s
-        .store()
-        .pool_sizes()
-        .await?
-        .get(&template)
-        .copied()
-        .unwrap_or(0);
-    Ok(axum::Json(PoolLevel {
-        ready,
-        starting: s.refilling(&template),
-        target: req.target,
-        template,
-    })
-    .into_response())
+    let level = s
+        .pool_levels(&s.store().pool_sizes().await?)
+        .into_iter()
+        .find(|p| p.template == template)
+        .ok_or(ApiError::NotFound {
+            what: "template",
+            id: template,
+        })?;
+    Ok(axum::Json(level).into_response())
 }
 
 /// Prometheus text: counters, pool levels, hosts by health.

@@ -228,16 +228,7 @@ impl Scheduler {
             .collect();
         // Worst first: dead, then not compliant, then the rest by name.
         hosts.sort_by_key(|h| (h.healthy, h.compliant, h.host_id.clone()));
-        let pools: Vec<PoolLevel> = self
-            .pool_targets()
-            .into_iter()
-            .map(|(template, target)| PoolLevel {
-                ready: sizes.get(&template).copied().unwrap_or(0),
-                starting: self.refilling(&template),
-                template,
-                target,
-            })
-            .collect();
+        let pools = self.pool_levels(&sizes);
         // A pool dips below its target with every hand-out until the refill
         // catches up: a problem when it is empty, or below for a minute.
         {
@@ -283,6 +274,19 @@ impl Scheduler {
             hosts,
             events: self.inner.events.latest(),
         })
+    }
+
+    /// Each pool's level: ready (from `sizes`, the store's), target, starting.
+    pub fn pool_levels(&self, sizes: &BTreeMap<String, usize>) -> Vec<PoolLevel> {
+        self.pool_targets()
+            .into_iter()
+            .map(|(template, target)| PoolLevel {
+                ready: sizes.get(&template).copied().unwrap_or(0),
+                starting: self.refilling(&template),
+                template,
+                target,
+            })
+            .collect()
     }
 
     /// Notes an event for the fleet page.

@@ -386,20 +386,21 @@ impl Scheduler {
         // that a report lists, or that is older than 30 s (a report comes every few
         // seconds: it is gone, not unreported), is forgotten here.
         let unreported: HashMap<String, usize> = {
+            let reported: HashMap<&str, &HostRecord> = hosts
+                .iter()
+                .map(|h| (h.report.host_id.as_str(), h))
+                .collect();
             let mut recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
-            for h in hosts {
-                if let Some(ids) = recent.get_mut(&h.report.host_id) {
-                    let listed: std::collections::HashSet<&str> =
-                        h.slot_ids.iter().map(String::as_str).collect();
-                    ids.retain(|(id, at)| {
-                        at.elapsed() < Duration::from_secs(30) && !listed.contains(id.as_str())
-                    });
-                }
-            }
-            for ids in recent.values_mut() {
-                ids.retain(|(_, at)| at.elapsed() < Duration::from_secs(30));
-            }
-            recent.retain(|_, ids| !ids.is_empty());
+            recent.retain(|host_id, ids| {
+                let listed: std::collections::HashSet<&str> = reported
+                    .get(host_id.as_str())
+                    .map(|h| h.slot_ids.iter().map(String::as_str).collect())
+                    .unwrap_or_default();
+                ids.retain(|(id, at)| {
+                    at.elapsed() < Duration::from_secs(30) && !listed.contains(id.as_str())
+                });
+                !ids.is_empty()
+            });
             recent
                 .iter()
                 .map(|(h, ids)| (h.clone(), ids.len()))

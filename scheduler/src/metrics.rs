@@ -26,6 +26,15 @@ pub enum Outcome {
     Error,
 }
 
+impl From<berth_wire::Source> for Outcome {
+    fn from(s: berth_wire::Source) -> Self {
+        match s {
+            berth_wire::Source::Warm => Self::Warm,
+            berth_wire::Source::Cold => Self::Cold,
+        }
+    }
+}
+
 impl Outcome {
     const ALL: [Outcome; 4] = [Self::Warm, Self::Cold, Self::Existing, Self::Error];
 

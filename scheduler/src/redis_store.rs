@@ -327,13 +327,14 @@ impl StateStore for RedisStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut con = self.con.clone();
-            let (trimmed, ids) = crate::store::brief(&report);
+            let (brief, ids, slots) = crate::store::split_report(report);
+            let host = &brief.host_id;
             redis::pipe()
                 .atomic()
-                .hset(HOSTS, &report.host_id, encode(&trimmed))
-                .hset(HOST_SLOT_IDS, &report.host_id, encode(&ids))
-                .hset(HOST_SLOTS, &report.host_id, encode(&report.slots))
-                .hset(HOST_SEEN, &report.host_id, now_ms)
+                .hset(HOSTS, host, encode(&brief))
+                .hset(HOST_SLOT_IDS, host, encode(&ids))
+                .hset(HOST_SLOTS, host, encode(&slots))
+                .hset(HOST_SEEN, host, now_ms)
                 .query_async::<()>(&mut con)
                 .await
                 .map_err(unavailable)

@@ -250,10 +250,9 @@ impl Scheduler {
                 &record.workspace.id,
                 format!(
                     "{} slot on {} for conversation {}",
-                    if source == Source::Warm {
-                        "warm"
-                    } else {
-                        "cold"
+                    match source {
+                        Source::Warm => "warm",
+                        Source::Cold => "cold",
                     },
                     slot.host_id,
                     req.conversation_id
@@ -261,11 +260,7 @@ impl Scheduler {
             );
             tracing::info!(workspace_id = %record.workspace.id, conversation_id = %req.conversation_id,
                 host_id = %slot.host_id, source = ?source, "workspace handed out");
-            let outcome = match source {
-                Source::Warm => metrics::Outcome::Warm,
-                Source::Cold => metrics::Outcome::Cold,
-            };
-            return Ok((record.workspace, outcome));
+            return Ok((record.workspace, source.into()));
         }
     }
 

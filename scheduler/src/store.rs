@@ -61,18 +61,24 @@ pub struct HostRecord {
     pub slot_ids: Vec<String>,
 }
 
-/// What [`StateStore::put_host`] keeps in the host record: the report with its
-/// ready and starting slots left out, and every slot's id.
-pub fn brief(report: &HostReport) -> (HostReport, Vec<String>) {
-    let ids = report.slots.iter().map(|s| s.slot_id.clone()).collect();
-    let mut brief = report.clone();
-    brief.slots.retain(|s| {
-        !matches!(
-            s.state,
-            berth_wire::SlotState::Ready | berth_wire::SlotState::Starting
-        )
-    });
-    (brief, ids)
+/// A host's report as [`StateStore::put_host`] keeps it: the brief report (its
+/// ready and starting slots left out), every slot's id, and the full slot list.
+pub fn split_report(
+    mut report: HostReport,
+) -> (HostReport, Vec<String>, Vec<berth_wire::SlotInfo>) {
+    let slots = std::mem::take(&mut report.slots);
+    let ids = slots.iter().map(|s| s.slot_id.clone()).collect();
+    report.slots = slots
+        .iter()
+        .filter(|s| {
+            !matches!(
+                s.state,
+                berth_wire::SlotState::Ready | berth_wire::SlotState::Starting
+            )
+        })
+        .cloned()
+        .collect();
+    (report, ids, slots)
 }
 
 /// The outcome of [`Store::acquire`].
@@ -396,10 +402,10 @@ impl StateStore for MemoryStore {
         Box::pin(async move {
             let mut s = self.lock();
             let draining = s.hosts.get(&report.host_id).is_some_and(|h| h.draining);
-            let (trimmed, slot_ids) = brief(&report);
-            s.host_slots.insert(report.host_id.clone(), report.slots);
+            let (trimmed, slot_ids, slots) = split_report(report);
+            s.host_slots.insert(trimmed.host_id.clone(), slots);
             s.hosts.insert(
-                report.host_id.clone(),
+                trimmed.host_id.clone(),
                 HostRecord {
                     report: trimmed,
                     last_seen_ms: now_ms,

@@ -91,6 +91,21 @@ fn every_route_is_documented_with_its_errors() {
     );
 }
 
+/// Bounds the document states by hand match the code's.
+#[test]
+fn documented_bounds_match_the_code() {
+    let doc: Value = serde_json::from_str(&berth_scheduler::openapi::document()).unwrap();
+    let target = &doc["components"]["schemas"]["SetPool"]["properties"]["target"];
+    assert_eq!(
+        target["maximum"].as_u64(),
+        Some(berth_scheduler::MAX_POOL_TARGET as u64),
+        "{target}"
+    );
+    let conv = &doc["components"]["schemas"]["CreateWorkspace"]["properties"]["conversation_id"];
+    assert_eq!(conv["maxLength"], 256, "{conv}");
+    assert_eq!(conv["minLength"], 1, "{conv}");
+}
+
 #[tokio::test]
 async fn the_served_document_is_the_generated_one() {
     let scheduler = Scheduler::new(

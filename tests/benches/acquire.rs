@@ -121,6 +121,30 @@ async fn fill(s: &Scheduler, hosts: &[StandinHost], target: usize) -> Duration {
     started.elapsed()
 }
 
+const BACKEND_TOKEN: &str = "bench-backend-token-0123456789";
+
+/// One `POST /v1/workspaces` for `conversation`: its latency (ms, send to the end
+/// of the answer) and where the workspace came from. Anything but 200 fails the run.
+async fn timed_create(http: &reqwest::Client, api: &str, conversation: &str) -> (f64, Source) {
+    let t = Instant::now();
+    let resp = http
+        .post(format!("{api}/v1/workspaces"))
+        .bearer_auth(BACKEND_TOKEN)
+        .json(&json!({ "conversation_id": conversation }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    if status != 200 {
+        panic!(
+            "create {conversation}: {status} {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    let ws: Workspace = resp.json().await.unwrap();
+    (t.elapsed().as_secs_f64() * 1e3, ws.source)
+}
+
 /// The scheduler's own view of warm acquires, from its Prometheus histogram.
 async fn histogram(http: &reqwest::Client, api: &str, when: &str) {
     let metrics = http
@@ -170,7 +194,7 @@ async fn main() {
         pools: [("default".to_owned(), 0)].into(),
         host_token: HOST_SECRET.into(),
         idle_timeout: Duration::ZERO,
-        api_token: Some("bench-backend-token-0123456789".into()),
+        api_token: Some(BACKEND_TOKEN.into()),
         operator_token: Some("bench-operator-token-0123456789".into()),
         ..Config::default()
     };
@@ -229,7 +253,6 @@ async fn main() {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let token = "bench-backend-token-0123456789";
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let t0 = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(paced);
@@ -237,23 +260,7 @@ async fn main() {
         tokio::time::sleep_until(t0 + period * i as u32).await;
         let (http, api) = (http.clone(), api.clone());
         tasks.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let resp = http
-                .post(format!("{api}/v1/workspaces"))
-                .bearer_auth(token)
-                .json(&json!({"conversation_id": format!("bench-paced-{i}")}))
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status();
-            if status != 200 {
-                panic!(
-                    "acquire {i}: {status} {}",
-                    resp.text().await.unwrap_or_default()
-                );
-            }
-            let ws: Workspace = resp.json().await.unwrap();
-            (t.elapsed().as_secs_f64() * 1e3, ws.source)
+            timed_create(&http, &api, &format!("bench-paced-{i}")).await
         }));
     }
     let mut lat = Vec::with_capacity(paced);
@@ -291,23 +298,7 @@ async fn main() {
                 if i >= claims {
                     return served;
                 }
-                let t = Instant::now();
-                let resp = http
-                    .post(format!("{api}/v1/workspaces"))
-                    .bearer_auth(token)
-                    .json(&json!({"conversation_id": format!("bench-rate-{i}")}))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = resp.status();
-                if status != 200 {
-                    panic!(
-                        "claim {i}: {status} {}",
-                        resp.text().await.unwrap_or_default()
-                    );
-                }
-                let ws: Workspace = resp.json().await.unwrap();
-                served.push((t.elapsed().as_secs_f64() * 1e3, ws.source));
+                served.push(timed_create(&http, &api, &format!("bench-rate-{i}")).await);
             }
         }));
     }

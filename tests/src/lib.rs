@@ -76,9 +76,13 @@ pub async fn wait_pool(
     false
 }
 
-/// `GET url` (with `token` as a bearer token, if given), its body as JSON; panics
-/// with the body if it is not JSON.
-pub async fn get_json(http: &reqwest::Client, url: &str, token: Option<&str>) -> serde_json::Value {
+/// `GET url` (with `token` as a bearer token, if given), its body decoded as JSON;
+/// panics with the body if it is not that.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> T {
     let mut req = http.get(url);
     if let Some(t) = token {
         req = req.bearer_auth(t);

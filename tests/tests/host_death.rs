@@ -71,7 +71,7 @@ async fn conversations_of_a_dead_host_get_new_workspaces_elsewhere() {
     let mut detected = None;
     let mut last = Value::Null;
     while died.elapsed() < Duration::from_secs(30) {
-        let hosts =
+        let hosts: Value =
             berth_tests::get_json(&berth.http, &format!("{}/v1/hosts", berth.api), None).await;
         let dead = hosts["hosts"]
             .as_array()
@@ -110,7 +110,8 @@ async fn conversations_of_a_dead_host_get_new_workspaces_elsewhere() {
     assert_eq!(state, "lost", "GET shows the dead host's workspace as lost");
 
     // On-call's fleet page says where the problem is, and its JSON says the same.
-    let fleet = berth_tests::get_json(&berth.http, &format!("{}/v1/fleet", berth.api), None).await;
+    let fleet: Value =
+        berth_tests::get_json(&berth.http, &format!("{}/v1/fleet", berth.api), None).await;
     assert_eq!(fleet["healthy"], false, "{fleet}");
     assert!(
         fleet["problems"].as_array().unwrap().iter().any(|p| p
@@ -197,7 +198,8 @@ async fn conversations_of_a_dead_host_get_new_workspaces_elsewhere() {
     let fresh = acquire(&berth, "after-death").await;
     assert_eq!(fresh.host_id, second);
     assert!(echo(&berth, &fresh).await);
-    let fleet = berth_tests::get_json(&berth.http, &format!("{}/v1/fleet", berth.api), None).await;
+    let fleet: Value =
+        berth_tests::get_json(&berth.http, &format!("{}/v1/fleet", berth.api), None).await;
     let kinds: Vec<&str> = fleet["events"]
         .as_array()
         .unwrap()

@@ -237,16 +237,42 @@ async fn after_redis_loses_its_data_the_state_is_rebuilt_and_nothing_is_handed_o
     assert!(third.agent_url != first.agent_url && third.agent_url != second.agent_url);
 
     // hostd's inventory: three claims, three slots, one workspace each.
-    let held: Vec<berth_wire::HeldClaim> = berth
+    let held: Vec<berth_wire::HeldClaim> = berth_tests::get_json(
+        &berth.http,
+        &format!("{}/v1/inventory", berth.hostd_url),
+        Some(&berth_wire::host_token(&berth.host_secret, &berth.host_id)),
+    )
+    .await;
+    // What hostd holds for the rebuild (tokens, claim secrets) is only in the
+    // token-checked inventory: never in its open report or page.
+    for open in ["/status", "/"] {
+        let text = berth
+            .http
+            .get(format!("{}{open}", berth.hostd_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for c in &held {
+            assert!(!text.contains(&c.token), "{open} shows a workspace token");
+            if let Some(secret) = &c.claim_secret {
+                assert!(!text.contains(secret), "{open} shows a claim secret");
+            }
+        }
+    }
+    let refused = berth
         .http
         .get(format!("{}/v1/inventory", berth.hostd_url))
-        .bearer_auth(berth_wire::host_token(&berth.host_secret, &berth.host_id))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    assert_eq!(
+        refused.status(),
+        401,
+        "the inventory needs the host's token"
+    );
     let slots: std::collections::HashSet<_> = held.iter().map(|c| &c.slot_id).collect();
     let workspaces: std::collections::HashSet<_> = held.iter().map(|c| &c.workspace_id).collect();
     assert_eq!(

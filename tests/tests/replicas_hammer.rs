@@ -191,23 +191,10 @@ async fn two_replicas_one_killed_mid_burst_serve_each_conversation_exactly_once(
     let host_token = berth_wire::host_token(HOSTS, &host.host_id);
     let deadline = Instant::now() + Duration::from_secs(90);
     let (held, report, ready) = loop {
-        let held: Vec<berth_wire::HeldClaim> = http
-            .get(&inventory_url)
-            .bearer_auth(&host_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let report: berth_wire::HostReport = http
-            .get(format!("{}/status", host.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let held: Vec<berth_wire::HeldClaim> =
+            berth_tests::get_json(&http, &inventory_url, Some(&host_token)).await;
+        let report: berth_wire::HostReport =
+            berth_tests::get_json(&http, &format!("{}/status", host.url), None).await;
         let pools = operator_get(&http, &format!("{}/v1/pools", survivor.url)).await;
         let ready = pools["pools"][0]["ready"].as_u64().unwrap_or(0) as usize;
         let starting = pools["pools"][0]["starting"].as_u64().unwrap_or(0);
@@ -234,7 +221,7 @@ async fn two_replicas_one_killed_mid_burst_serve_each_conversation_exactly_once(
     assert_eq!(report.slots.len(), conversations + ready);
 
     // The state agrees: 500 workspaces, each on its own slot.
-    let listed =
+    let listed: Value =
         berth_tests::get_json(&http, &format!("{}/v1/workspaces", survivor.url), Some(API)).await;
     let listed = listed["workspaces"].as_array().unwrap();
     assert_eq!(listed.len(), conversations);

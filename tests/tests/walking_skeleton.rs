@@ -356,8 +356,10 @@ async fn cold_start_when_the_pool_is_empty_and_bad_input_is_named() {
 /// ended, it has not failed its lock. Seen on `scheduler dev`: the probe of a
 /// just-released slot failed ("cannot enter network namespace") and the whole host
 /// was marked non-compliant — nothing placed there — until the next pass. The race
-/// is narrow (this churn did not hit it on the old code in two runs); the test holds
-/// the property under churn.
+/// is narrow (this churn did not hit it on the old code in two runs): the decision
+/// itself is tested deterministically in hostd's `enforce.rs`
+/// (`a_slot_has_ended_only_when_none_of_its_containers_runs`); this holds the
+/// property under real churn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn releases_during_enforcement_keep_the_host_compliant() {
     let berth = LocalBerth::start(6).await;
