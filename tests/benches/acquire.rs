@@ -147,15 +147,12 @@ async fn timed_create(http: &reqwest::Client, api: &str, conversation: &str) -> 
 
 /// The scheduler's own view of warm acquires, from its Prometheus histogram.
 async fn histogram(http: &reqwest::Client, api: &str, when: &str) {
-    let metrics = http
-        .get(format!("{api}/metrics"))
-        .bearer_auth("bench-operator-token-0123456789")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = berth_tests::get_text(
+        http,
+        &format!("{api}/metrics"),
+        Some("bench-operator-token-0123456789"),
+    )
+    .await;
     let warm: Vec<String> = metrics
         .lines()
         .filter(|l| l.starts_with("berth_acquire_duration_seconds_bucket{outcome=\"warm\""))

@@ -97,6 +97,20 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
 }
 
+/// `GET url`, its body as text (a page, Prometheus metrics).
+pub async fn get_text(http: &reqwest::Client, url: &str, token: Option<&str>) -> String {
+    let mut req = http.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
 /// The directory holding the workspace's built binaries (`target/debug`).
 pub fn bin_dir() -> std::path::PathBuf {
     let here = std::env::current_exe().expect("current exe");

@@ -128,15 +128,7 @@ async fn conversations_of_a_dead_host_get_new_workspaces_elsewhere() {
             .any(|e| e["kind"] == "workspace_lost" && e["subject"] == victim.id.as_str()),
         "{fleet}"
     );
-    let html = berth
-        .http
-        .get(format!("{}/", berth.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = berth_tests::get_text(&berth.http, &format!("{}/", berth.api), None).await;
     assert!(html.contains(&format!("host {first} dead")), "{html}");
     assert!(html.contains("<span class=dead>DEAD</span>"), "{html}");
     let second_url = fleet["hosts"]

@@ -246,15 +246,8 @@ async fn after_redis_loses_its_data_the_state_is_rebuilt_and_nothing_is_handed_o
     // What hostd holds for the rebuild (tokens, claim secrets) is only in the
     // token-checked inventory: never in its open report or page.
     for open in ["/status", "/"] {
-        let text = berth
-            .http
-            .get(format!("{}{open}", berth.hostd_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text =
+            berth_tests::get_text(&berth.http, &format!("{}{open}", berth.hostd_url), None).await;
         for c in &held {
             assert!(!text.contains(&c.token), "{open} shows a workspace token");
             if let Some(secret) = &c.claim_secret {

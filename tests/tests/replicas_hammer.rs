@@ -225,15 +225,8 @@ async fn two_replicas_one_killed_mid_burst_serve_each_conversation_exactly_once(
         berth_tests::get_json(&http, &format!("{}/v1/workspaces", survivor.url), Some(API)).await;
     let listed = listed["workspaces"].as_array().unwrap();
     assert_eq!(listed.len(), conversations);
-    let metrics = http
-        .get(format!("{}/metrics", survivor.url))
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics =
+        berth_tests::get_text(&http, &format!("{}/metrics", survivor.url), Some(OPERATOR)).await;
     eprintln!(
         "{}",
         metrics

@@ -374,14 +374,8 @@ async fn releases_during_enforcement_keep_the_host_compliant() {
         tokio::spawn(async move {
             let mut seen = Vec::new();
             while watching.load(std::sync::atomic::Ordering::Relaxed) {
-                let status: Value = http
-                    .get(format!("{url}/status"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let status: Value =
+                    berth_tests::get_json(&http, &format!("{url}/status"), None).await;
                 if status["compliant"] != true {
                     seen.push(status["checks"].clone());
                 }
