@@ -87,6 +87,30 @@ pub enum AgentError {
     MethodNotAllowed,
     #[error("no such route")]
     RouteNotFound,
+    /// The workspace holds more than a checkpoint may (the template's limits), or
+    /// an archive unpacks to more.
+    #[error("more than {limit} {what} (the template's checkpoint limit), at {at:?}")]
+    ArchiveTooLarge {
+        what: &'static str,
+        limit: u64,
+        at: String,
+    },
+    /// An archive entry a restore does not accept (it would escape the root, or is
+    /// not a file, directory or symlink). Nothing of the archive is kept.
+    #[error("archive entry {entry:?} refused: {reason}")]
+    ArchiveRefused { entry: String, reason: String },
+    /// The archive cannot be decoded (not zstd, not tar, cut short).
+    #[error("the archive cannot be decoded: {0}")]
+    ArchiveCorrupt(String),
+    /// The archive read is not the one its manifest describes.
+    #[error("the archive's SHA-256 is {actual}, its manifest says {expected}")]
+    ChecksumMismatch { expected: String, actual: String },
+    /// Making the archive failed (the reason is the OS's).
+    #[error("the archive could not be made: {0}")]
+    ArchiveFailed(String),
+    /// A restore is running; a second one, or a claim, waits for it.
+    #[error("a restore into this workspace is in progress")]
+    RestoreInProgress,
     /// `GET /v1/exec/ws` without a WebSocket upgrade.
     #[error("this route needs a WebSocket upgrade: {0}")]
     WebSocketRequired(String),
@@ -124,6 +148,12 @@ impl AgentError {
             E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             E::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             E::WebSocketRequired(_) => (StatusCode::BAD_REQUEST, "websocket_required"),
+            E::ArchiveTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "archive_too_large"),
+            E::ArchiveRefused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "archive_refused"),
+            E::ArchiveCorrupt(_) => (StatusCode::UNPROCESSABLE_ENTITY, "archive_corrupt"),
+            E::ChecksumMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "checksum_mismatch"),
+            E::ArchiveFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "archive_failed"),
+            E::RestoreInProgress => (StatusCode::CONFLICT, "restore_in_progress"),
         }
     }
 

@@ -36,9 +36,6 @@ use crate::{
     fsroot::{self, RelPath, Resolved, map_errno},
 };
 
-/// Directories nested deeper than this are not removed recursively.
-const MAX_REMOVE_DEPTH: usize = 256;
-
 /// The query parameters of the files routes, decoded strictly (invalid UTF-8 in a
 /// percent-encoding is an error, not a replacement character).
 #[derive(Debug, Default)]
@@ -225,7 +222,9 @@ pub(crate) async fn delete(
     let name = resolved.name.unwrap_or_default();
     match unlinkat(&resolved.dir, name.as_str(), UnlinkatFlags::NoRemoveDir) {
         Ok(()) => {}
-        Err(Errno::EISDIR) if q.recursive => remove_tree(&resolved.dir, &name, &rel.shown, 0)?,
+        Err(Errno::EISDIR) if q.recursive => {
+            fsroot::remove_tree(&resolved.dir, name.as_bytes(), &rel.shown, 0)?
+        }
         Err(Errno::EISDIR) => unlinkat(&resolved.dir, name.as_str(), UnlinkatFlags::RemoveDir)
             .map_err(|e| map_errno("remove directory", &rel.shown, e))?,
         Err(e) => return Err(map_errno("unlink", &rel.shown, e)),
@@ -440,38 +439,6 @@ fn write_error(shown: &str, e: &std::io::Error) -> AgentError {
 
 /// Removes directory `name` of `parent` and everything in it, never following a
 /// symlink (a link is removed, not its target).
-fn remove_tree(parent: &OwnedFd, name: &str, shown: &str, depth: usize) -> Result<(), AgentError> {
-    if depth > MAX_REMOVE_DEPTH {
-        return Err(AgentError::InvalidPath {
-            path: shown.to_owned(),
-            reason: "directories nested too deep to remove recursively",
-        });
-    }
-    let fd = openat(
-        parent,
-        name,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| map_errno("open directory", shown, e))?;
-    let here = fd.try_clone().map_err(|e| write_error(shown, &e))?;
-    let mut dir = Dir::from_fd(fd).map_err(|e| map_errno("read directory", shown, e))?;
-    let names: Vec<String> = dir
-        .iter()
-        .filter_map(Result::ok)
-        .map(|e| String::from_utf8_lossy(e.file_name().to_bytes()).into_owned())
-        .filter(|n| n != "." && n != "..")
-        .collect();
-    for child in names {
-        match unlinkat(&here, child.as_str(), UnlinkatFlags::NoRemoveDir) {
-            Ok(()) | Err(Errno::ENOENT) => {}
-            Err(Errno::EISDIR) => remove_tree(&here, &child, shown, depth + 1)?,
-            Err(e) => return Err(map_errno("unlink", shown, e)),
-        }
-    }
-    unlinkat(parent, name, UnlinkatFlags::RemoveDir)
-        .map_err(|e| map_errno("remove directory", shown, e))
-}
 
 /// Decodes the files routes' query string.
 fn parse_query(raw: Option<&str>) -> Result<FileQuery, AgentError> {

@@ -241,6 +241,75 @@ pub(crate) fn map_errno(op: &'static str, path: &str, e: Errno) -> AgentError {
     }
 }
 
+/// Directories nested deeper than this are not walked (removed, archived).
+pub(crate) const MAX_DEPTH: usize = 256;
+
+/// The names in an open directory (not `.` and `..`), as bytes, sorted.
+pub(crate) fn dir_names(fd: OwnedFd, shown: &str) -> Result<Vec<Vec<u8>>, AgentError> {
+    let mut dir = nix::dir::Dir::from_fd(fd).map_err(|e| map_errno("read directory", shown, e))?;
+    let mut names: Vec<Vec<u8>> = dir
+        .iter()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_bytes().to_vec())
+        .filter(|n| n != b"." && n != b"..")
+        .collect();
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// Removes directory `name` of `parent` and everything in it, never following a
+/// symlink (one is removed as the link it is). A directory without write
+/// permission is made writable first, since its owner is who removes it.
+pub(crate) fn remove_tree(
+    parent: &OwnedFd,
+    name: &[u8],
+    shown: &str,
+    depth: usize,
+) -> Result<(), AgentError> {
+    use nix::unistd::{UnlinkatFlags, unlinkat};
+    if depth > MAX_DEPTH {
+        return Err(AgentError::InvalidPath {
+            path: shown.to_owned(),
+            reason: "directories nested too deep to remove recursively",
+        });
+    }
+    let _ = nix::sys::stat::fchmodat(
+        parent,
+        name,
+        Mode::from_bits_truncate(0o700),
+        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+    );
+    let fd = openat(
+        parent,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| map_errno("open directory", shown, e))?;
+    let here = nix::unistd::dup(&fd).map_err(|e| io_error("open directory", shown, e))?;
+    for child in dir_names(fd, shown)? {
+        remove_entry(&here, &child, shown, depth + 1)?;
+    }
+    unlinkat(parent, name, UnlinkatFlags::RemoveDir)
+        .map_err(|e| map_errno("remove directory", shown, e))
+}
+
+/// Removes entry `name` of `dir`: a file or link by unlinking it, a directory with
+/// [`remove_tree`]. One that is already gone is fine.
+pub(crate) fn remove_entry(
+    dir: &OwnedFd,
+    name: &[u8],
+    shown: &str,
+    depth: usize,
+) -> Result<(), AgentError> {
+    use nix::unistd::{UnlinkatFlags, unlinkat};
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::EISDIR) => remove_tree(dir, name, shown, depth),
+        Err(e) => Err(map_errno("unlink", shown, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::symlink;

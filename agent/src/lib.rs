@@ -14,6 +14,7 @@
 //! takes the same time whatever the token, claimed or not.
 #![deny(unsafe_code)]
 
+mod archive;
 mod error;
 mod exec;
 mod files;
@@ -158,6 +159,8 @@ struct Inner {
     config: Config,
     claim: Mutex<Option<Claim>>,
     procs: Arc<procs::ProcessTable>,
+    /// Held while a checkpoint is unpacked (before the claim).
+    restoring: tokio::sync::Mutex<()>,
 }
 
 /// What a claim binds: the workspace id, the token's hash, and the conversation's env.
@@ -177,6 +180,7 @@ impl AgentState {
                 config,
                 claim: Mutex::new(None),
                 procs: Arc::default(),
+                restoring: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -218,6 +222,34 @@ impl AgentState {
             }
             _ => Err(AgentError::Unauthorized),
         }
+    }
+
+    /// Checks that the request comes from the platform (hostd): it carries the
+    /// slot's claim secret in [`berth_wire::settings::CLAIM_SECRET_HEADER`]. With
+    /// `or_token`, the claimed workspace's bearer token does too (what the archive
+    /// of the root shows, the files API shows that token's holder anyway). An
+    /// agent run by hand, without a claim secret, takes any non-empty one.
+    pub(crate) fn authorize_platform(
+        &self,
+        headers: &HeaderMap,
+        or_token: bool,
+    ) -> Result<(), AgentError> {
+        let given = headers
+            .get(berth_wire::settings::CLAIM_SECRET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        let ok = match &self.inner.config.claim_secret_sha256 {
+            Some(want) => constant_time_eq(&digest, want),
+            None => true,
+        };
+        if ok && !given.is_empty() {
+            return Ok(());
+        }
+        if or_token {
+            return self.authorize(headers).map(|_| ());
+        }
+        Err(AgentError::Unauthorized)
     }
 
     /// Reads a JSON body of at most `max_request_bytes` into `T`. A declared
@@ -292,6 +324,7 @@ pub fn router(state: AgentState) -> Router {
         )
         .route("/v1/files/list", get(files::list))
         .route("/v1/files/mkdir", post(files::mkdir))
+        .route("/v1/archive", get(archive::export).put(archive::import))
         .route("/v1/processes", get(procs::list))
         .route("/v1/processes/{pid}/signal", post(procs::signal))
         .fallback(|| async { AgentError::RouteNotFound })
@@ -334,6 +367,9 @@ async fn claim(
             reason: "must not be empty".into(),
         });
     }
+    let Ok(_not_restoring) = state.inner.restoring.try_lock() else {
+        return Err(AgentError::RestoreInProgress);
+    };
     let mut slot = state.inner.claim.lock().unwrap_or_else(|e| e.into_inner());
     if slot.is_some() {
         // Said before the secret is checked: `/health` tells anyone as much.

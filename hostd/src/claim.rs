@@ -83,12 +83,21 @@ impl Hostd {
             env: claim.env,
             files: claim.files,
         };
-        let to_agent = push(
-            "agent",
-            http()
-                .post(format!("{agent_url}/v1/claim"))
-                .json(&agent_claim),
-        );
+        // A checkpoint to restore goes in before the claim (the agent takes one
+        // only while unclaimed), beside the proxy's policy push.
+        let restore = claim.restore.clone();
+        let to_agent = async {
+            if let Some(spec) = &restore {
+                self.restore_slot(slot_id, &agent_url, &secret, spec).await?;
+            }
+            push(
+                "agent",
+                http()
+                    .post(format!("{agent_url}/v1/claim"))
+                    .json(&agent_claim),
+            )
+            .await
+        };
         let (proxy, agent) = tokio::join!(to_proxy, to_agent);
         proxy?;
         agent?;
@@ -177,7 +186,7 @@ impl Hostd {
 
 /// Sends one push, turning every failure into [`ApiError::Push`] with what the far
 /// side said.
-async fn push(
+pub(crate) async fn push(
     what: &'static str,
     req: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, ApiError> {

@@ -28,6 +28,7 @@ mod adopt;
 pub mod audit;
 pub mod capabilities;
 pub mod capacity;
+mod checkpoint;
 mod claim;
 pub mod docker;
 pub mod ecs;
@@ -143,6 +144,9 @@ pub struct Config {
     /// the daemon's default (ECS tasks get it): checked each pass; `None`: not
     /// checked (the docker runtime gives every workspace its profile itself).
     pub daemon_seccomp: Option<std::path::PathBuf>,
+    /// Where checkpoints are stored (S3, or a local directory); `None`: this host
+    /// takes none and restores none.
+    pub checkpoints: Option<berth_checkpoint::Store>,
 }
 
 /// Errors of hostd's HTTP API, each with one status and one stable code.
@@ -176,6 +180,10 @@ pub enum ApiError {
     },
     #[error(transparent)]
     Docker(#[from] DockerError),
+    #[error("this host has no checkpoint store (hostd --checkpoint-store)")]
+    NoCheckpointStore,
+    #[error(transparent)]
+    Checkpoint(#[from] berth_checkpoint::Error),
 }
 
 impl IntoResponse for ApiError {
@@ -192,6 +200,14 @@ impl IntoResponse for ApiError {
             // What the slot refused as invalid passes through (the caller named the
             // field); a refused secret or a failure is the slot's, not the caller's.
             ApiError::Push { status, code, .. } => match (*status, code.as_str()) {
+                // The agent's verdicts on an archive pass through as they are.
+                (413, "archive_too_large") => (StatusCode::PAYLOAD_TOO_LARGE, "archive_too_large"),
+                (422, "archive_refused") => (StatusCode::UNPROCESSABLE_ENTITY, "archive_refused"),
+                (422, "archive_corrupt") => (StatusCode::UNPROCESSABLE_ENTITY, "archive_corrupt"),
+                (422, "checksum_mismatch") => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "checksum_mismatch")
+                }
+                (507, "no_space") => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
                 (400 | 422, c) => (
                     StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
                     match c {
@@ -205,6 +221,15 @@ impl IntoResponse for ApiError {
                 _ => (StatusCode::BAD_GATEWAY, "push_failed"),
             },
             ApiError::Docker(_) => (StatusCode::BAD_GATEWAY, "runtime_failed"),
+            ApiError::NoCheckpointStore => (StatusCode::CONFLICT, "checkpoints_not_configured"),
+            ApiError::Checkpoint(e) => match e {
+                berth_checkpoint::Error::NotFound(_) => (StatusCode::NOT_FOUND, "checkpoint_missing"),
+                berth_checkpoint::Error::BadManifest { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "checkpoint_corrupt")
+                }
+                berth_checkpoint::Error::Source(_) => (StatusCode::BAD_GATEWAY, "archive_failed"),
+                _ => (StatusCode::BAD_GATEWAY, "checkpoint_store_failed"),
+            },
         };
         tracing::warn!(code, error = %self, "hostd request failed");
         let mut body = ErrorBody::new(code, self.to_string());
@@ -854,6 +879,7 @@ pub fn router(hostd: Hostd) -> Router {
         .route("/v1/slots/{id}", get(get_slot).delete(destroy_slot))
         .route("/v1/slots/{id}/claim", post(claim_slot))
         .route("/v1/slots/{id}/egress", get(get_egress).put(put_egress))
+        .route("/v1/slots/{id}/checkpoint", post(checkpoint_slot))
         .route("/v1/inventory", get(inventory))
         .fallback(|| async {
             (
@@ -944,6 +970,19 @@ async fn claim_slot(
     Ok(axum::Json(
         serde_json::json!({"slot_id": id, "workspace_id": workspace_id}),
     ))
+}
+
+/// `POST /v1/slots/{id}/checkpoint`: archives the slot's `/workspace` into the
+/// checkpoint store (see [`checkpoint`]).
+async fn checkpoint_slot(
+    State(h): State<Hostd>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    h.check_token(&headers)?;
+    let req: berth_wire::checkpoint::CheckpointRequest = parse_json(&body)?;
+    Ok(axum::Json(h.checkpoint_slot(&id, req).await?))
 }
 
 /// `GET /v1/inventory`: every claimed slot's claim, for the scheduler's rebuild.

@@ -111,6 +111,11 @@ struct Args {
     /// pass. The host image sets it; unset, the check is not made.
     #[arg(long, env = "BERTH_CHECK_DAEMON_SECCOMP")]
     check_daemon_seccomp: Option<std::path::PathBuf>,
+    /// Where checkpoints of `/workspace` are stored: `s3://BUCKET/PREFIX`
+    /// (credentials, region and endpoint from the usual `AWS_*` environment, else
+    /// the instance role) or an absolute directory. Unset: no checkpoints.
+    #[arg(long, env = "BERTH_CHECKPOINT_STORE")]
+    checkpoint_store: Option<String>,
     /// Keep every capability hostd started with (debugging only); by default all but
     /// CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN and CAP_SYS_PTRACE are dropped at start.
     #[arg(long)]
@@ -317,6 +322,14 @@ async fn async_main(args: Args) -> std::process::ExitCode {
     if args.memory_reservation_mib == 0 {
         return config_error("--memory-reservation-mib must be at least 1");
     }
+    let checkpoints = match args.checkpoint_store.as_deref().map(berth_checkpoint::Store::open) {
+        None => None,
+        Some(Ok(store)) => {
+            tracing::info!(store = %store.url(), "checkpoints stored here");
+            Some(store)
+        }
+        Some(Err(e)) => return config_error(&e.to_string()),
+    };
     let config = berth_hostd::Config {
         host_id,
         runtime,
@@ -351,6 +364,7 @@ async fn async_main(args: Args) -> std::process::ExitCode {
         },
         check_every: std::time::Duration::from_secs(args.check_every_secs),
         daemon_seccomp: args.check_daemon_seccomp,
+        checkpoints,
     };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,

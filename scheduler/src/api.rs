@@ -14,6 +14,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Scheduler, fleet::FleetView, fleet::PoolLevel, now_ms, store::StoreError};
 
+/// The codes a checkpoint or restore failure keeps from the agent, hostd or the
+/// store; anything else is `checkpoint_failed`.
+const CHECKPOINT_CODES: [&str; 10] = [
+    "archive_too_large",
+    "archive_refused",
+    "archive_corrupt",
+    "checksum_mismatch",
+    "checkpoint_missing",
+    "checkpoint_corrupt",
+    "checkpoint_store_failed",
+    "checkpoints_not_configured",
+    "archive_failed",
+    "no_space",
+];
+
 /// Seconds a client should wait before retrying when no capacity is free.
 pub const RETRY_AFTER_SECONDS: u32 = 2;
 
@@ -62,9 +77,28 @@ pub enum ApiError {
     Runtime(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The scheduler has no checkpoint store.
+    #[error("checkpoints are not configured (scheduler --checkpoint-store)")]
+    CheckpointsOff,
+    /// Listing or deleting in the checkpoint store failed.
+    #[error("the checkpoint store failed: {0}")]
+    CheckpointStore(String),
+    /// A checkpoint or restore that the workspace's agent, its hostd or the store
+    /// refused: their code passes through (`archive_too_large`, `checksum_mismatch`…).
+    #[error("{message}")]
+    Checkpoint {
+        status: u16,
+        code: String,
+        message: String,
+    },
 }
 
 impl ApiError {
+    /// The stable code clients see.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
@@ -85,6 +119,22 @@ impl ApiError {
             ApiError::Rebuilding => (StatusCode::SERVICE_UNAVAILABLE, "state_rebuilding"),
             ApiError::Runtime(_) => (StatusCode::BAD_GATEWAY, "runtime_failed"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable"),
+            ApiError::CheckpointsOff => (StatusCode::CONFLICT, "checkpoints_not_configured"),
+            ApiError::CheckpointStore(_) => (StatusCode::BAD_GATEWAY, "checkpoint_store_failed"),
+            ApiError::Checkpoint { status, code, .. } => {
+                let code = CHECKPOINT_CODES
+                    .iter()
+                    .find(|c| **c == code.as_str())
+                    .copied()
+                    .unwrap_or("checkpoint_failed");
+                let status = match *status {
+                    404 | 409 | 413 | 422 | 507 => {
+                        StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+                    }
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                (status, code)
+            }
         }
     }
 }
@@ -135,6 +185,9 @@ pub fn router(s: Scheduler) -> Router {
             get(get_workspace).delete(delete_workspace),
         )
         .route("/v1/workspaces/{id}/keepalive", post(keepalive))
+        .route("/v1/workspaces/{id}/checkpoint", post(checkpoint_workspace))
+        .route("/v1/conversations/{id}", axum::routing::delete(delete_conversation))
+        .route("/v1/conversations/{id}/checkpoints", get(list_checkpoints))
         .route(
             "/v1/workspaces/{id}/egress",
             get(get_egress).put(put_egress),
@@ -424,25 +477,110 @@ pub struct Deleted {
 /// `DELETE /v1/workspaces/{id}`: releases the workspace; its slot is stopped.
 #[utoipa::path(delete, path = "/v1/workspaces/{id}", tag = "workspaces",
     security(("backend" = [])),
-    params(("id" = String, Path, description = "Workspace id")),
+    params(
+        ("id" = String, Path, description = "Workspace id"),
+        ("checkpoint" = Option<bool>, Query, description = "`false` skips the checkpoint a template with `checkpoint.on_release` takes first"),
+    ),
     responses(
         (status = 200, description = "Released", body = Deleted),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`workspace_not_found`", body = ErrorBody),
+        (status = 413, description = "`archive_too_large`: the checkpoint before the release was refused; the workspace stays (`?checkpoint=false` releases it anyway)", body = ErrorBody),
+        (status = 422, description = "`invalid_field` (`checkpoint`)", body = ErrorBody),
+        (status = 502, description = "`checkpoint_store_failed`, `checkpoint_failed`, `slot_unreachable`: the checkpoint failed; the workspace stays", body = ErrorBody),
         (status = 503, description = "`state_rebuilding`, `state_unavailable`", body = ErrorBody),
     ))]
 pub(crate) async fn delete_workspace(
     State(s): State<Scheduler>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Response, ApiError> {
     check_api(&s, &headers)?;
-    let ws = s.release(&id).await?;
+    let mut checkpoint = true;
+    for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        checkpoint = match pair {
+            "checkpoint=true" => true,
+            "checkpoint=false" => false,
+            other => {
+                return Err(ApiError::InvalidField {
+                    field: "checkpoint",
+                    reason: format!("{other:?}: the only parameter is checkpoint=true|false"),
+                });
+            }
+        };
+    }
+    let ws = s.release(&id, checkpoint).await?;
     Ok(axum::Json(Deleted {
         id: ws.id,
         deleted: true,
     })
     .into_response())
+}
+
+/// `POST /v1/workspaces/{id}/checkpoint`: archives the workspace's `/workspace`
+/// into the checkpoint store (the backend calls it at the end of an agent turn).
+#[utoipa::path(post, path = "/v1/workspaces/{id}/checkpoint", tag = "checkpoints",
+    security(("backend" = [])),
+    params(("id" = String, Path, description = "Workspace id")),
+    responses(
+        (status = 200, description = "The checkpoint's manifest: `id`, `size` (archive bytes), `duration_ms`, `sha256`…", body = berth_wire::checkpoint::Manifest),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`workspace_not_found`", body = ErrorBody),
+        (status = 409, description = "`workspace_lost`, `workspace_not_ready`, `checkpoints_not_configured`", body = ErrorBody),
+        (status = 413, description = "`archive_too_large` (the template's `checkpoint.max_bytes` or `max_entries`)", body = ErrorBody),
+        (status = 502, description = "`checkpoint_store_failed`, `archive_failed`, `checkpoint_failed`, `slot_unreachable`", body = ErrorBody),
+        (status = 503, description = "`state_rebuilding`, `state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn checkpoint_workspace(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    let m = s
+        .checkpoint(&id, berth_wire::checkpoint::CheckpointReason::Api)
+        .await?;
+    Ok(axum::Json(m).into_response())
+}
+
+/// `GET /v1/conversations/{id}/checkpoints`: the conversation's checkpoints.
+#[utoipa::path(get, path = "/v1/conversations/{id}/checkpoints", tag = "checkpoints",
+    security(("backend" = [])),
+    params(("id" = String, Path, description = "Conversation id")),
+    responses(
+        (status = 200, description = "Its checkpoints' manifests, oldest first", body = Vec<berth_wire::checkpoint::Manifest>),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 409, description = "`checkpoints_not_configured`", body = ErrorBody),
+        (status = 502, description = "`checkpoint_store_failed`", body = ErrorBody),
+    ))]
+pub(crate) async fn list_checkpoints(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    Ok(axum::Json(s.conversation_checkpoints(&id).await?).into_response())
+}
+
+/// `DELETE /v1/conversations/{id}`: the user deleted the conversation; its
+/// workspace is released and its checkpoints deleted.
+#[utoipa::path(delete, path = "/v1/conversations/{id}", tag = "checkpoints",
+    security(("backend" = [])),
+    params(("id" = String, Path, description = "Conversation id")),
+    responses(
+        (status = 200, description = "What went", body = crate::checkpoints::ConversationDeleted),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 502, description = "`checkpoint_store_failed`", body = ErrorBody),
+        (status = 503, description = "`state_unavailable`", body = ErrorBody),
+    ))]
+pub(crate) async fn delete_conversation(
+    State(s): State<Scheduler>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_api(&s, &headers)?;
+    Ok(axum::Json(s.delete_conversation(&id).await?).into_response())
 }
 
 /// `POST /v1/workspaces/{id}/keepalive` (the body may be empty).

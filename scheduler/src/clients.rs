@@ -8,6 +8,9 @@ use berth_wire::{
     SlotInfo,
 };
 
+/// Longest a checkpoint call to hostd may take (4 GiB at a modest 20 MiB/s).
+pub const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Why a call to hostd or an agent failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -182,7 +185,13 @@ impl Clients {
             &url,
             self.http
                 .post(&url)
-                .timeout(Duration::from_secs(10))
+                // A restore streams the checkpoint in first; the create's deadline
+                // bounds it too.
+                .timeout(if req.restore.is_some() {
+                    CHECKPOINT_TIMEOUT
+                } else {
+                    Duration::from_secs(10)
+                })
                 .bearer_auth(berth_wire::host_token(&self.host_secret, host_id))
                 .json(req),
         )
@@ -190,6 +199,29 @@ impl Clients {
         decode::<serde_json::Value>("hostd", url, resp)
             .await
             .map(|_| ())
+    }
+
+    /// Asks the slot's hostd to archive its `/workspace` into the checkpoint store.
+    pub async fn checkpoint_slot(
+        &self,
+        hostd_url: &str,
+        host_id: &str,
+        slot_id: &str,
+        req: &berth_wire::checkpoint::CheckpointRequest,
+    ) -> Result<berth_wire::checkpoint::Manifest, CallError> {
+        let url = format!("{hostd_url}/v1/slots/{slot_id}/checkpoint");
+        let resp = send(
+            "hostd",
+            &url,
+            self.http
+                .post(&url)
+                // A large workspace takes what it takes; hostd bounds silence.
+                .timeout(CHECKPOINT_TIMEOUT)
+                .bearer_auth(berth_wire::host_token(&self.host_secret, host_id))
+                .json(req),
+        )
+        .await?;
+        decode("hostd", url, resp).await
     }
 
     /// A claimed slot's egress allowlist and latest refusals; with `update`, replaces

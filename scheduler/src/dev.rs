@@ -24,6 +24,24 @@ pub struct DevOptions {
     pub seccomp_profile: Option<PathBuf>,
     /// Templates' policies for claims.
     pub templates: crate::templates::Templates,
+    /// The checkpoint store (a directory, or `s3://…`), the scheduler's and hostd's.
+    pub checkpoint_store: String,
+}
+
+/// `scheduler dev`'s checkpoint directory: `$XDG_DATA_HOME/berth/checkpoints`, else
+/// `~/.local/share/berth/checkpoints` (kept across runs: a conversation resumed
+/// tomorrow gets its files back).
+pub fn default_checkpoint_dir() -> String {
+    let base = std::env::var("XDG_DATA_HOME")
+        .ok()
+        .filter(|d| d.starts_with('/'))
+        .unwrap_or_else(|| {
+            format!(
+                "{}/.local/share",
+                std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())
+            )
+        });
+    format!("{base}/berth/checkpoints")
 }
 
 /// Why the local system could not start.
@@ -100,6 +118,8 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
         .arg("--proxy-image")
         .arg(&proxy_image)
         .arg("--cleanup-on-exit")
+        .arg("--checkpoint-store")
+        .arg(&opts.checkpoint_store)
         .env("BERTH_HOST_TOKEN", &host_token)
         .env(
             "BERTH_LOG",
@@ -114,10 +134,14 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
         source,
     })?;
 
+    let checkpoints = berth_checkpoint::Store::open(&opts.checkpoint_store)
+        .map_err(|e| DevError::Prerequisite(e.to_string()))?;
+    say(&format!("checkpoints in {}", checkpoints.url()));
     let config = Config {
         pools: [("default".to_owned(), opts.pool_size)].into(),
         host_token,
         templates: opts.templates.clone(),
+        checkpoints: Some(checkpoints),
         ..Config::default()
     };
     let scheduler = Scheduler::new(config, Store::memory());

@@ -16,6 +16,7 @@
 
 pub mod addrs;
 pub mod api;
+mod checkpoints;
 pub mod clients;
 #[cfg(feature = "dev")]
 pub mod dev;
@@ -107,6 +108,9 @@ pub struct Config {
     /// proxy for this long is released (a template's `idle_timeout_seconds` wins);
     /// zero: never.
     pub idle_timeout: Duration,
+    /// Where checkpoints are (the hosts' store too); `None`: no checkpoints, no
+    /// restores.
+    pub checkpoints: Option<berth_checkpoint::Store>,
 }
 
 impl Default for Config {
@@ -132,6 +136,7 @@ impl Default for Config {
             acquire_deadline: Duration::from_secs(30),
             max_cold_starts: 16,
             idle_timeout: Duration::from_secs(30 * 60),
+            checkpoints: None,
         }
     }
 }
@@ -159,6 +164,11 @@ pub struct Counters {
     pub fenced_writes: AtomicU64,
     /// Times the state was rebuilt from the hosts (a fresh or emptied store).
     pub state_rebuilds: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub checkpoints_failed: AtomicU64,
+    /// New workspaces that got their conversation's latest checkpoint.
+    pub restores: AtomicU64,
+    pub restores_failed: AtomicU64,
 }
 
 /// The scheduler's shared state.

@@ -84,6 +84,10 @@ enum Command {
         /// Templates' policies (TOML), as for `serve`.
         #[arg(long, env = "BERTH_TEMPLATES")]
         templates: Option<std::path::PathBuf>,
+        /// Where checkpoints are kept (default: `$XDG_DATA_HOME/berth/checkpoints`,
+        /// else `~/.local/share/berth/checkpoints`); `s3://…` works here too.
+        #[arg(long, env = "BERTH_CHECKPOINT_STORE")]
+        checkpoint_store: Option<String>,
     },
 }
 
@@ -115,6 +119,11 @@ struct RuntimeArgs {
     /// the claim recovery (a live replica's claim is never taken for a dead one's).
     #[arg(long, env = "BERTH_ACQUIRE_DEADLINE_SECS", default_value_t = 30)]
     acquire_deadline_secs: u64,
+    /// Where checkpoints of workspaces' files are: `s3://BUCKET/PREFIX` (the
+    /// `AWS_*` environment or the task role) or an absolute directory; give every
+    /// hostd the same. Unset: no checkpoints and no restores.
+    #[arg(long, env = "BERTH_CHECKPOINT_STORE")]
+    checkpoint_store: Option<String>,
     /// ECS cluster (ecs runtime).
     #[arg(long, env = "BERTH_ECS_CLUSTER")]
     ecs_cluster: Option<String>,
@@ -244,6 +253,7 @@ async fn main() -> std::process::ExitCode {
             pool,
             seccomp_profile,
             templates,
+            checkpoint_store,
         } => {
             let templates = match templates.as_deref().map(Templates::load).transpose() {
                 Ok(t) => t.unwrap_or_default(),
@@ -255,6 +265,7 @@ async fn main() -> std::process::ExitCode {
                 pool_size: pool,
                 seccomp_profile,
                 templates,
+                checkpoint_store: checkpoint_store.unwrap_or_else(dev::default_checkpoint_dir),
             };
             match dev::run(opts).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -355,13 +366,25 @@ async fn main() -> std::process::ExitCode {
                 std::time::Duration::from_secs(runtime.claim_recovery_secs.max(1));
             config.acquire_deadline =
                 std::time::Duration::from_secs(runtime.acquire_deadline_secs.max(1));
-            if config.claim_recovery <= config.acquire_deadline + std::time::Duration::from_secs(1)
-            {
+            if let Some(url) = &runtime.checkpoint_store {
+                match berth_checkpoint::Store::open(url) {
+                    Ok(store) => config.checkpoints = Some(store),
+                    Err(e) => return config_error(&format!("--checkpoint-store: {e}")),
+                }
+            }
+            // A create that restores a checkpoint may take a second deadline.
+            let longest_claim = match config.checkpoints {
+                Some(_) => config.acquire_deadline * 2,
+                None => config.acquire_deadline,
+            };
+            if config.claim_recovery <= longest_claim + std::time::Duration::from_secs(1) {
                 return config_error(&format!(
-                    "--claim-recovery-secs ({}) must exceed --acquire-deadline-secs ({}) by more \
+                    "--claim-recovery-secs ({}) must exceed --acquire-deadline-secs ({}{}) by more \
                      than a second: a claim still within its deadline would be taken for a dead \
                      replica's",
-                    runtime.claim_recovery_secs, runtime.acquire_deadline_secs
+                    runtime.claim_recovery_secs,
+                    runtime.acquire_deadline_secs,
+                    if config.checkpoints.is_some() { ", twice over with a checkpoint store: a restore gets a second deadline" } else { "" }
                 ));
             }
             if let Some(n) = runtime.refill_parallelism {

@@ -26,6 +26,9 @@ use crate::api;
         api::get_workspace,
         api::delete_workspace,
         api::keepalive,
+        api::checkpoint_workspace,
+        api::list_checkpoints,
+        api::delete_conversation,
         api::get_egress,
         api::put_egress,
         api::host_report,
@@ -44,6 +47,7 @@ use crate::api;
         (name = "workspaces", description = "The backend's calls (the backend token)"),
         (name = "operator", description = "On-call's calls (the operator token); `/healthz` is open"),
         (name = "hosts", description = "hostd's heartbeat (each host's own token)"),
+        (name = "checkpoints", description = "A conversation's files kept across workspaces (the backend token)"),
     )
 )]
 pub struct ApiDoc;

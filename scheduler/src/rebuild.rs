@@ -180,6 +180,8 @@ pub(crate) fn restored_record(
             expires_at: b.expires_at.max(floor),
             labels: b.labels.clone(),
             replaced: None,
+            restored_from: None,
+            restore_error: None,
             state: berth_wire::WorkspaceState::Ready,
         },
         slot_id: slot.slot_id.clone(),

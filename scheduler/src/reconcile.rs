@@ -362,6 +362,28 @@ impl Scheduler {
         why: &str,
         counter: &AtomicU64,
     ) -> Result<Option<WorkspaceRecord>, StoreError> {
+        // The template's checkpoint first: an idle workspace whose checkpoint fails
+        // stays (the next pass tries again); one past its lifetime goes anyway.
+        let reason = match why {
+            "idle" => Some(berth_wire::checkpoint::CheckpointReason::Idle),
+            "expired" => Some(berth_wire::checkpoint::CheckpointReason::Expiry),
+            _ => None,
+        };
+        if let (Some(reason), Some(policy)) = (reason, self.checkpoint_policy(&r.workspace.template))
+        {
+            use berth_wire::checkpoint::CheckpointReason as R;
+            let wanted = match reason {
+                R::Idle => policy.before_idle_reap,
+                _ => policy.on_expiry,
+            };
+            if wanted && let Err(e) = self.checkpoint_record(r, reason).await {
+                tracing::warn!(workspace_id = %r.workspace.id, error = %e, why,
+                    "checkpoint before reaping failed");
+                if reason == R::Idle {
+                    return Ok(None);
+                }
+            }
+        }
         let gone = self
             .inner
             .store

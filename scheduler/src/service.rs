@@ -2,6 +2,8 @@
 //! conversation), release, keepalive, and a running workspace's egress. Each call
 //! is checked first ([`crate::validate`]); claims go through the slot's hostd.
 
+use berth_wire::OnRestoreError;
+
 use super::*;
 
 impl Scheduler {
@@ -32,6 +34,10 @@ impl Scheduler {
         let mut replaced = None;
         let deadline = tokio::time::Instant::now() + self.inner.config.acquire_deadline;
         let mut warm_failures = 0;
+        // `None`: not looked up yet; `Some(None)`: nothing to restore.
+        let mut restore_lookup: Option<Option<berth_wire::checkpoint::RestoreSpec>> = None;
+        let mut restore_error: Option<berth_wire::ErrorDetail> = None;
+        let on_restore_error = req.on_restore_error.unwrap_or_default();
         loop {
             if tokio::time::Instant::now() > deadline {
                 return Err(ApiError::NoCapacity);
@@ -55,6 +61,8 @@ impl Scheduler {
                     labels: req.labels.clone(),
                     replaced: replaced.clone(),
                     state: Default::default(),
+                    restored_from: None,
+                    restore_error: None,
                 },
                 slot_id: String::new(),
                 status: WorkspaceStatus::Claiming,
@@ -149,6 +157,27 @@ impl Scheduler {
                     .await;
                 continue;
             }
+            // The conversation's latest checkpoint goes into its new workspace
+            // (looked up once per create, and only for a new workspace).
+            if restore_lookup.is_none() {
+                restore_lookup = Some(match self.restore_for(&req, &template).await {
+                    Ok(spec) => spec,
+                    Err(e) if on_restore_error == OnRestoreError::Empty => {
+                        restore_error = Some(error_detail(&e));
+                        None
+                    }
+                    Err(e) => {
+                        self.inner
+                            .store
+                            .remove_workspace(&record.workspace.id)
+                            .await?;
+                        self.discard_slot(&slot.host_id, &slot.slot_id, "checkpoint lookup failed")
+                            .await;
+                        return Err(e);
+                    }
+                });
+            }
+            let restore = restore_lookup.clone().flatten();
             let policy = self.inner.config.templates.policy(&template);
             let mut routes = policy.credentials.clone();
             routes.extend(req.credentials.iter().cloned());
@@ -166,6 +195,7 @@ impl Scheduler {
                     routes,
                     allow_private: policy.allow_private.clone(),
                 },
+                restore: restore.clone(),
                 binding: Some(berth_wire::ClaimBinding {
                     conversation_id: record.workspace.conversation_id.clone(),
                     template: record.workspace.template.clone(),
@@ -185,17 +215,56 @@ impl Scheduler {
                 hostd_url = self.hostd_url(&slot.host_id).await?;
             }
             let hostd_url = hostd_url.unwrap_or_default();
+            // A restore gets a second deadline's worth of time (the claim recovery
+            // bound is checked against both at start).
+            let claim_deadline = match restore {
+                Some(_) => deadline + self.inner.config.acquire_deadline,
+                None => deadline,
+            };
             let claimed = match tokio::time::timeout_at(
-                deadline,
+                claim_deadline,
                 self.inner
                     .clients
                     .claim_slot(&hostd_url, &slot.host_id, &slot.slot_id, &claim),
             )
             .await
             {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err("the claim did not finish within the acquire deadline".to_owned()),
+                Ok(r) => r,
+                Err(_) => Err(clients::CallError::Refused {
+                    what: "hostd",
+                    url: hostd_url.clone(),
+                    status: 504,
+                    code: "timeout".into(),
+                    message: "the claim did not finish within the acquire deadline".into(),
+                }),
             };
+            if let (Err(clients::CallError::Refused { code, .. }), Some(spec)) = (&claimed, &restore)
+                && checkpoints::is_restore_failure(code)
+            {
+                let e = checkpoints::checkpoint_error(claimed.err().expect("an error"));
+                tracing::warn!(workspace_id = %record.workspace.id, checkpoint = %spec.manifest.id,
+                    error = %e, "restore failed; the slot is discarded");
+                self.inner.counters.restores_failed.fetch_add(1, Ordering::Relaxed);
+                self.event(
+                    "restore_failed",
+                    &record.workspace.id,
+                    format!("{} of {}: {e}", spec.manifest.id, req.conversation_id),
+                );
+                self.inner
+                    .store
+                    .remove_workspace(&record.workspace.id)
+                    .await?;
+                self.discard_slot(&slot.host_id, &slot.slot_id, "restore failed")
+                    .await;
+                if on_restore_error == OnRestoreError::Empty {
+                    // The next slot is handed out empty, saying why.
+                    restore_error = Some(error_detail(&e));
+                    restore_lookup = Some(None);
+                    continue;
+                }
+                return Err(e);
+            }
+            let claimed = claimed.map_err(|e| e.to_string());
             if let Err(e) = claimed {
                 tracing::warn!(slot_id = %slot.slot_id, error = %e, "claim failed; discarding slot");
                 self.event(
@@ -227,6 +296,8 @@ impl Scheduler {
                 continue;
             }
             record.status = WorkspaceStatus::Ready;
+            record.workspace.restored_from = restore.as_ref().map(|r| r.manifest.id.clone());
+            record.workspace.restore_error = restore_error.clone();
             // Only a binding still Claiming becomes Ready: if the recovery pass took
             // it (this replica looked dead), the slot is discarded and we start over.
             if !self
@@ -258,8 +329,12 @@ impl Scheduler {
                     req.conversation_id
                 ),
             );
+            if record.workspace.restored_from.is_some() {
+                self.inner.counters.restores.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::info!(workspace_id = %record.workspace.id, conversation_id = %req.conversation_id,
-                host_id = %slot.host_id, source = ?source, "workspace handed out");
+                host_id = %slot.host_id, source = ?source, restored_from = ?record.workspace.restored_from,
+                "workspace handed out");
             return Ok((record.workspace, source.into()));
         }
     }
@@ -281,8 +356,21 @@ impl Scheduler {
             .map_err(|_| ApiError::NoCapacity)?
     }
 
-    /// Ends a workspace and removes its slot.
-    pub async fn release(&self, id: &str) -> Result<Workspace, ApiError> {
+    /// Ends a workspace and removes its slot; with `checkpoint` (and the template's
+    /// `checkpoint.on_release`), its files are checkpointed first, and a checkpoint
+    /// that fails keeps the workspace (the answer says why; pass
+    /// `?checkpoint=false` to release it anyway).
+    pub async fn release(&self, id: &str, checkpoint: bool) -> Result<Workspace, ApiError> {
+        if checkpoint
+            && let Ok(record) = self.workspace(id).await
+            && record.status == WorkspaceStatus::Ready
+            && self
+                .checkpoint_policy(&record.workspace.template)
+                .is_some_and(|p| p.on_release)
+        {
+            self.checkpoint_record(&record, berth_wire::checkpoint::CheckpointReason::Release)
+                .await?;
+        }
         let Some(record) = self.inner.store.remove_workspace(id).await? else {
             return Err(self.missing(id).await);
         };
@@ -410,6 +498,15 @@ impl Scheduler {
             return Err(self.missing(id).await);
         }
         Ok(record.workspace)
+    }
+}
+
+/// An API error as the `ErrorDetail` a response carries.
+fn error_detail(e: &ApiError) -> berth_wire::ErrorDetail {
+    berth_wire::ErrorDetail {
+        code: e.code().to_owned(),
+        message: e.to_string(),
+        field: None,
     }
 }
 

@@ -16,6 +16,10 @@
 //! egress_allowed = ["*"]            # any public name a request lists
 //! upstreams = ["bedrock-runtime.*.amazonaws.com", "mcp.example.com"]
 //! secrets = ["arn:aws:secretsmanager:eu-west-1:123456789012:secret:berth/*"]
+//!
+//! [default.checkpoint]              # when the scheduler has a checkpoint store
+//! keep = 5                          # newest checkpoints kept per conversation
+//! max_bytes = 4294967296            # a workspace larger is not checkpointed
 //! ```
 
 use std::collections::BTreeMap;
@@ -55,6 +59,49 @@ pub struct TemplatePolicy {
     /// no egress through its proxy) after which a workspace is released; `0` never.
     /// Absent: the scheduler's `--idle-timeout`.
     pub idle_timeout_seconds: Option<u64>,
+    /// When the workspace's files are checkpointed and restored.
+    pub checkpoint: CheckpointPolicy,
+}
+
+/// A template's checkpoints (they need the scheduler's and the hosts'
+/// `--checkpoint-store`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointPolicy {
+    /// A conversation's new workspace gets its latest checkpoint (a create may
+    /// say `restore: false`).
+    pub restore: bool,
+    /// `DELETE /v1/workspaces/{id}` checkpoints first (`?checkpoint=false` skips).
+    pub on_release: bool,
+    /// The idle reaper checkpoints before it reaps (and does not reap when that
+    /// fails; it tries again next pass).
+    pub before_idle_reap: bool,
+    /// A workspace whose lifetime ran out is checkpointed before it goes (it goes
+    /// whether that works or not).
+    pub on_expiry: bool,
+    /// Newest checkpoints kept per conversation.
+    pub keep: u32,
+    /// Most bytes of file content, entries, and unpacked bytes per archive byte
+    /// (see `berth_wire::checkpoint::ArchiveLimits`).
+    pub max_bytes: u64,
+    pub max_entries: u64,
+    pub max_ratio: u64,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        let limits = berth_wire::checkpoint::ArchiveLimits::default();
+        Self {
+            restore: true,
+            on_release: true,
+            before_idle_reap: true,
+            on_expiry: true,
+            keep: 5,
+            max_bytes: limits.max_bytes,
+            max_entries: limits.max_entries,
+            max_ratio: limits.max_ratio,
+        }
+    }
 }
 
 impl Default for TemplatePolicy {
@@ -72,6 +119,7 @@ impl Default for TemplatePolicy {
             max_files: 32,
             max_files_bytes: 256 * 1024,
             idle_timeout_seconds: None,
+            checkpoint: CheckpointPolicy::default(),
         }
     }
 }
@@ -111,6 +159,10 @@ impl Templates {
 
 /// A policy's own defaults must pass its own rules (and the request rules).
 fn check(p: &TemplatePolicy) -> Result<(), String> {
+    let c = &p.checkpoint;
+    if c.keep == 0 || c.max_bytes == 0 || c.max_entries == 0 || c.max_ratio == 0 {
+        return Err("checkpoint: keep, max_bytes, max_entries and max_ratio must be at least 1".into());
+    }
     for c in &p.allow_private {
         crate::addrs::Cidr::parse(c).map_err(|e| format!("allow_private: {e}"))?;
     }

@@ -380,6 +380,7 @@ impl EcsBed {
             egress: berth_hostd::EgressPolicy::default(),
             check_every: Duration::from_secs(1),
             daemon_seccomp: None,
+            checkpoints: None,
         };
         let (stop, mut rx) = tokio::sync::watch::channel(false);
         let hostd = tokio::spawn(async move {

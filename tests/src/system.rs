@@ -114,6 +114,7 @@ impl LocalBerth {
             egress: berth_hostd::EgressPolicy::default(),
             check_every: Duration::from_secs(1),
             daemon_seccomp: None,
+            checkpoints: None,
         };
         let config = Config {
             pools: [("default".to_owned(), opts.pool)].into(),

@@ -531,6 +531,7 @@ async fn a_restarted_hostd_finds_its_slots_and_reverifies_their_rules() {
         egress: EgressPolicy::default(),
         check_every: Duration::from_secs(1),
         daemon_seccomp: None,
+        checkpoints: None,
     };
     struct Cleanup(String);
     impl Drop for Cleanup {
@@ -807,6 +808,7 @@ async fn ecs_mode_closes_the_credential_path_unless_the_proxy_uses_task_credenti
             },
             check_every: Duration::from_secs(1),
             daemon_seccomp: None,
+            checkpoints: None,
         };
         let hostd = berth_hostd::Hostd::start(config).await.unwrap();
         let v4 = ns.exec_ok(&["iptables-save", "-t", "filter"]);

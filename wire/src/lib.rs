@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod checkpoint;
 pub mod settings;
 pub use settings::{
     ClaimBinding, CredentialAuth, CredentialRoute, EgressRule, EgressUpdate, EgressView, HeldClaim,
@@ -223,9 +224,30 @@ pub struct CreateWorkspace {
     /// Credential routes, added to the template's own.
     #[serde(default)]
     pub credentials: Vec<CredentialRoute>,
-    /// Small files placed in the workspace before it is handed out.
+    /// Small files placed in the workspace before it is handed out (after a
+    /// restore, so they win over a checkpoint's copy).
     #[serde(default)]
     pub files: Vec<WorkspaceFile>,
+    /// Whether a new workspace for the conversation gets its latest checkpoint
+    /// (default true, when the scheduler has a checkpoint store and the template
+    /// restores); `false` hands out an empty one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<bool>,
+    /// What a restore that fails (archive missing, corrupt, refused) does: `fail`
+    /// the create (default: the files are not silently dropped) or hand out an
+    /// `empty` workspace, saying why in `restore_error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_restore_error: Option<OnRestoreError>,
+}
+
+/// What a create does when its checkpoint cannot be restored.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum OnRestoreError {
+    #[default]
+    Fail,
+    Empty,
 }
 
 /// Whether a workspace came from a warm pool or was started for the request.
@@ -273,6 +295,13 @@ pub struct Workspace {
     pub replaced: Option<String>,
     #[serde(default)]
     pub state: WorkspaceState,
+    /// The checkpoint this workspace's files were restored from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
+    /// Why the conversation's checkpoint was not restored, when the create allowed
+    /// an empty workspace instead (`on_restore_error: empty`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_error: Option<ErrorDetail>,
 }
 
 // === hostd API ===

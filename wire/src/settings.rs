@@ -237,6 +237,10 @@ pub struct SlotClaim {
     /// scheduler can rebuild its state after losing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<ClaimBinding>,
+    /// A checkpoint to unpack into the slot before it is claimed (hostd reads it
+    /// from the store and streams it to the agent, which checks its SHA-256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<crate::checkpoint::RestoreSpec>,
 }
 
 /// What the scheduler's state holds about a claimed workspace beyond the claim.

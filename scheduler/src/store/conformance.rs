@@ -30,6 +30,8 @@ pub fn record(template: &str, id: &str, conv: &str) -> WorkspaceRecord {
             expires_at: 2,
             labels: [("team".to_owned(), "a".to_owned())].into(),
             replaced: None,
+            restored_from: None,
+            restore_error: None,
             state: Default::default(),
         },
         slot_id: String::new(),
