@@ -109,6 +109,14 @@ impl Store {
     /// `AWS_ALLOW_HTTP`, else the instance's role), or `file:///dir` / an absolute
     /// directory path (made if missing).
     pub fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, &[])
+    }
+
+    /// [`Store::open`], with S3 settings that win over the environment, as
+    /// `object_store` names them (`aws_endpoint`, `aws_region`,
+    /// `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`, …): for
+    /// tests, which must never fall back to the instance metadata service.
+    pub fn open_with(url: &str, s3: &[(&str, &str)]) -> Result<Self> {
         let config = |reason: String| Error::Config {
             url: url.to_owned(),
             reason,
@@ -118,10 +126,13 @@ impl Store {
             if bucket.is_empty() {
                 return Err(config("names no bucket (s3://BUCKET/PREFIX)".into()));
             }
-            let s3 = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|e| config(e.to_string()))?;
+            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            for (key, value) in s3 {
+                let key: object_store::aws::AmazonS3ConfigKey =
+                    key.parse().map_err(|e: object_store::Error| config(e.to_string()))?;
+                builder = builder.with_config(key, *value);
+            }
+            let s3 = builder.build().map_err(|e| config(e.to_string()))?;
             return Ok(Self {
                 inner: Arc::new(s3),
                 prefix: Path::from(prefix.trim_matches('/')),

@@ -42,6 +42,11 @@ pub struct Options {
     pub templates: Option<berth_scheduler::templates::Templates>,
     /// The scheduler's idle timeout (`None`: its default).
     pub idle_timeout: Option<Duration>,
+    /// The checkpoint store of the scheduler and every host (`None`: no checkpoints).
+    pub checkpoints: Option<berth_checkpoint::Store>,
+    /// Each slot's memory limit and `/workspace` size (`None`: 256 MiB each).
+    pub memory_limit_mib: Option<u64>,
+    pub workspace_size_mib: Option<u64>,
 }
 
 impl Default for Options {
@@ -56,6 +61,9 @@ impl Default for Options {
             proxy_config_dir: None,
             templates: None,
             idle_timeout: None,
+            checkpoints: None,
+            memory_limit_mib: None,
+            workspace_size_mib: None,
         }
     }
 }
@@ -91,10 +99,10 @@ impl LocalBerth {
                 name: "default".into(),
                 workspace_image: ws_image,
                 proxy_image,
-                memory_limit_mib: 256,
+                memory_limit_mib: opts.memory_limit_mib.unwrap_or(256),
                 memory_reservation_mib: 32,
                 pids_limit: 128,
-                workspace_size_mib: 256,
+                workspace_size_mib: opts.workspace_size_mib.unwrap_or(256),
                 seccomp_profile: opts.seccomp_profile.clone(),
                 proxy_env: opts.proxy_env.clone(),
                 proxy_config_dir: opts.proxy_config_dir.clone(),
@@ -114,13 +122,14 @@ impl LocalBerth {
             egress: berth_hostd::EgressPolicy::default(),
             check_every: Duration::from_secs(1),
             daemon_seccomp: None,
-            checkpoints: None,
+            checkpoints: opts.checkpoints.clone(),
         };
         let config = Config {
             pools: [("default".to_owned(), opts.pool)].into(),
             host_token: host_token.clone(),
             templates: opts.templates.clone().unwrap_or_default(),
             idle_timeout: opts.idle_timeout.unwrap_or(Config::default().idle_timeout),
+            checkpoints: opts.checkpoints.clone(),
             ..Config::default()
         };
         let store = match &opts.state_url {

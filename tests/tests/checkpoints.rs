@@ -1,0 +1,275 @@
+//! A conversation's files outlive its workspace and its host: checkpointed to the
+//! store (a local directory, and moto's S3), restored into the conversation's next
+//! workspace on release and resume, and on another host after the first died;
+//! hostile archives are refused and the workspace stays usable; workspace code
+//! cannot reach the store nor take an archive from its own agent.
+
+use std::time::{Duration, Instant};
+
+use berth_tests::{agent::AgentClient, moto::MotoServer, system::LocalBerth};
+use berth_wire::{Workspace, checkpoint::Manifest};
+use serde_json::{Value, json};
+
+/// A tree with what a restore must keep: modes, a symlink, an empty directory, a
+/// nested file and a large one of random bytes (`big_mib`).
+fn make_tree(big_mib: u64) -> String {
+    format!(
+        "set -e; cd /workspace; mkdir -p src/deep/er empty; \
+         echo 'fn main() {{}}' > src/main.rs; printf '#!/bin/sh\\necho hi\\n' > run.sh; \
+         chmod 751 run.sh; chmod 600 src/main.rs; ln -s src/main.rs link; \
+         ln -s ../../../run.sh src/deep/er/up; echo nested > src/deep/er/file; \
+         head -c {} /dev/urandom > build.bin",
+        big_mib * 1024 * 1024
+    )
+}
+
+/// What the tree must look like after a restore: every entry's name, mode, type
+/// and size, every file's SHA-256 and every link's target.
+const FINGERPRINT: &str = "cd /workspace && find . | sort | while read -r f; do \
+    stat -c '%n %a %F %s' \"$f\"; done | grep -v '^\\. ' ; \
+    find . -type f | sort | xargs sha256sum; readlink link; readlink src/deep/er/up";
+
+async fn acquire(berth: &LocalBerth, body: Value) -> (u16, Value) {
+    let resp = berth
+        .http
+        .post(format!("{}/v1/workspaces", berth.api))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+async fn workspace(berth: &LocalBerth, conv: &str) -> Workspace {
+    let (status, body) = acquire(berth, json!({"conversation_id": conv})).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_value(body).unwrap()
+}
+
+async fn fingerprint(agent: &AgentClient) -> String {
+    let out = agent.sh(FINGERPRINT).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr_text());
+    out.stdout_text()
+}
+
+async fn checkpoint(berth: &LocalBerth, ws: &Workspace) -> Manifest {
+    let resp = berth
+        .http
+        .post(format!("{}/v1/workspaces/{}/checkpoint", berth.api, ws.id))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_value(body).unwrap()
+}
+
+fn local_store(tag: &str) -> (std::path::PathBuf, berth_checkpoint::Store) {
+    let dir = std::env::temp_dir().join(format!(
+        "berth-ckpt-test-{tag}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let store = berth_checkpoint::Store::open(dir.to_str().unwrap()).unwrap();
+    (dir, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_and_resume_restore_the_files_and_deleting_the_conversation_deletes_them() {
+    let (dir, store) = local_store("resume");
+    let berth = LocalBerth::start_with(berth_tests::system::Options {
+        pool: 2,
+        checkpoints: Some(store.clone()),
+        ..Default::default()
+    })
+    .await;
+    assert!(berth.wait_pool(2, Duration::from_secs(60)).await);
+    let ws = workspace(&berth, "resume-me").await;
+    let agent = AgentClient::for_workspace(ws.clone());
+    let made = agent.sh(&make_tree(8)).await;
+    assert_eq!(made.code, Some(0), "{}", made.stderr_text());
+    let before = fingerprint(&agent).await;
+
+    // Release checkpoints first (the template's default), then the slot goes.
+    let resp = berth
+        .http
+        .delete(format!("{}/v1/workspaces/{}", berth.api, ws.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let list: Vec<Manifest> = berth_tests::get_json(
+        &berth.http,
+        &format!("{}/v1/conversations/resume-me/checkpoints", berth.api),
+        None,
+    )
+    .await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].reason, berth_wire::checkpoint::CheckpointReason::Release);
+    assert_eq!(list[0].workspace_id, ws.id);
+
+    // Resume: the next create restores it, and says from what.
+    let again = workspace(&berth, "resume-me").await;
+    assert_ne!(again.id, ws.id);
+    assert_eq!(again.restored_from.as_deref(), Some(list[0].id.as_str()));
+    let agent = AgentClient::for_workspace(again.clone());
+    assert_eq!(fingerprint(&agent).await, before, "the restored tree differs");
+
+    // `restore: false` hands out an empty workspace.
+    let resp = berth
+        .http
+        .delete(format!("{}/v1/workspaces/{}?checkpoint=false", berth.api, again.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, body) = acquire(&berth, json!({"conversation_id": "resume-me", "restore": false})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("restored_from").is_none(), "{body}");
+    let empty = AgentClient::for_workspace(serde_json::from_value(body).unwrap());
+    assert_eq!(empty.sh("ls -A /workspace | wc -l").await.stdout_text().trim(), "0");
+
+    // The user deletes the conversation: its workspace and checkpoints go.
+    let resp = berth
+        .http
+        .delete(format!("{}/v1/conversations/resume-me", berth.api))
+        .send()
+        .await
+        .unwrap();
+    let gone: Value = resp.json().await.unwrap();
+    assert_eq!(gone["checkpoints_deleted"], 1, "{gone}");
+    assert_eq!(gone["released"].as_array().unwrap().len(), 1, "{gone}");
+    assert!(store.latest("resume-me").await.unwrap().is_none());
+    berth.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A bucket in moto, on `endpoint`, and the store over it.
+async fn moto_store(moto: &MotoServer, bucket: &str) -> berth_checkpoint::Store {
+    let resp = reqwest::Client::new()
+        .put(format!("{}/{bucket}", moto.endpoint()))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "create bucket: {}", resp.status());
+    let endpoint = moto.endpoint();
+    berth_checkpoint::Store::open_with(
+        &format!("s3://{bucket}/checkpoints"),
+        &[
+            ("aws_endpoint", endpoint.as_str()),
+            ("aws_region", "us-east-1"),
+            ("aws_access_key_id", "testing"),
+            ("aws_secret_access_key", "testing"),
+            ("aws_allow_http", "true"),
+            ("aws_skip_signature", "false"),
+        ],
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_hosts_conversation_comes_back_on_another_host_with_its_files_from_s3() {
+    // moto listens on the gateway of a Docker network of the test's own, one of
+    // this machine's addresses: a workspace could address it, and must not reach it.
+    let net = TestNetwork::new();
+    let moto = MotoServer::start_on(&net.gateway).unwrap();
+    let store = moto_store(&moto, "berth-ckpt").await;
+    let mut berth = LocalBerth::start_with(berth_tests::system::Options {
+        pool: 2,
+        checkpoints: Some(store.clone()),
+        memory_limit_mib: Some(768),
+        workspace_size_mib: Some(512),
+        ..Default::default()
+    })
+    .await;
+    let second = berth.add_host().await;
+    let first = berth.host_id.clone();
+    assert!(berth.wait_pool(2, Duration::from_secs(60)).await);
+
+    // A conversation on the first host.
+    let mut victim = None;
+    for i in 0..8 {
+        let ws = workspace(&berth, &format!("s3-conv-{i}")).await;
+        if ws.host_id == first {
+            victim = Some(ws);
+            break;
+        }
+    }
+    let victim = victim.expect("no workspace landed on the first host");
+    let agent = AgentClient::for_workspace(victim.clone());
+    let made = agent.sh(&make_tree(200)).await;
+    assert_eq!(made.code, Some(0), "{}", made.stderr_text());
+    let before = fingerprint(&agent).await;
+    let m = checkpoint(&berth, &victim).await;
+    assert!(m.size > 200 * 1024 * 1024, "{m:?}");
+    assert_eq!(m.conversation_id, victim.conversation_id);
+    eprintln!("checkpoint of 200 MiB + tree: {} bytes in {} ms", m.size, m.duration_ms);
+
+    // The host dies; the conversation's next create lands on the other host, with
+    // its files.
+    let died = Instant::now();
+    berth.kill_host(&first);
+    let replacement = loop {
+        assert!(died.elapsed() < Duration::from_secs(60), "never replaced");
+        let (status, body) = acquire(&berth, json!({"conversation_id": victim.conversation_id})).await;
+        if status == 200 && body["id"] != victim.id.as_str() {
+            break serde_json::from_value::<Workspace>(body).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let took = died.elapsed();
+    eprintln!("host death → restored workspace in {took:?}");
+    assert_eq!(replacement.host_id, second);
+    assert_eq!(replacement.replaced.as_deref(), Some(victim.id.as_str()));
+    assert_eq!(replacement.restored_from.as_deref(), Some(m.id.as_str()));
+    let agent = AgentClient::for_workspace(replacement.clone());
+    assert_eq!(fingerprint(&agent).await, before, "the restored tree differs");
+
+    // Workspace code reaches neither the store nor its own agent's archive.
+    let out = agent
+        .sh(&format!(
+            "timeout 5 wget -q -O- {}/berth-ckpt/ 2>&1; echo rc=$?; \
+             timeout 5 wget -q -O- http://127.0.0.1:9000/v1/archive 2>&1; echo rc=$?",
+            moto.endpoint()
+        ))
+        .await;
+    let text = out.stdout_text();
+    assert_eq!(text.matches("rc=0").count(), 0, "{text}");
+    assert!(!text.contains("ListBucketResult"), "{text}");
+    berth.stop().await;
+    drop(net);
+}
+
+/// A Docker network made for one test (labelled with the test run, so a crashed
+/// run's is swept), removed on drop.
+struct TestNetwork {
+    name: String,
+    gateway: String,
+}
+
+impl TestNetwork {
+    fn new() -> Self {
+        let name = format!("berth-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let label = format!("{}={}", berth_tests::docker::TEST_RUN, berth_tests::docker::run_id());
+        let made = std::process::Command::new("docker")
+            .args(["network", "create", "--label", &label, &name])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let out = std::process::Command::new("docker")
+            .args(["network", "inspect", &name, "-f", "{{(index .IPAM.Config 0).Gateway}}"])
+            .output()
+            .unwrap();
+        let gateway = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(gateway.parse::<std::net::IpAddr>().is_ok(), "gateway {gateway:?}");
+        Self { name, gateway }
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .output();
+    }
+}
