@@ -273,3 +273,115 @@ impl Drop for TestNetwork {
             .output();
     }
 }
+
+/// A tar stream of raw entries (path, type, declared size, link, data), written
+/// without the tar crate's checks, compressed as a checkpoint is.
+fn hostile(entries: &[(&str, tar::EntryType, u64, Option<&str>, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (path, kind, size, link, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        if let Some(l) = link {
+            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_mode(0o644);
+        h.set_size(*size);
+        h.set_entry_type(*kind);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
+    }
+    out.extend(std::iter::repeat_n(0u8, 1024));
+    zstd::encode_all(out.as_slice(), 3).unwrap()
+}
+
+/// Stores `archive` as conversation `conv`'s latest checkpoint, as hostd would.
+async fn plant(store: &berth_checkpoint::Store, conv: &str, archive: Vec<u8>) -> Manifest {
+    let manifest = Manifest {
+        id: berth_checkpoint::new_id(berth_wire::now_ms(), rand_u32()),
+        parent: None,
+        conversation_id: conv.into(),
+        workspace_id: "ws-planted".into(),
+        template: "default".into(),
+        reason: berth_wire::checkpoint::CheckpointReason::Api,
+        size: 0,
+        sha256: String::new(),
+        entries: 1,
+        bytes: 0,
+        skipped: 0,
+        created_at_ms: berth_wire::now_ms(),
+        duration_ms: 0,
+    };
+    let chunks = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(archive))]);
+    store.upload(manifest, chunks, Instant::now()).await.unwrap()
+}
+
+fn rand_u32() -> u32 {
+    u32::from_str_radix(&uuid::Uuid::new_v4().simple().to_string()[..8], 16).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_or_corrupt_checkpoints_are_refused_and_the_workspace_stays_usable() {
+    let (dir, store) = local_store("hostile");
+    let berth = LocalBerth::start_with(berth_tests::system::Options {
+        pool: 2,
+        checkpoints: Some(store.clone()),
+        ..Default::default()
+    })
+    .await;
+    assert!(berth.wait_pool(2, Duration::from_secs(60)).await);
+    use tar::EntryType as T;
+    let zeros = vec![0u8; 64 << 20];
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("traversal", hostile(&[("ok", T::Regular, 2, None, b"ok"), ("../../etc/evil", T::Regular, 4, None, b"evil")]), "archive_refused"),
+        ("absolute", hostile(&[("/etc/evil", T::Regular, 4, None, b"evil")]), "archive_refused"),
+        ("link-to-etc", hostile(&[("etc", T::Symlink, 0, Some("/etc"), b"")]), "archive_refused"),
+        ("through-link", hostile(&[("d/", T::Directory, 0, None, b""), ("l", T::Symlink, 0, Some("d"), b""), ("l/x", T::Regular, 1, None, b"x")]), "archive_refused"),
+        ("sparse-10g", hostile(&[("huge", T::Regular, 10 << 30, None, b"")]), "archive_too_large"),
+        ("bomb", hostile(&[("zeros", T::Regular, zeros.len() as u64, None, &zeros)]), "archive_refused"),
+    ];
+    for (name, archive, code) in cases {
+        let conv = format!("hostile-{name}");
+        plant(&store, &conv, archive).await;
+        // Refused by default: the files are not silently dropped.
+        let (status, body) = acquire(&berth, json!({"conversation_id": conv})).await;
+        assert_eq!(body["error"]["code"], code, "{name}: {status} {body}");
+        assert!(status == 422 || status == 413, "{name}: {status} {body}");
+        // Allowed empty: the workspace works and holds nothing of the archive.
+        let (status, body) =
+            acquire(&berth, json!({"conversation_id": conv, "on_restore_error": "empty"})).await;
+        assert_eq!(status, 200, "{name}: {body}");
+        assert_eq!(body["restore_error"]["code"], code, "{name}: {body}");
+        let agent = AgentClient::for_workspace(serde_json::from_value(body).unwrap());
+        let out = agent.sh("ls -A /workspace | wc -l; ls /etc/evil 2>&1; echo alive").await;
+        let text = out.stdout_text();
+        assert!(text.starts_with("0\n") && text.contains("alive"), "{name}: {text}");
+        assert!(text.contains("No such file"), "{name}: {text}");
+    }
+
+    // A checksum that does not match, and an archive gone from the store.
+    let good = hostile(&[("a", T::Regular, 1, None, b"a")]);
+    let m = plant(&store, "corrupt", good.clone()).await;
+    let manifest_path = dir
+        .join(berth_checkpoint::conversation_key("corrupt"))
+        .join(format!("{}.json", m.id));
+    let mut wrong = m.clone();
+    wrong.sha256 = "0".repeat(64);
+    std::fs::write(&manifest_path, serde_json::to_vec(&wrong).unwrap()).unwrap();
+    let (status, body) = acquire(&berth, json!({"conversation_id": "corrupt"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("checksum_mismatch")), "{body}");
+    let m = plant(&store, "missing", good).await;
+    std::fs::remove_file(
+        dir.join(berth_checkpoint::conversation_key("missing"))
+            .join(format!("{}.tar.zst", m.id)),
+    )
+    .unwrap();
+    let (status, body) = acquire(&berth, json!({"conversation_id": "missing"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("checkpoint_missing")), "{body}");
+    // The service keeps serving.
+    let ws = workspace(&berth, "after-the-attacks").await;
+    assert!(AgentClient::for_workspace(ws).sh("echo ok").await.stdout_text().contains("ok"));
+    berth.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
