@@ -25,10 +25,7 @@ use std::{
     cell::Cell,
     ffi::OsStr,
     io::{self, Read, Write},
-    os::{
-        fd::OwnedFd,
-        unix::ffi::OsStrExt,
-    },
+    os::{fd::OwnedFd, unix::ffi::OsStrExt},
     path::Path,
     rc::Rc,
     time::Instant,
@@ -102,8 +99,13 @@ pub(crate) async fn export(
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         match write_archive(&root, &limits, ChannelWriter::new(tx.clone())) {
-            Ok(t) => tracing::info!(entries = t.entries, bytes = t.bytes, skipped = t.skipped,
-                ms = started.elapsed().as_millis() as u64, "archive written"),
+            Ok(t) => tracing::info!(
+                entries = t.entries,
+                bytes = t.bytes,
+                skipped = t.skipped,
+                ms = started.elapsed().as_millis() as u64,
+                "archive written"
+            ),
             Err(e) => {
                 tracing::warn!(error = %e, "archive failed; the stream ends with an error");
                 let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
@@ -113,7 +115,10 @@ pub(crate) async fn export(
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let mut resp = Body::from_stream(stream).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zstd"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zstd"),
+    );
     h.insert(archive_headers::ENTRIES, counted.entries.into());
     h.insert(archive_headers::BYTES, counted.bytes.into());
     h.insert(archive_headers::SKIPPED, counted.skipped.into());
@@ -186,7 +191,10 @@ fn walk_dir(
         let result = match kind {
             SFlag::S_IFDIR => {
                 count(tally, limits, 0, rel)?;
-                visit(Node::Dir { path: rel, stat: &stat })?;
+                visit(Node::Dir {
+                    path: rel,
+                    stat: &stat,
+                })?;
                 if depth + 1 > fsroot::MAX_DEPTH {
                     return Err(AgentError::ArchiveRefused {
                         entry: String::from_utf8_lossy(rel).into_owned(),
@@ -242,7 +250,12 @@ fn walk_dir(
 }
 
 /// Counts one entry of `bytes` against the limits.
-fn count(tally: &mut Tally, limits: &ArchiveLimits, bytes: u64, rel: &[u8]) -> Result<(), AgentError> {
+fn count(
+    tally: &mut Tally,
+    limits: &ArchiveLimits,
+    bytes: u64,
+    rel: &[u8],
+) -> Result<(), AgentError> {
     tally.entries += 1;
     tally.bytes = tally.bytes.saturating_add(bytes);
     if tally.entries > limits.max_entries {
@@ -284,7 +297,11 @@ fn link_stays_inside(link: &[u8], target: &[u8]) -> bool {
 }
 
 /// Writes the archive of `root` into `out`.
-fn write_archive(root: &Path, limits: &ArchiveLimits, out: ChannelWriter) -> Result<Tally, AgentError> {
+fn write_archive(
+    root: &Path,
+    limits: &ArchiveLimits,
+    out: ChannelWriter,
+) -> Result<Tally, AgentError> {
     let failed = |e: io::Error| AgentError::ArchiveFailed(e.to_string());
     let mut encoder = zstd::stream::write::Encoder::new(out, LEVEL).map_err(failed)?;
     // One worker: compression runs beside the walk, as in `tar | zstd`.
@@ -330,7 +347,10 @@ fn write_archive(root: &Path, limits: &ArchiveLimits, out: ChannelWriter) -> Res
                 // A file that shrinks while it is read is padded with zeros, one
                 // that grows is cut at the size its header says: the archive stays
                 // well-formed whatever the workspace does meanwhile.
-                let body = std::fs::File::from(fd).take(size).chain(io::repeat(0)).take(size);
+                let body = std::fs::File::from(fd)
+                    .take(size)
+                    .chain(io::repeat(0))
+                    .take(size);
                 tar.append_data(&mut h, as_path(path), body)
             }
         }
@@ -373,9 +393,9 @@ impl ChannelWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the archive's reader went away"))
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            io::Error::new(io::ErrorKind::BrokenPipe, "the archive's reader went away")
+        })
     }
 }
 
@@ -446,8 +466,13 @@ pub(crate) async fn import(
     let ((), result) = tokio::join!(pump, work);
     let mut summary = result.map_err(|e| AgentError::ArchiveFailed(e.to_string()))??;
     summary.duration_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(entries = summary.entries, bytes = summary.bytes,
-        archive_bytes = summary.archive_bytes, ms = summary.duration_ms, "archive restored");
+    tracing::info!(
+        entries = summary.entries,
+        bytes = summary.bytes,
+        archive_bytes = summary.archive_bytes,
+        ms = summary.duration_ms,
+        "archive restored"
+    );
     Ok(Json(summary))
 }
 
@@ -516,24 +541,34 @@ fn unpack(
         let kind = header.entry_type();
         let size = entry.size();
         count(&mut tally, limits, size, &raw_path)?;
-        let (last, parents) = parts.split_last().ok_or_else(|| refuse("an empty path".into()))?;
-        let parent = dirs.open(parents).map_err(|e| refuse(e))?;
+        let (last, parents) = parts
+            .split_last()
+            .ok_or_else(|| refuse("an empty path".into()))?;
+        let parent = dirs.open(parents).map_err(&refuse)?;
         match kind {
             tar::EntryType::Regular => {
                 let fd = openat(
                     parent,
                     last.as_slice(),
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(|e| match e {
                     Errno::EEXIST => refuse("a second entry for the same path".into()),
-                    Errno::ENOSPC | Errno::EDQUOT => AgentError::NoSpace { path: shown.clone() },
+                    Errno::ENOSPC | Errno::EDQUOT => AgentError::NoSpace {
+                        path: shown.clone(),
+                    },
                     e => refuse(format!("cannot create the file: {e}")),
                 })?;
                 let mut file = std::fs::File::from(fd);
                 io::copy(&mut entry, &mut file).map_err(|e| match e.raw_os_error() {
-                    Some(c) if c == libc::ENOSPC || c == libc::EDQUOT => AgentError::NoSpace { path: shown.clone() },
+                    Some(c) if c == libc::ENOSPC || c == libc::EDQUOT => AgentError::NoSpace {
+                        path: shown.clone(),
+                    },
                     _ => from_io(e),
                 })?;
                 let fd = OwnedFd::from(file);
@@ -547,8 +582,13 @@ fn unpack(
                     // Made already as the parent of an earlier entry.
                     Err(Errno::EEXIST)
                         if fstatat(parent, last.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
-                            .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR) => {}
-                    Err(Errno::EEXIST) => return Err(refuse("a second entry for the same path".into())),
+                            .is_ok_and(|st| {
+                                SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
+                                    == SFlag::S_IFDIR
+                            }) => {}
+                    Err(Errno::EEXIST) => {
+                        return Err(refuse("a second entry for the same path".into()));
+                    }
                     Err(e) => return Err(refuse(format!("cannot make the directory: {e}"))),
                 }
                 fixups.push((parts.clone(), mode, mtime));
@@ -800,10 +840,14 @@ fn parse_query(raw: Option<&str>, restore: bool) -> Result<ArchiveQuery, AgentEr
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let number = |field: &'static str| {
-            value.parse::<u64>().ok().filter(|n| *n > 0).ok_or(AgentError::InvalidField {
-                field,
-                reason: format!("{value:?} is not a positive whole number"),
-            })
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or(AgentError::InvalidField {
+                    field,
+                    reason: format!("{value:?} is not a positive whole number"),
+                })
         };
         match key {
             "max_bytes" => q.limits.max_bytes = number("max_bytes")?,

@@ -437,9 +437,6 @@ fn write_error(shown: &str, e: &std::io::Error) -> AgentError {
     )
 }
 
-/// Removes directory `name` of `parent` and everything in it, never following a
-/// symlink (a link is removed, not its target).
-
 /// Decodes the files routes' query string.
 fn parse_query(raw: Option<&str>) -> Result<FileQuery, AgentError> {
     let mut q = FileQuery::default();

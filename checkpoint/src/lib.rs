@@ -126,10 +126,12 @@ impl Store {
             if bucket.is_empty() {
                 return Err(config("names no bucket (s3://BUCKET/PREFIX)".into()));
             }
-            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+            let mut builder =
+                object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
             for (key, value) in s3 {
-                let key: object_store::aws::AmazonS3ConfigKey =
-                    key.parse().map_err(|e: object_store::Error| config(e.to_string()))?;
+                let key: object_store::aws::AmazonS3ConfigKey = key
+                    .parse()
+                    .map_err(|e: object_store::Error| config(e.to_string()))?;
                 builder = builder.with_config(key, *value);
             }
             let s3 = builder.build().map_err(|e| config(e.to_string()))?;
@@ -145,7 +147,8 @@ impl Store {
                 "is neither s3://BUCKET/PREFIX nor an absolute directory (file:///DIR)".into(),
             ));
         }
-        std::fs::create_dir_all(dir).map_err(|e| config(format!("cannot make the directory: {e}")))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| config(format!("cannot make the directory: {e}")))?;
         let local = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| config(e.to_string()))?;
         Ok(Self {
@@ -170,7 +173,8 @@ impl Store {
     }
 
     fn manifest_key(&self, conversation_id: &str, id: &str) -> Path {
-        self.conversation_dir(conversation_id).join(format!("{id}.json"))
+        self.conversation_dir(conversation_id)
+            .join(format!("{id}.json"))
     }
 
     /// The ids of a conversation's complete checkpoints (those with a manifest),
@@ -322,7 +326,8 @@ impl Store {
         }
         if let Some(oldest_kept) = ids.get(cut) {
             for id in stray.iter().filter(|s| s.as_str() < oldest_kept.as_str()) {
-                self.delete_key(&self.archive_key(conversation_id, id)).await?;
+                self.delete_key(&self.archive_key(conversation_id, id))
+                    .await?;
             }
         }
         Ok(cut)
@@ -335,14 +340,17 @@ impl Store {
             self.delete_one(conversation_id, id).await?;
         }
         for id in &stray {
-            self.delete_key(&self.archive_key(conversation_id, id)).await?;
+            self.delete_key(&self.archive_key(conversation_id, id))
+                .await?;
         }
         Ok(ids.len())
     }
 
     async fn delete_one(&self, conversation_id: &str, id: &str) -> Result<()> {
-        self.delete_key(&self.manifest_key(conversation_id, id)).await?;
-        self.delete_key(&self.archive_key(conversation_id, id)).await
+        self.delete_key(&self.manifest_key(conversation_id, id))
+            .await?;
+        self.delete_key(&self.archive_key(conversation_id, id))
+            .await
     }
 
     async fn delete_key(&self, key: &Path) -> Result<()> {

@@ -47,8 +47,10 @@ impl Drop for TempStore {
 }
 
 fn chunks(data: &[u8]) -> impl Stream<Item = std::io::Result<Bytes>> + use<> {
-    let parts: Vec<std::io::Result<Bytes>> =
-        data.chunks(100_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let parts: Vec<std::io::Result<Bytes>> = data
+        .chunks(100_000)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
     futures_util::stream::iter(parts)
 }
 
@@ -71,7 +73,14 @@ async fn upload_list_download_prune_and_delete() {
     let mut ids = Vec::new();
     for n in 0..4u64 {
         let id = new_id(1_700_000_000_000 + n, 0xabc);
-        let m = store.upload(manifest(conv, &id), chunks(&data), std::time::Instant::now()).await.unwrap();
+        let m = store
+            .upload(
+                manifest(conv, &id),
+                chunks(&data),
+                std::time::Instant::now(),
+            )
+            .await
+            .unwrap();
         assert_eq!(m.size, data.len() as u64);
         assert_eq!(m.sha256, berth_wire::sha256_hex(&data));
         ids.push(id);
@@ -80,11 +89,21 @@ async fn upload_list_download_prune_and_delete() {
     assert_eq!(latest.id, ids[3]);
     assert_eq!(read_all(store, &latest).await, data);
     assert_eq!(store.prune(conv, 2).await.unwrap(), 2);
-    let left: Vec<String> = store.list(conv).await.unwrap().into_iter().map(|m| m.id).collect();
+    let left: Vec<String> = store
+        .list(conv)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
     assert_eq!(left, ids[2..].to_vec());
     // Another conversation is untouched by deleting this one.
     let other = store
-        .upload(manifest("other", &new_id(1, 1)), chunks(b"x"), std::time::Instant::now())
+        .upload(
+            manifest("other", &new_id(1, 1)),
+            chunks(b"x"),
+            std::time::Instant::now(),
+        )
         .await
         .unwrap();
     assert_eq!(store.delete_conversation(conv).await.unwrap(), 2);
@@ -101,7 +120,11 @@ async fn a_failed_source_leaves_nothing_listed() {
         Err(std::io::Error::other("the agent went away")),
     ]);
     let err = store
-        .upload(manifest("c", &new_id(5, 5)), failing, std::time::Instant::now())
+        .upload(
+            manifest("c", &new_id(5, 5)),
+            failing,
+            std::time::Instant::now(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Source(_)), "{err}");
@@ -113,15 +136,25 @@ async fn a_missing_or_resized_archive_is_refused_before_reading() {
     let t = TempStore::new();
     let store = &t.1;
     let m = store
-        .upload(manifest("c", &new_id(7, 7)), chunks(b"hello"), std::time::Instant::now())
+        .upload(
+            manifest("c", &new_id(7, 7)),
+            chunks(b"hello"),
+            std::time::Instant::now(),
+        )
         .await
         .unwrap();
     let mut wrong = m.clone();
     wrong.size = 4;
-    assert!(matches!(store.download(&wrong).await, Err(Error::BadManifest { .. })));
+    assert!(matches!(
+        store.download(&wrong).await,
+        Err(Error::BadManifest { .. })
+    ));
     let mut gone = m.clone();
     gone.id = new_id(8, 8);
-    assert!(matches!(store.download(&gone).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.download(&gone).await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 #[test]

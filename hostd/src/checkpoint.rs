@@ -64,7 +64,10 @@ impl Hostd {
         if claim.workspace_id != req.workspace_id {
             return Err(ApiError::SlotNotReady {
                 slot_id: slot_id.to_owned(),
-                state: format!("claimed by {}, not {}", claim.workspace_id, req.workspace_id),
+                state: format!(
+                    "claimed by {}, not {}",
+                    claim.workspace_id, req.workspace_id
+                ),
             });
         }
         let agent_url = self
@@ -76,7 +79,10 @@ impl Hostd {
         let resp = crate::claim::push(
             "agent",
             streams()
-                .get(format!("{agent_url}/v1/archive?{}", limits_query(&req.limits)))
+                .get(format!(
+                    "{agent_url}/v1/archive?{}",
+                    limits_query(&req.limits)
+                ))
                 .header(
                     berth_wire::settings::CLAIM_SECRET_HEADER,
                     claim.claim_secret.unwrap_or_default(),

@@ -88,7 +88,8 @@ impl Hostd {
         let restore = claim.restore.clone();
         let to_agent = async {
             if let Some(spec) = &restore {
-                self.restore_slot(slot_id, &agent_url, &secret, spec).await?;
+                self.restore_slot(slot_id, &agent_url, &secret, spec)
+                    .await?;
             }
             push(
                 "agent",

@@ -223,7 +223,9 @@ impl IntoResponse for ApiError {
             ApiError::Docker(_) => (StatusCode::BAD_GATEWAY, "runtime_failed"),
             ApiError::NoCheckpointStore => (StatusCode::CONFLICT, "checkpoints_not_configured"),
             ApiError::Checkpoint(e) => match e {
-                berth_checkpoint::Error::NotFound(_) => (StatusCode::NOT_FOUND, "checkpoint_missing"),
+                berth_checkpoint::Error::NotFound(_) => {
+                    (StatusCode::NOT_FOUND, "checkpoint_missing")
+                }
                 berth_checkpoint::Error::BadManifest { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "checkpoint_corrupt")
                 }

@@ -322,7 +322,11 @@ async fn async_main(args: Args) -> std::process::ExitCode {
     if args.memory_reservation_mib == 0 {
         return config_error("--memory-reservation-mib must be at least 1");
     }
-    let checkpoints = match args.checkpoint_store.as_deref().map(berth_checkpoint::Store::open) {
+    let checkpoints = match args
+        .checkpoint_store
+        .as_deref()
+        .map(berth_checkpoint::Store::open)
+    {
         None => None,
         Some(Ok(store)) => {
             tracing::info!(store = %store.url(), "checkpoints stored here");

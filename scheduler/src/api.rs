@@ -120,7 +120,10 @@ impl ApiError {
             ApiError::Runtime(_) => (StatusCode::BAD_GATEWAY, "runtime_failed"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable"),
             ApiError::CheckpointsOff => (StatusCode::CONFLICT, "checkpoints_not_configured"),
-            ApiError::CheckpointStore(_) => (StatusCode::BAD_GATEWAY, "checkpoint_store_failed"),
+            // The store not answering is worth a retry (S3 throttles with 503s).
+            ApiError::CheckpointStore(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "checkpoint_store_failed")
+            }
             ApiError::Checkpoint { status, code, .. } => {
                 let code = CHECKPOINT_CODES
                     .iter()
@@ -128,6 +131,7 @@ impl ApiError {
                     .copied()
                     .unwrap_or("checkpoint_failed");
                 let status = match *status {
+                    _ if code == "checkpoint_store_failed" => StatusCode::SERVICE_UNAVAILABLE,
                     404 | 409 | 413 | 422 | 507 => {
                         StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
                     }
@@ -186,7 +190,10 @@ pub fn router(s: Scheduler) -> Router {
         )
         .route("/v1/workspaces/{id}/keepalive", post(keepalive))
         .route("/v1/workspaces/{id}/checkpoint", post(checkpoint_workspace))
-        .route("/v1/conversations/{id}", axum::routing::delete(delete_conversation))
+        .route(
+            "/v1/conversations/{id}",
+            axum::routing::delete(delete_conversation),
+        )
         .route("/v1/conversations/{id}/checkpoints", get(list_checkpoints))
         .route(
             "/v1/workspaces/{id}/egress",
@@ -343,9 +350,11 @@ pub(crate) async fn healthz() -> &'static str {
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 413, description = "`body_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_field`, `egress_not_allowed`, `ip_literal_not_allowed`, `upstream_not_allowed`, `secret_not_allowed` (`field` names the part)", body = ErrorBody),
+        (status = 404, description = "`checkpoint_missing`: the conversation's latest checkpoint has no archive (`on_restore_error: empty` or `restore: false` hands out an empty workspace)", body = ErrorBody),
+        (status = 413, description = "`archive_too_large`: the checkpoint exceeds the template's limits", body = ErrorBody),
+        (status = 422, description = "`invalid_field`, `egress_not_allowed`, `ip_literal_not_allowed`, `upstream_not_allowed`, `secret_not_allowed` (`field` names the part); `checksum_mismatch`, `archive_corrupt`, `archive_refused`, `checkpoint_corrupt`: the conversation's checkpoint cannot be restored", body = ErrorBody),
         (status = 502, description = "`runtime_failed`", body = ErrorBody),
-        (status = 503, description = "`no_capacity`, `state_rebuilding`, `state_unavailable` (with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`no_capacity`, `state_rebuilding`, `state_unavailable`, `checkpoint_store_failed` (with `Retry-After`)", body = ErrorBody),
     ))]
 pub(crate) async fn create_workspace(
     State(s): State<Scheduler>,
@@ -487,8 +496,8 @@ pub struct Deleted {
         (status = 404, description = "`workspace_not_found`", body = ErrorBody),
         (status = 413, description = "`archive_too_large`: the checkpoint before the release was refused; the workspace stays (`?checkpoint=false` releases it anyway)", body = ErrorBody),
         (status = 422, description = "`invalid_field` (`checkpoint`)", body = ErrorBody),
-        (status = 502, description = "`checkpoint_store_failed`, `checkpoint_failed`, `slot_unreachable`: the checkpoint failed; the workspace stays", body = ErrorBody),
-        (status = 503, description = "`state_rebuilding`, `state_unavailable`", body = ErrorBody),
+        (status = 502, description = "`checkpoint_failed`, `archive_failed`, `slot_unreachable`: the checkpoint failed; the workspace stays", body = ErrorBody),
+        (status = 503, description = "`checkpoint_store_failed` (the workspace stays), `state_rebuilding`, `state_unavailable`", body = ErrorBody),
     ))]
 pub(crate) async fn delete_workspace(
     State(s): State<Scheduler>,
@@ -498,7 +507,12 @@ pub(crate) async fn delete_workspace(
 ) -> Result<Response, ApiError> {
     check_api(&s, &headers)?;
     let mut checkpoint = true;
-    for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         checkpoint = match pair {
             "checkpoint=true" => true,
             "checkpoint=false" => false,
@@ -529,8 +543,8 @@ pub(crate) async fn delete_workspace(
         (status = 404, description = "`workspace_not_found`", body = ErrorBody),
         (status = 409, description = "`workspace_lost`, `workspace_not_ready`, `checkpoints_not_configured`", body = ErrorBody),
         (status = 413, description = "`archive_too_large` (the template's `checkpoint.max_bytes` or `max_entries`)", body = ErrorBody),
-        (status = 502, description = "`checkpoint_store_failed`, `archive_failed`, `checkpoint_failed`, `slot_unreachable`", body = ErrorBody),
-        (status = 503, description = "`state_rebuilding`, `state_unavailable`", body = ErrorBody),
+        (status = 502, description = "`archive_failed`, `checkpoint_failed`, `slot_unreachable`", body = ErrorBody),
+        (status = 503, description = "`checkpoint_store_failed`, `state_rebuilding`, `state_unavailable` (with `Retry-After`)", body = ErrorBody),
     ))]
 pub(crate) async fn checkpoint_workspace(
     State(s): State<Scheduler>,
@@ -552,7 +566,7 @@ pub(crate) async fn checkpoint_workspace(
         (status = 200, description = "Its checkpoints' manifests, oldest first", body = Vec<berth_wire::checkpoint::Manifest>),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 409, description = "`checkpoints_not_configured`", body = ErrorBody),
-        (status = 502, description = "`checkpoint_store_failed`", body = ErrorBody),
+        (status = 503, description = "`checkpoint_store_failed` (with `Retry-After`)", body = ErrorBody),
     ))]
 pub(crate) async fn list_checkpoints(
     State(s): State<Scheduler>,
@@ -571,8 +585,7 @@ pub(crate) async fn list_checkpoints(
     responses(
         (status = 200, description = "What went", body = crate::checkpoints::ConversationDeleted),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 502, description = "`checkpoint_store_failed`", body = ErrorBody),
-        (status = 503, description = "`state_unavailable`", body = ErrorBody),
+        (status = 503, description = "`checkpoint_store_failed`, `state_unavailable` (with `Retry-After`)", body = ErrorBody),
     ))]
 pub(crate) async fn delete_conversation(
     State(s): State<Scheduler>,

@@ -15,7 +15,14 @@ impl Scheduler {
     /// The template's checkpoint policy, when the scheduler has a store at all.
     pub(crate) fn checkpoint_policy(&self, template: &str) -> Option<templates::CheckpointPolicy> {
         self.inner.config.checkpoints.as_ref()?;
-        Some(self.inner.config.templates.policy(template).checkpoint.clone())
+        Some(
+            self.inner
+                .config
+                .templates
+                .policy(template)
+                .checkpoint
+                .clone(),
+        )
     }
 
     fn checkpoint_store(&self) -> Result<&berth_checkpoint::Store, ApiError> {
@@ -27,7 +34,11 @@ impl Scheduler {
     }
 
     /// Archives workspace `id`'s files as its conversation's newest checkpoint.
-    pub async fn checkpoint(&self, id: &str, reason: CheckpointReason) -> Result<Manifest, ApiError> {
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        reason: CheckpointReason,
+    ) -> Result<Manifest, ApiError> {
         let record = self.workspace(id).await?;
         if record.status == WorkspaceStatus::Lost {
             return Err(ApiError::Lost(id.into()));
@@ -43,7 +54,13 @@ impl Scheduler {
     ) -> Result<Manifest, ApiError> {
         self.checkpoint_store()?;
         let w = &record.workspace;
-        let policy = self.inner.config.templates.policy(&w.template).checkpoint.clone();
+        let policy = self
+            .inner
+            .config
+            .templates
+            .policy(&w.template)
+            .checkpoint
+            .clone();
         let Some(url) = self.hostd_url(&w.host_id).await? else {
             return Err(ApiError::Slot {
                 status: 502,
@@ -66,11 +83,17 @@ impl Scheduler {
             .await
         {
             Ok(m) => {
-                self.inner.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .counters
+                    .checkpoints
+                    .fetch_add(1, Ordering::Relaxed);
                 self.event(
                     "checkpoint",
                     &w.id,
-                    format!("{} ({:?}): {} bytes in {} ms", m.id, reason, m.size, m.duration_ms),
+                    format!(
+                        "{} ({:?}): {} bytes in {} ms",
+                        m.id, reason, m.size, m.duration_ms
+                    ),
                 );
                 Ok(m)
             }
@@ -128,14 +151,19 @@ impl Scheduler {
     ) -> Result<ConversationDeleted, ApiError> {
         let mut released = Vec::new();
         for r in self.inner.store.workspaces().await? {
-            if r.workspace.conversation_id == conversation_id {
-                if let Some(gone) = self.inner.store.remove_workspace(&r.workspace.id).await? {
-                    if !gone.slot_id.is_empty() {
-                        self.discard_slot(&gone.workspace.host_id, &gone.slot_id, "conversation deleted")
-                            .await;
-                    }
-                    released.push(gone.workspace.id);
+            if r.workspace.conversation_id != conversation_id {
+                continue;
+            }
+            if let Some(gone) = self.inner.store.remove_workspace(&r.workspace.id).await? {
+                if !gone.slot_id.is_empty() {
+                    self.discard_slot(
+                        &gone.workspace.host_id,
+                        &gone.slot_id,
+                        "conversation deleted",
+                    )
+                    .await;
                 }
+                released.push(gone.workspace.id);
             }
         }
         let checkpoints_deleted = match &self.inner.config.checkpoints {
@@ -145,8 +173,12 @@ impl Scheduler {
                 .map_err(|e| ApiError::CheckpointStore(e.to_string()))?,
             None => 0,
         };
-        tracing::info!(conversation_id, released = released.len(), checkpoints_deleted,
-            "conversation deleted");
+        tracing::info!(
+            conversation_id,
+            released = released.len(),
+            checkpoints_deleted,
+            "conversation deleted"
+        );
         Ok(ConversationDeleted {
             conversation_id: conversation_id.to_owned(),
             released,

@@ -32,6 +32,14 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// The stable code the far side answered, if it answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            CallError::Refused { code, .. } => Some(code),
+            CallError::Transport { .. } => None,
+        }
+    }
+
     /// The HTTP status the far side answered, if it answered.
     pub fn status(&self) -> Option<u16> {
         match self {

@@ -384,7 +384,11 @@ async fn main() -> std::process::ExitCode {
                      replica's",
                     runtime.claim_recovery_secs,
                     runtime.acquire_deadline_secs,
-                    if config.checkpoints.is_some() { ", twice over with a checkpoint store: a restore gets a second deadline" } else { "" }
+                    if config.checkpoints.is_some() {
+                        ", twice over with a checkpoint store: a restore gets a second deadline"
+                    } else {
+                        ""
+                    }
                 ));
             }
             if let Some(n) = runtime.refill_parallelism {

@@ -369,7 +369,8 @@ impl Scheduler {
             "expired" => Some(berth_wire::checkpoint::CheckpointReason::Expiry),
             _ => None,
         };
-        if let (Some(reason), Some(policy)) = (reason, self.checkpoint_policy(&r.workspace.template))
+        if let (Some(reason), Some(policy)) =
+            (reason, self.checkpoint_policy(&r.workspace.template))
         {
             use berth_wire::checkpoint::CheckpointReason as R;
             let wanted = match reason {

@@ -543,7 +543,7 @@ impl StateStore for RedisStore {
                 .await
                 .map_err(unavailable)?;
             match kind.as_str() {
-                "existing" => Ok(Acquired::Existing(decode(WORKSPACES, &payload)?)),
+                "existing" => Ok(Acquired::Existing(Box::new(decode(WORKSPACES, &payload)?))),
                 "warm" => Ok(Acquired::Warm(decode(&key, &payload)?)),
                 "rebuilding" => Ok(Acquired::Rebuilding),
                 _ => Ok(Acquired::Cold),

@@ -238,32 +238,41 @@ impl Scheduler {
                     message: "the claim did not finish within the acquire deadline".into(),
                 }),
             };
-            if let (Err(clients::CallError::Refused { code, .. }), Some(spec)) = (&claimed, &restore)
-                && checkpoints::is_restore_failure(code)
-            {
-                let e = checkpoints::checkpoint_error(claimed.err().expect("an error"));
-                tracing::warn!(workspace_id = %record.workspace.id, checkpoint = %spec.manifest.id,
-                    error = %e, "restore failed; the slot is discarded");
-                self.inner.counters.restores_failed.fetch_add(1, Ordering::Relaxed);
-                self.event(
-                    "restore_failed",
-                    &record.workspace.id,
-                    format!("{} of {}: {e}", spec.manifest.id, req.conversation_id),
-                );
-                self.inner
-                    .store
-                    .remove_workspace(&record.workspace.id)
-                    .await?;
-                self.discard_slot(&slot.host_id, &slot.slot_id, "restore failed")
-                    .await;
-                if on_restore_error == OnRestoreError::Empty {
-                    // The next slot is handed out empty, saying why.
-                    restore_error = Some(error_detail(&e));
-                    restore_lookup = Some(None);
-                    continue;
+            let claimed = match (claimed, &restore) {
+                (Err(e), Some(spec)) if e.code().is_some_and(checkpoints::is_restore_failure) => {
+                    Err((checkpoints::checkpoint_error(e), spec))
                 }
-                return Err(e);
-            }
+                (other, _) => Ok(other),
+            };
+            let claimed = match claimed {
+                Ok(c) => c,
+                Err((e, spec)) => {
+                    tracing::warn!(workspace_id = %record.workspace.id, checkpoint = %spec.manifest.id,
+                    error = %e, "restore failed; the slot is discarded");
+                    self.inner
+                        .counters
+                        .restores_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.event(
+                        "restore_failed",
+                        &record.workspace.id,
+                        format!("{} of {}: {e}", spec.manifest.id, req.conversation_id),
+                    );
+                    self.inner
+                        .store
+                        .remove_workspace(&record.workspace.id)
+                        .await?;
+                    self.discard_slot(&slot.host_id, &slot.slot_id, "restore failed")
+                        .await;
+                    if on_restore_error == OnRestoreError::Empty {
+                        // The next slot is handed out empty, saying why.
+                        restore_error = Some(error_detail(&e));
+                        restore_lookup = Some(None);
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
             let claimed = claimed.map_err(|e| e.to_string());
             if let Err(e) = claimed {
                 tracing::warn!(slot_id = %slot.slot_id, error = %e, "claim failed; discarding slot");

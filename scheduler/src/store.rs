@@ -85,7 +85,7 @@ pub fn split_report(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
     /// The conversation already has this workspace.
-    Existing(WorkspaceRecord),
+    Existing(Box<WorkspaceRecord>),
     /// A warm slot was popped and bound to the new workspace.
     Warm(WarmSlot),
     /// No warm slot: the conversation is bound to the new workspace, which must be
@@ -541,7 +541,7 @@ impl StateStore for MemoryStore {
                 .get(conv)
                 .and_then(|id| s.workspaces.get(id))
             {
-                return Ok(Acquired::Existing(existing.clone()));
+                return Ok(Acquired::Existing(Box::new(existing.clone())));
             }
             let slot = s
                 .pools

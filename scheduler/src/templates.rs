@@ -161,7 +161,9 @@ impl Templates {
 fn check(p: &TemplatePolicy) -> Result<(), String> {
     let c = &p.checkpoint;
     if c.keep == 0 || c.max_bytes == 0 || c.max_entries == 0 || c.max_ratio == 0 {
-        return Err("checkpoint: keep, max_bytes, max_entries and max_ratio must be at least 1".into());
+        return Err(
+            "checkpoint: keep, max_bytes, max_entries and max_ratio must be at least 1".into(),
+        );
     }
     for c in &p.allow_private {
         crate::addrs::Cidr::parse(c).map_err(|e| format!("allow_private: {e}"))?;

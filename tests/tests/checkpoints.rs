@@ -105,7 +105,10 @@ async fn release_and_resume_restore_the_files_and_deleting_the_conversation_dele
     )
     .await;
     assert_eq!(list.len(), 1, "{list:?}");
-    assert_eq!(list[0].reason, berth_wire::checkpoint::CheckpointReason::Release);
+    assert_eq!(
+        list[0].reason,
+        berth_wire::checkpoint::CheckpointReason::Release
+    );
     assert_eq!(list[0].workspace_id, ws.id);
 
     // Resume: the next create restores it, and says from what.
@@ -113,21 +116,39 @@ async fn release_and_resume_restore_the_files_and_deleting_the_conversation_dele
     assert_ne!(again.id, ws.id);
     assert_eq!(again.restored_from.as_deref(), Some(list[0].id.as_str()));
     let agent = AgentClient::for_workspace(again.clone());
-    assert_eq!(fingerprint(&agent).await, before, "the restored tree differs");
+    assert_eq!(
+        fingerprint(&agent).await,
+        before,
+        "the restored tree differs"
+    );
 
     // `restore: false` hands out an empty workspace.
     let resp = berth
         .http
-        .delete(format!("{}/v1/workspaces/{}?checkpoint=false", berth.api, again.id))
+        .delete(format!(
+            "{}/v1/workspaces/{}?checkpoint=false",
+            berth.api, again.id
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let (status, body) = acquire(&berth, json!({"conversation_id": "resume-me", "restore": false})).await;
+    let (status, body) = acquire(
+        &berth,
+        json!({"conversation_id": "resume-me", "restore": false}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.get("restored_from").is_none(), "{body}");
     let empty = AgentClient::for_workspace(serde_json::from_value(body).unwrap());
-    assert_eq!(empty.sh("ls -A /workspace | wc -l").await.stdout_text().trim(), "0");
+    assert_eq!(
+        empty
+            .sh("ls -A /workspace | wc -l")
+            .await
+            .stdout_text()
+            .trim(),
+        "0"
+    );
 
     // The user deletes the conversation: its workspace and checkpoints go.
     let resp = berth
@@ -151,7 +172,11 @@ async fn moto_store(moto: &MotoServer, bucket: &str) -> berth_checkpoint::Store 
         .send()
         .await
         .unwrap();
-    assert!(resp.status().is_success(), "create bucket: {}", resp.status());
+    assert!(
+        resp.status().is_success(),
+        "create bucket: {}",
+        resp.status()
+    );
     let endpoint = moto.endpoint();
     berth_checkpoint::Store::open_with(
         &format!("s3://{bucket}/checkpoints"),
@@ -203,7 +228,10 @@ async fn a_dead_hosts_conversation_comes_back_on_another_host_with_its_files_fro
     let m = checkpoint(&berth, &victim).await;
     assert!(m.size > 200 * 1024 * 1024, "{m:?}");
     assert_eq!(m.conversation_id, victim.conversation_id);
-    eprintln!("checkpoint of 200 MiB + tree: {} bytes in {} ms", m.size, m.duration_ms);
+    eprintln!(
+        "checkpoint of 200 MiB + tree: {} bytes in {} ms",
+        m.size, m.duration_ms
+    );
 
     // The host dies; the conversation's next create lands on the other host, with
     // its files.
@@ -211,7 +239,8 @@ async fn a_dead_hosts_conversation_comes_back_on_another_host_with_its_files_fro
     berth.kill_host(&first);
     let replacement = loop {
         assert!(died.elapsed() < Duration::from_secs(60), "never replaced");
-        let (status, body) = acquire(&berth, json!({"conversation_id": victim.conversation_id})).await;
+        let (status, body) =
+            acquire(&berth, json!({"conversation_id": victim.conversation_id})).await;
         if status == 200 && body["id"] != victim.id.as_str() {
             break serde_json::from_value::<Workspace>(body).unwrap();
         }
@@ -223,7 +252,11 @@ async fn a_dead_hosts_conversation_comes_back_on_another_host_with_its_files_fro
     assert_eq!(replacement.replaced.as_deref(), Some(victim.id.as_str()));
     assert_eq!(replacement.restored_from.as_deref(), Some(m.id.as_str()));
     let agent = AgentClient::for_workspace(replacement.clone());
-    assert_eq!(fingerprint(&agent).await, before, "the restored tree differs");
+    assert_eq!(
+        fingerprint(&agent).await,
+        before,
+        "the restored tree differs"
+    );
 
     // Workspace code reaches neither the store nor its own agent's archive.
     let out = agent
@@ -249,19 +282,39 @@ struct TestNetwork {
 
 impl TestNetwork {
     fn new() -> Self {
-        let name = format!("berth-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        let label = format!("{}={}", berth_tests::docker::TEST_RUN, berth_tests::docker::run_id());
+        let name = format!(
+            "berth-test-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
+        let label = format!(
+            "{}={}",
+            berth_tests::docker::TEST_RUN,
+            berth_tests::docker::run_id()
+        );
         let made = std::process::Command::new("docker")
             .args(["network", "create", "--label", &label, &name])
             .output()
             .unwrap();
-        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
         let out = std::process::Command::new("docker")
-            .args(["network", "inspect", &name, "-f", "{{(index .IPAM.Config 0).Gateway}}"])
+            .args([
+                "network",
+                "inspect",
+                &name,
+                "-f",
+                "{{(index .IPAM.Config 0).Gateway}}",
+            ])
             .output()
             .unwrap();
         let gateway = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        assert!(gateway.parse::<std::net::IpAddr>().is_ok(), "gateway {gateway:?}");
+        assert!(
+            gateway.parse::<std::net::IpAddr>().is_ok(),
+            "gateway {gateway:?}"
+        );
         Self { name, gateway }
     }
 }
@@ -274,9 +327,12 @@ impl Drop for TestNetwork {
     }
 }
 
-/// A tar stream of raw entries (path, type, declared size, link, data), written
-/// without the tar crate's checks, compressed as a checkpoint is.
-fn hostile(entries: &[(&str, tar::EntryType, u64, Option<&str>, &[u8])]) -> Vec<u8> {
+/// One raw tar entry: path, type, declared size, link target, data.
+type RawEntry<'a> = (&'a str, tar::EntryType, u64, Option<&'a str>, &'a [u8]);
+
+/// A tar stream of raw entries, written without the tar crate's checks, compressed
+/// as a checkpoint is.
+fn hostile(entries: &[RawEntry<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
     for (path, kind, size, link, data) in entries {
         let mut h = tar::Header::new_gnu();
@@ -313,8 +369,12 @@ async fn plant(store: &berth_checkpoint::Store, conv: &str, archive: Vec<u8>) ->
         created_at_ms: berth_wire::now_ms(),
         duration_ms: 0,
     };
-    let chunks = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(archive))]);
-    store.upload(manifest, chunks, Instant::now()).await.unwrap()
+    let chunks =
+        futures_util::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(archive))]);
+    store
+        .upload(manifest, chunks, Instant::now())
+        .await
+        .unwrap()
 }
 
 fn rand_u32() -> u32 {
@@ -334,12 +394,43 @@ async fn hostile_or_corrupt_checkpoints_are_refused_and_the_workspace_stays_usab
     use tar::EntryType as T;
     let zeros = vec![0u8; 64 << 20];
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("traversal", hostile(&[("ok", T::Regular, 2, None, b"ok"), ("../../etc/evil", T::Regular, 4, None, b"evil")]), "archive_refused"),
-        ("absolute", hostile(&[("/etc/evil", T::Regular, 4, None, b"evil")]), "archive_refused"),
-        ("link-to-etc", hostile(&[("etc", T::Symlink, 0, Some("/etc"), b"")]), "archive_refused"),
-        ("through-link", hostile(&[("d/", T::Directory, 0, None, b""), ("l", T::Symlink, 0, Some("d"), b""), ("l/x", T::Regular, 1, None, b"x")]), "archive_refused"),
-        ("sparse-10g", hostile(&[("huge", T::Regular, 10 << 30, None, b"")]), "archive_too_large"),
-        ("bomb", hostile(&[("zeros", T::Regular, zeros.len() as u64, None, &zeros)]), "archive_refused"),
+        (
+            "traversal",
+            hostile(&[
+                ("ok", T::Regular, 2, None, b"ok"),
+                ("../../etc/evil", T::Regular, 4, None, b"evil"),
+            ]),
+            "archive_refused",
+        ),
+        (
+            "absolute",
+            hostile(&[("/etc/evil", T::Regular, 4, None, b"evil")]),
+            "archive_refused",
+        ),
+        (
+            "link-to-etc",
+            hostile(&[("etc", T::Symlink, 0, Some("/etc"), b"")]),
+            "archive_refused",
+        ),
+        (
+            "through-link",
+            hostile(&[
+                ("d/", T::Directory, 0, None, b""),
+                ("l", T::Symlink, 0, Some("d"), b""),
+                ("l/x", T::Regular, 1, None, b"x"),
+            ]),
+            "archive_refused",
+        ),
+        (
+            "sparse-10g",
+            hostile(&[("huge", T::Regular, 10 << 30, None, b"")]),
+            "archive_too_large",
+        ),
+        (
+            "bomb",
+            hostile(&[("zeros", T::Regular, zeros.len() as u64, None, &zeros)]),
+            "archive_refused",
+        ),
     ];
     for (name, archive, code) in cases {
         let conv = format!("hostile-{name}");
@@ -349,14 +440,22 @@ async fn hostile_or_corrupt_checkpoints_are_refused_and_the_workspace_stays_usab
         assert_eq!(body["error"]["code"], code, "{name}: {status} {body}");
         assert!(status == 422 || status == 413, "{name}: {status} {body}");
         // Allowed empty: the workspace works and holds nothing of the archive.
-        let (status, body) =
-            acquire(&berth, json!({"conversation_id": conv, "on_restore_error": "empty"})).await;
+        let (status, body) = acquire(
+            &berth,
+            json!({"conversation_id": conv, "on_restore_error": "empty"}),
+        )
+        .await;
         assert_eq!(status, 200, "{name}: {body}");
         assert_eq!(body["restore_error"]["code"], code, "{name}: {body}");
         let agent = AgentClient::for_workspace(serde_json::from_value(body).unwrap());
-        let out = agent.sh("ls -A /workspace | wc -l; ls /etc/evil 2>&1; echo alive").await;
+        let out = agent
+            .sh("ls -A /workspace | wc -l; ls /etc/evil 2>&1; echo alive")
+            .await;
         let text = out.stdout_text();
-        assert!(text.starts_with("0\n") && text.contains("alive"), "{name}: {text}");
+        assert!(
+            text.starts_with("0\n") && text.contains("alive"),
+            "{name}: {text}"
+        );
         assert!(text.contains("No such file"), "{name}: {text}");
     }
 
@@ -370,7 +469,11 @@ async fn hostile_or_corrupt_checkpoints_are_refused_and_the_workspace_stays_usab
     wrong.sha256 = "0".repeat(64);
     std::fs::write(&manifest_path, serde_json::to_vec(&wrong).unwrap()).unwrap();
     let (status, body) = acquire(&berth, json!({"conversation_id": "corrupt"})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("checksum_mismatch")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("checksum_mismatch")),
+        "{body}"
+    );
     let m = plant(&store, "missing", good).await;
     std::fs::remove_file(
         dir.join(berth_checkpoint::conversation_key("missing"))
@@ -378,10 +481,20 @@ async fn hostile_or_corrupt_checkpoints_are_refused_and_the_workspace_stays_usab
     )
     .unwrap();
     let (status, body) = acquire(&berth, json!({"conversation_id": "missing"})).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("checkpoint_missing")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("checkpoint_missing")),
+        "{body}"
+    );
     // The service keeps serving.
     let ws = workspace(&berth, "after-the-attacks").await;
-    assert!(AgentClient::for_workspace(ws).sh("echo ok").await.stdout_text().contains("ok"));
+    assert!(
+        AgentClient::for_workspace(ws)
+            .sh("echo ok")
+            .await
+            .stdout_text()
+            .contains("ok")
+    );
     berth.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -65,7 +65,12 @@ fn archive_of(root: &Path, limits: &ArchiveLimits) -> Result<(Vec<u8>, Tally), A
 
 /// Runs `unpack` of `archive` into `root` as the handler does: emptied after a
 /// refusal.
-fn restore(root: &Path, archive: &[u8], sha: [u8; 32], limits: &ArchiveLimits) -> Result<RestoreSummary, AgentError> {
+fn restore(
+    root: &Path,
+    archive: &[u8],
+    sha: [u8; 32],
+    limits: &ArchiveLimits,
+) -> Result<RestoreSummary, AgentError> {
     let (tx, rx) = mpsc::channel(IN_FLIGHT);
     let chunks: Vec<Bytes> = archive.chunks(CHUNK).map(Bytes::copy_from_slice).collect();
     let feeder = std::thread::spawn(move || {
@@ -92,7 +97,14 @@ fn zstd_of(tar: &[u8]) -> Vec<u8> {
 }
 
 /// A raw tar entry with any path and type, written without the tar crate's checks.
-fn raw_entry(out: &mut Vec<u8>, path: &str, kind: tar::EntryType, size: u64, link: Option<&str>, data: &[u8]) {
+fn raw_entry(
+    out: &mut Vec<u8>,
+    path: &str,
+    kind: tar::EntryType,
+    size: u64,
+    link: Option<&str>,
+    data: &[u8],
+) {
     let mut h = tar::Header::new_gnu();
     h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
     h.set_mode(0o644);
@@ -121,7 +133,9 @@ fn a_tree_comes_back_with_modes_links_empty_dirs_and_contents() {
     std::fs::write(src.path("src/main.rs"), b"fn main() {}\n").unwrap();
     std::fs::write(src.path("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
     std::fs::set_permissions(src.path("run.sh"), std::fs::Permissions::from_mode(0o751)).unwrap();
-    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(src.path("src/deep/er/blob.bin"), &big).unwrap();
     symlink("src/main.rs", src.path("link-in")).unwrap();
     symlink("../../run.sh", src.path("src/deep/up")).unwrap();
@@ -141,18 +155,49 @@ fn a_tree_comes_back_with_modes_links_empty_dirs_and_contents() {
     let summary = restore(&dst.0, &bytes, sha(&bytes), &limits).unwrap();
     assert_eq!(summary.entries, tally.entries);
     assert_eq!(summary.archive_bytes, bytes.len() as u64);
-    assert_eq!(std::fs::read(dst.path("src/deep/er/blob.bin")).unwrap(), big);
-    assert_eq!(std::fs::read(dst.path("src/main.rs")).unwrap(), b"fn main() {}\n");
-    let mode = std::fs::metadata(dst.path("run.sh")).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        std::fs::read(dst.path("src/deep/er/blob.bin")).unwrap(),
+        big
+    );
+    assert_eq!(
+        std::fs::read(dst.path("src/main.rs")).unwrap(),
+        b"fn main() {}\n"
+    );
+    let mode = std::fs::metadata(dst.path("run.sh"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
     assert_eq!(mode, 0o751);
-    assert_eq!(std::fs::read_link(dst.path("link-in")).unwrap(), Path::new("src/main.rs"));
-    assert_eq!(std::fs::read_link(dst.path("src/deep/up")).unwrap(), Path::new("../../run.sh"));
+    assert_eq!(
+        std::fs::read_link(dst.path("link-in")).unwrap(),
+        Path::new("src/main.rs")
+    );
+    assert_eq!(
+        std::fs::read_link(dst.path("src/deep/up")).unwrap(),
+        Path::new("../../run.sh")
+    );
     assert!(std::fs::symlink_metadata(dst.path("link-out")).is_err());
     assert!(std::fs::symlink_metadata(dst.path("src/escape")).is_err());
-    assert!(std::fs::read_dir(dst.path("empty")).unwrap().next().is_none());
-    assert_eq!(std::fs::read(dst.path(&format!("{long}/{long}/f"))).unwrap(), b"long");
-    let ro = std::fs::metadata(dst.path("ro")).unwrap().permissions().mode() & 0o777;
-    assert_eq!(ro, 0o555, "a read-only directory is read-only again, with its file in it");
+    assert!(
+        std::fs::read_dir(dst.path("empty"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    assert_eq!(
+        std::fs::read(dst.path(&format!("{long}/{long}/f"))).unwrap(),
+        b"long"
+    );
+    let ro = std::fs::metadata(dst.path("ro"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(
+        ro, 0o555,
+        "a read-only directory is read-only again, with its file in it"
+    );
     assert_eq!(std::fs::read(dst.path("ro/kept")).unwrap(), b"x");
     let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
     assert_eq!(
@@ -178,13 +223,25 @@ fn a_workspace_over_its_limits_is_refused_before_anything_is_sent() {
         ..ArchiveLimits::default()
     };
     let err = walk(&src.0, &few, &mut |_| Ok(())).unwrap_err();
-    assert!(matches!(err, AgentError::ArchiveTooLarge { what: "entries", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            AgentError::ArchiveTooLarge {
+                what: "entries",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let small = ArchiveLimits {
         max_bytes: 4000,
         ..ArchiveLimits::default()
     };
     let err = walk(&src.0, &small, &mut |_| Ok(())).unwrap_err();
-    assert!(matches!(err, AgentError::ArchiveTooLarge { what: "bytes", .. }), "{err}");
+    assert!(
+        matches!(err, AgentError::ArchiveTooLarge { what: "bytes", .. }),
+        "{err}"
+    );
 }
 
 /// Restores `tar` (compressed here) and expects `check` of the refusal, and an
@@ -193,7 +250,11 @@ fn refused(tar: &[u8], limits: ArchiveLimits, check: impl Fn(&AgentError) -> boo
     let archive = zstd_of(tar);
     let dst = Dir::new("hostile");
     let err = restore(&dst.0, &archive, sha(&archive), &limits).unwrap_err();
-    assert!(check(&err), "unexpected refusal: {err} ({:?})", err.status_and_code());
+    assert!(
+        check(&err),
+        "unexpected refusal: {err} ({:?})",
+        err.status_and_code()
+    );
     assert!(dst.is_empty(), "a refused archive leaves nothing behind");
     assert!(!dst.0.parent().unwrap().join("evil").exists());
 }
@@ -223,7 +284,12 @@ fn entries_that_escape_the_root_are_refused() {
     end(&mut t);
     refused(&t, ArchiveLimits::default(), refusal);
     // Hard links, devices and FIFOs are not restored.
-    for kind in [tar::EntryType::Link, tar::EntryType::Char, tar::EntryType::Block, tar::EntryType::Fifo] {
+    for kind in [
+        tar::EntryType::Link,
+        tar::EntryType::Char,
+        tar::EntryType::Block,
+        tar::EntryType::Fifo,
+    ] {
         let mut t = Vec::new();
         raw_entry(&mut t, "x", kind, 0, Some("ok.txt"), b"");
         end(&mut t);
@@ -234,7 +300,10 @@ fn entries_that_escape_the_root_are_refused() {
     raw_entry(&mut t, "x", tar::EntryType::GNUSparse, 0, None, b"");
     end(&mut t);
     refused(&t, ArchiveLimits::default(), |e| {
-        matches!(e, AgentError::ArchiveRefused { .. } | AgentError::ArchiveCorrupt(_))
+        matches!(
+            e,
+            AgentError::ArchiveRefused { .. } | AgentError::ArchiveCorrupt(_)
+        )
     });
     // The same path twice.
     let mut t = Vec::new();
@@ -250,22 +319,35 @@ fn a_ten_gib_sparse_file_is_refused_by_its_header() {
     raw_entry(&mut t, "small", tar::EntryType::Regular, 1, None, b"s");
     // The header claims 10 GiB; none of it follows.
     raw_entry(&mut t, "huge", tar::EntryType::Regular, 10 << 30, None, b"");
-    refused(&t, ArchiveLimits::default(), |e| {
-        matches!(e, AgentError::ArchiveTooLarge { what: "bytes", at, .. } if at == "huge")
-    });
+    refused(
+        &t,
+        ArchiveLimits::default(),
+        |e| matches!(e, AgentError::ArchiveTooLarge { what: "bytes", at, .. } if at == "huge"),
+    );
 }
 
 #[test]
 fn a_decompression_bomb_is_refused_by_its_ratio() {
     let mut t = Vec::new();
     let zeros = vec![0u8; 64 << 20];
-    raw_entry(&mut t, "zeros", tar::EntryType::Regular, zeros.len() as u64, None, &zeros);
+    raw_entry(
+        &mut t,
+        "zeros",
+        tar::EntryType::Regular,
+        zeros.len() as u64,
+        None,
+        &zeros,
+    );
     end(&mut t);
     let limits = ArchiveLimits {
         max_ratio: 100,
         ..ArchiveLimits::default()
     };
-    refused(&t, limits, |e| matches!(e, AgentError::ArchiveRefused { reason, .. } if reason.contains("bomb")));
+    refused(
+        &t,
+        limits,
+        |e| matches!(e, AgentError::ArchiveRefused { reason, .. } if reason.contains("bomb")),
+    );
 }
 
 #[test]
