@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 /// Parts in flight during an upload (each up to [`PART_BYTES`]): what an upload
 /// holds in memory, at most.
-const PARTS_IN_FLIGHT: usize = 2;
+const PARTS_IN_FLIGHT: usize = 4;
 /// Bytes per multipart part (S3's minimum is 5 MiB).
 const PART_BYTES: usize = 8 * 1024 * 1024;
 /// Bytes per chunk when an archive is read from a local directory.

@@ -118,6 +118,30 @@ impl MotoServer {
         })
     }
 
+    /// Makes bucket `bucket` and opens the checkpoint store `s3://bucket/checkpoints`
+    /// on it, with every S3 setting explicit (never the environment's, never the
+    /// instance metadata service).
+    pub async fn checkpoint_store(&self, bucket: &str) -> berth_checkpoint::Store {
+        let resp = reqwest::Client::new()
+            .put(format!("{}/{bucket}", self.endpoint()))
+            .send()
+            .await
+            .expect("moto reachable");
+        assert!(resp.status().is_success(), "create bucket: {}", resp.status());
+        let endpoint = self.endpoint();
+        berth_checkpoint::Store::open_with(
+            &format!("s3://{bucket}/checkpoints"),
+            &[
+                ("aws_endpoint", endpoint.as_str()),
+                ("aws_region", "us-east-1"),
+                ("aws_access_key_id", "testing"),
+                ("aws_secret_access_key", "testing"),
+                ("aws_allow_http", "true"),
+            ],
+        )
+        .expect("checkpoint store on moto")
+    }
+
     /// The last lines moto printed.
     pub fn log_tail(&self) -> Vec<String> {
         self.log

@@ -165,40 +165,13 @@ async fn release_and_resume_restore_the_files_and_deleting_the_conversation_dele
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A bucket in moto, on `endpoint`, and the store over it.
-async fn moto_store(moto: &MotoServer, bucket: &str) -> berth_checkpoint::Store {
-    let resp = reqwest::Client::new()
-        .put(format!("{}/{bucket}", moto.endpoint()))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        resp.status().is_success(),
-        "create bucket: {}",
-        resp.status()
-    );
-    let endpoint = moto.endpoint();
-    berth_checkpoint::Store::open_with(
-        &format!("s3://{bucket}/checkpoints"),
-        &[
-            ("aws_endpoint", endpoint.as_str()),
-            ("aws_region", "us-east-1"),
-            ("aws_access_key_id", "testing"),
-            ("aws_secret_access_key", "testing"),
-            ("aws_allow_http", "true"),
-            ("aws_skip_signature", "false"),
-        ],
-    )
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_hosts_conversation_comes_back_on_another_host_with_its_files_from_s3() {
     // moto listens on the gateway of a Docker network of the test's own, one of
     // this machine's addresses: a workspace could address it, and must not reach it.
     let net = TestNetwork::new();
     let moto = MotoServer::start_on(&net.gateway).unwrap();
-    let store = moto_store(&moto, "berth-ckpt").await;
+    let store = moto.checkpoint_store("berth-ckpt").await;
     let mut berth = LocalBerth::start_with(berth_tests::system::Options {
         pool: 2,
         checkpoints: Some(store.clone()),
