@@ -22,12 +22,14 @@
 //! workspace is as usable as before.
 
 use std::{
-    cell::Cell,
     ffi::OsStr,
     io::{self, Read, Write},
     os::{fd::OwnedFd, unix::ffi::OsStrExt},
     path::Path,
-    rc::Rc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
@@ -494,22 +496,110 @@ pub(crate) fn empty_root(root: &Path) -> Result<(), AgentError> {
 }
 
 /// Unpacks `input` (tar + zstd) under `root`, checking everything; see the module
-/// documentation.
+/// documentation. Decompressing runs in a thread of its own beside the writing,
+/// as `zstd -d | tar -x` runs in two processes.
 fn unpack(
     root: &Path,
     limits: &ArchiveLimits,
     expected: &[u8; 32],
-    mut input: ChannelReader,
+    input: ChannelReader,
 ) -> Result<RestoreSummary, AgentError> {
-    let read = input.read.clone();
-    let mut decoder = zstd::stream::read::Decoder::new(&mut input).map_err(corrupt)?;
-    decoder.window_log_max(WINDOW_LOG_MAX).map_err(corrupt)?;
-    let inflated = Inflated {
-        inner: decoder,
-        out: 0,
-        read,
-        limits: *limits,
+    let (written, inflated) = std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(IN_FLIGHT);
+        let decoder = scope.spawn(move || inflate(input, limits, tx));
+        let written = extract(root, limits, ChannelReader::plain(rx));
+        let inflated = decoder.join().unwrap_or_else(|_| {
+            Err(Decode::Failed(AgentError::ArchiveFailed(
+                "the decoder panicked".into(),
+            )))
+        });
+        (written, inflated)
+    });
+    let (tally, (actual, archive_bytes)) = match (written, inflated) {
+        (Ok(tally), Ok(done)) => (tally, done),
+        // What the decoder found is the cause of what the writer saw.
+        (_, Err(Decode::Failed(e))) => return Err(e),
+        (Err(e), _) => return Err(e),
+        (Ok(_), Err(Decode::HungUp)) => {
+            return Err(AgentError::ArchiveFailed(
+                "the writer stopped reading".into(),
+            ));
+        }
     };
+    if !berth_wire::secrets_equal(&actual, expected) {
+        return Err(AgentError::ChecksumMismatch {
+            expected: hex::encode(expected),
+            actual: hex::encode(actual),
+        });
+    }
+    Ok(RestoreSummary {
+        entries: tally.entries,
+        bytes: tally.bytes,
+        archive_bytes,
+        sha256: hex::encode(actual),
+        duration_ms: 0,
+    })
+}
+
+/// How the decoder thread ended, when not with the archive's hash.
+enum Decode {
+    /// The writer stopped reading (it refused an entry: its error says why).
+    HungUp,
+    Failed(AgentError),
+}
+
+/// Decompresses `input` into `out` in chunks, refusing what outgrows the limits;
+/// then reads what follows the last frame, so the hash covers the whole body.
+/// Returns the SHA-256 and size of the archive as read.
+fn inflate(
+    mut input: ChannelReader,
+    limits: &ArchiveLimits,
+    out: mpsc::Sender<io::Result<Bytes>>,
+) -> Result<([u8; 32], u64), Decode> {
+    let read = input.read.clone();
+    {
+        let decoder = zstd::stream::read::Decoder::new(&mut input)
+            .and_then(|mut d| d.window_log_max(WINDOW_LOG_MAX).map(|()| d))
+            .map_err(|e| Decode::Failed(corrupt(e)))?;
+        let mut inflated = Inflated {
+            inner: decoder,
+            out: 0,
+            read,
+            limits: *limits,
+        };
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let mut filled = 0;
+            while filled < CHUNK {
+                match inflated.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) => {
+                        let _ = out.blocking_send(Err(io::Error::other("the decoder stopped")));
+                        return Err(Decode::Failed(from_io(e)));
+                    }
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            buf.truncate(filled);
+            out.blocking_send(Ok(Bytes::from(buf)))
+                .map_err(|_| Decode::HungUp)?;
+        }
+    }
+    drop(out);
+    io::copy(&mut input, &mut io::sink()).map_err(|e| Decode::Failed(from_io(e)))?;
+    let hash = input
+        .hasher
+        .take()
+        .map(|h| h.finalize().into())
+        .unwrap_or([0; 32]);
+    Ok((hash, input.read.load(Ordering::Relaxed)))
+}
+
+/// Writes the entries of the tar stream `input` under `root`.
+fn extract(root: &Path, limits: &ArchiveLimits, input: ChannelReader) -> Result<Tally, AgentError> {
     let root_fd = openat(
         nix::fcntl::AT_FDCWD,
         root,
@@ -522,7 +612,7 @@ fn unpack(
     // Directory modes and times are set last: a read-only directory must still
     // take its contents, and writing them changes its mtime.
     let mut fixups: Vec<(Vec<Vec<u8>>, u32, u64)> = Vec::new();
-    let mut archive = tar::Archive::new(inflated);
+    let mut archive = tar::Archive::new(input);
     for entry in archive.entries().map_err(from_io)? {
         let mut entry = entry.map_err(from_io)?;
         let raw_path = entry.path_bytes().into_owned();
@@ -618,10 +708,7 @@ fn unpack(
     }
     // Whatever follows the archive's end is read too: the checksum covers the
     // whole object, and a bomb hidden after the end is still a bomb.
-    let mut inflated = archive.into_inner();
-    io::copy(&mut inflated, &mut io::sink()).map_err(from_io)?;
-    drop(inflated);
-    io::copy(&mut input, &mut io::sink()).map_err(from_io)?;
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(from_io)?;
     drop(dirs);
     for (parts, mode, mtime) in fixups.iter().rev() {
         let mut chain = DirChain::new(
@@ -639,20 +726,7 @@ fn unpack(
             let _ = futimens(fd, &t, &t);
         }
     }
-    let actual: [u8; 32] = input.hasher.finalize().into();
-    if !berth_wire::secrets_equal(&actual, expected) {
-        return Err(AgentError::ChecksumMismatch {
-            expected: hex::encode(expected),
-            actual: hex::encode(actual),
-        });
-    }
-    Ok(RestoreSummary {
-        entries: tally.entries,
-        bytes: tally.bytes,
-        archive_bytes: input.read.get(),
-        sha256: hex::encode(actual),
-        duration_ms: 0,
-    })
+    Ok(tally)
 }
 
 /// An entry's path split into plain components (a directory's trailing `/` aside).
@@ -727,21 +801,31 @@ impl DirChain {
     }
 }
 
-/// A `Read` over the HTTP body's chunks, hashing and counting what passes.
+/// A `Read` over a channel of chunks (the HTTP body's, or the decoder's), counting
+/// what passes and, for the body, hashing it.
 struct ChannelReader {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
-    hasher: Sha256,
-    read: Rc<Cell<u64>>,
+    hasher: Option<Sha256>,
+    read: Arc<AtomicU64>,
 }
 
 impl ChannelReader {
+    /// Hashing what it reads (the archive as received).
     fn new(rx: mpsc::Receiver<io::Result<Bytes>>) -> Self {
         Self {
             rx,
             current: Bytes::new(),
-            hasher: Sha256::new(),
-            read: Rc::default(),
+            hasher: Some(Sha256::new()),
+            read: Arc::default(),
+        }
+    }
+
+    /// Not hashing (the decoder's output).
+    fn plain(rx: mpsc::Receiver<io::Result<Bytes>>) -> Self {
+        Self {
+            hasher: None,
+            ..Self::new(rx)
         }
     }
 }
@@ -753,14 +837,16 @@ impl Read for ChannelReader {
                 None => return Ok(0),
                 Some(Err(e)) => return Err(e),
                 Some(Ok(chunk)) => {
-                    self.hasher.update(&chunk);
+                    if let Some(h) = &mut self.hasher {
+                        h.update(&chunk);
+                    }
                     self.current = chunk;
                 }
             }
         }
         let n = out.len().min(self.current.len());
         out[..n].copy_from_slice(&self.current.split_to(n));
-        self.read.set(self.read.get() + n as u64);
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -770,7 +856,7 @@ impl Read for ChannelReader {
 struct Inflated<R> {
     inner: R,
     out: u64,
-    read: Rc<Cell<u64>>,
+    read: Arc<AtomicU64>,
     limits: ArchiveLimits,
 }
 
@@ -791,7 +877,7 @@ impl<R: Read> Read for Inflated<R> {
                 at: "the archive".into(),
             }));
         }
-        let read = self.read.get().max(1);
+        let read = self.read.load(Ordering::Relaxed).max(1);
         if self.out > RATIO_FLOOR && self.out / read > self.limits.max_ratio {
             return Err(io::Error::other(AgentError::ArchiveRefused {
                 entry: "the archive".into(),

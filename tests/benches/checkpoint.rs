@@ -4,16 +4,20 @@
 //!
 //! `cargo build --release --bins -p berth-agent -p berth-proxy && \
 //!  cargo bench -p berth-tests --bench checkpoint` (needs moto: tests/run.sh
-//! installs it; Debian's `zstd` and `tar`).
+//! installs it; Debian's `zstd`, `tar` and `curl`).
 //!
 //! The tree, made inside a real workspace: 20,000 source files (about 1.5 KiB of
 //! text each, in 200 directories) and 200 MiB of build output (20 files of 10 MiB,
 //! each half random bytes, half repetitive text, like object files next to debug
 //! data). Ours: `POST /v1/workspaces/{id}/checkpoint` (the agent archives, hostd
-//! streams to moto's S3 on loopback) and a create that restores it (moto → hostd →
-//! agent, SHA-256 checked). The peer: `tar -cf - . | zstd -3` of the same tmpfs
-//! (read through `/proc/<pid>/root`) into a file, and `zstd -dc | tar -xf -` of
-//! that file into a fresh tmpfs directory. Host death: two hosts, the first killed
+//! streams to the store) and a create that restores it (store → hostd → agent,
+//! SHA-256 checked), on two stores: a local directory (`scheduler dev`'s) and
+//! moto's S3 on loopback. The peer, to the same place: `tar -cf - . | zstd -3` of
+//! the same tmpfs (read through `/proc/<pid>/root`) into a file, or through
+//! `curl -T -` into the same moto bucket; back with `zstd -dc | tar -xf -` into a
+//! fresh tmpfs directory. Also timed alone: the agent's archive drained without a
+//! store, and moto taking an archive of the same size from memory. Host death
+//! (moto round only): two hosts, the first killed
 //! (its hostd stopped, its containers removed), the conversation's create retried
 //! until it answers with a restored workspace on the second. `BERTH_BENCH_RUNS`
 //! (default 3) repetitions of each.
@@ -22,7 +26,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_tests::{agent::AgentClient, moto::MotoServer, system::LocalBerth};
-use berth_wire::Workspace;
+use berth_wire::{Workspace, checkpoint::Manifest};
 use serde_json::{Value, json};
 
 const TREE: &str = "set -e; cd /workspace; mkdir -p src build; \
@@ -32,7 +36,10 @@ const TREE: &str = "set -e; cd /workspace; mkdir -p src build; \
       close(f) } }'; \
     for i in $(seq 1 20); do head -c 5242880 /dev/urandom > build/obj$i.o; \
       seq 1 1000000 | head -c 5242880 >> build/obj$i.o; done; \
-    find . -type f | wc -l; du -sk . | cut -f1";
+    find . -type f | wc -l";
+
+/// curl's own SigV4 signing, with moto's static test credentials.
+const SIGNED: &str = "--aws-sigv4 aws:amz:us-east-1:s3 --user testing:testing";
 
 fn runs() -> usize {
     std::env::var("BERTH_BENCH_RUNS")
@@ -91,19 +98,32 @@ async fn container_pid(agent: &AgentClient) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let moto = MotoServer::start().expect("moto");
-    let store = moto.checkpoint_store("berth-bench").await;
+/// Where a round stores: ours through `store`, the peer through `peer_put` (a
+/// shell fragment reading the compressed stream on stdin) and `peer_get` (one
+/// writing it to stdout).
+struct Round<'a> {
+    label: &'a str,
+    store: berth_checkpoint::Store,
+    peer_put: String,
+    peer_get: String,
+    /// Two hosts and a host death at the end.
+    host_death: bool,
+}
+
+async fn round(r: Round<'_>) {
     let mut berth = LocalBerth::start_with(berth_tests::system::Options {
         pool: 2,
-        checkpoints: Some(store.clone()),
+        checkpoints: Some(r.store.clone()),
         memory_limit_mib: Some(1536),
         workspace_size_mib: Some(1024),
         ..Default::default()
     })
     .await;
-    let second = berth.add_host().await;
+    let second = if r.host_death {
+        Some(berth.add_host().await)
+    } else {
+        None
+    };
     let first = berth.host_id.clone();
     assert!(berth.wait_pool(2, Duration::from_secs(90)).await);
     let mut ws: Option<Workspace> = None;
@@ -119,27 +139,14 @@ async fn main() {
     let ws = ws.expect("a workspace on the first host");
     let conv = ws.conversation_id.clone();
     let agent = AgentClient::for_workspace(ws.clone());
-    let made = agent.exec(json!({"shell": TREE, "timeout_ms": 600_000})).await;
+    let made = agent
+        .exec(json!({"shell": TREE, "timeout_ms": 600_000}))
+        .await;
     assert_eq!(made.code, Some(0), "{}", made.stderr_text());
-    let counts: Vec<u64> = made
-        .stdout_text()
-        .split_whitespace()
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let (files, kib) = (counts[0], counts[1]);
-    let bytes = kib * 1024;
-    println!("tree: {files} files, {:.1} MiB on tmpfs", kib as f64 / 1024.0);
+    let files: u64 = made.stdout_text().trim().parse().expect("file count");
 
-    // The peer: tar | zstd of the same tree, into a file, and back into a fresh tmpfs.
     let pid = container_pid(&agent).await;
-    let peer_file = std::env::temp_dir().join(format!("berth-bench-peer-{}.tar.zst", std::process::id()));
     let peer_dir = format!("/dev/shm/berth-bench-restore-{}", std::process::id());
-    let mut peer_out = Vec::new();
-    let mut peer_in = Vec::new();
-    let mut ours_out = Vec::new();
-    let mut ours_in = Vec::new();
-    let mut sizes = (0u64, 0u64);
-    let mut agent_alone = Vec::new();
     let secret = berth
         .scheduler
         .store()
@@ -148,7 +155,19 @@ async fn main() {
         .unwrap()
         .expect("the workspace's record")
         .claim_secret;
+    let (mut peer_out, mut peer_in, mut ours_out, mut ours_in, mut agent_alone) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut manifest = None;
     for _ in 0..runs() {
+        peer_out.push(sh(&format!(
+            "tar -C /proc/{pid}/root/workspace -cf - . | zstd -3 -q | {}",
+            r.peer_put
+        )));
+        sh(&format!("rm -rf {peer_dir} && mkdir -p {peer_dir}"));
+        peer_in.push(sh(&format!(
+            "{} | zstd -dc -q | tar -C {peer_dir} -xf -",
+            r.peer_get
+        )));
         // The agent's archive alone, drained here (no store, no hostd).
         let started = Instant::now();
         let mut resp = berth
@@ -162,17 +181,6 @@ async fn main() {
         while resp.chunk().await.unwrap().is_some() {}
         agent_alone.push(started.elapsed());
 
-        peer_out.push(sh(&format!(
-            "tar -C /proc/{pid}/root/workspace -cf - . | zstd -3 -q -o {} -f",
-            peer_file.display()
-        )));
-        sizes.0 = std::fs::metadata(&peer_file).unwrap().len();
-        sh(&format!("rm -rf {peer_dir} && mkdir -p {peer_dir}"));
-        peer_in.push(sh(&format!(
-            "zstd -dc -q {} | tar -C {peer_dir} -xf -",
-            peer_file.display()
-        )));
-
         let started = Instant::now();
         let resp = berth
             .http
@@ -181,16 +189,14 @@ async fn main() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let m: berth_wire::checkpoint::Manifest = resp.json().await.unwrap();
         ours_out.push(started.elapsed());
-        sizes.1 = m.size;
+        manifest = Some(resp.json::<Manifest>().await.unwrap());
     }
     sh(&format!("rm -rf {peer_dir}"));
-    let _ = std::fs::remove_file(&peer_file);
+    let manifest = manifest.expect("a checkpoint");
 
-    // Ours, restoring: a create for the conversation on the other workspace's
-    // host... any host: the conversation's workspace is released (no checkpoint)
-    // and created again, restored, each run. The bare warm create is measured too.
+    // Restoring: the conversation's workspace is released (no checkpoint) and
+    // created again, restored, each run; a bare warm create is timed beside it.
     let mut bare = Vec::new();
     let mut live = ws.clone();
     for i in 0..runs() {
@@ -198,11 +204,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let started = Instant::now();
         let (status, body) = create(&berth, json!({"conversation_id": conv})).await;
-        let took = started.elapsed();
+        ours_in.push(started.elapsed());
         assert_eq!(status, 200, "{body}");
         live = serde_json::from_value(body).unwrap();
         assert!(live.restored_from.is_some(), "{live:?}");
-        ours_in.push(took);
         let started = Instant::now();
         let (status, body) = create(&berth, json!({"conversation_id": format!("bare-{i}")})).await;
         bare.push(started.elapsed());
@@ -211,98 +216,129 @@ async fn main() {
     let check = AgentClient::for_workspace(live.clone())
         .sh("find /workspace -type f | wc -l")
         .await;
-    assert_eq!(check.stdout_text().trim(), files.to_string(), "restored file count");
+    assert_eq!(
+        check.stdout_text().trim(),
+        files.to_string(),
+        "restored file count"
+    );
 
-    // moto alone: an archive of the same size uploaded from memory.
-    let data: Vec<u8> = (0..sizes.1).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+    // The store alone: an archive of the same size from memory.
+    let data: Vec<u8> = (0..manifest.size)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
     let data = bytes::Bytes::from(data);
-    let started = Instant::now();
     let chunks: Vec<std::io::Result<bytes::Bytes>> = (0..data.len())
         .step_by(256 * 1024)
         .map(|i| Ok(data.slice(i..(i + 256 * 1024).min(data.len()))))
         .collect();
-    let m = store
-        .upload(
-            berth_wire::checkpoint::Manifest {
-                id: berth_checkpoint::new_id(1, 1),
-                parent: None,
-                conversation_id: "store-alone".into(),
-                workspace_id: "none".into(),
-                template: "default".into(),
-                reason: berth_wire::checkpoint::CheckpointReason::Api,
-                size: 0,
-                sha256: String::new(),
-                entries: 0,
-                bytes: 0,
-                skipped: 0,
-                created_at_ms: 0,
-                duration_ms: 0,
-            },
-            futures_util::stream::iter(chunks),
-            started,
-        )
+    let mut alone = manifest.clone();
+    alone.conversation_id = "store-alone".into();
+    let started = Instant::now();
+    r.store
+        .upload(alone, futures_util::stream::iter(chunks), started)
         .await
         .unwrap();
     let store_alone = started.elapsed();
-    println!(
-        "  the store alone (moto, {:.1} MiB from memory): {:.2} s",
-        m.size as f64 / 1048576.0,
-        store_alone.as_secs_f64()
+
+    let bytes = manifest.bytes;
+    let (po, pi, oo, oi) = (
+        median(peer_out),
+        median(peer_in),
+        median(ours_out),
+        median(ours_in),
     );
-    let (po, pi, oo, oi) = (median(peer_out), median(peer_in), median(ours_out), median(ours_in));
     let aa = median(agent_alone);
     println!(
-        "  of which the agent's archive alone (drained, no store): {:.2} s ({:.0} MiB/s)",
-        aa.as_secs_f64(),
-        mib_s(bytes, aa)
+        "[{}] tree: {files} files, {:.1} MiB of content, {:.1} MiB compressed",
+        r.label,
+        bytes as f64 / 1048576.0,
+        manifest.size as f64 / 1048576.0
     );
     println!(
-        "checkpoint: ours {:.2} s ({:.0} MiB/s, {:.1} MiB stored in S3) vs tar|zstd {:.2} s ({:.0} MiB/s, {:.1} MiB to a file): {:.2}x its throughput",
+        "[{}] checkpoint: ours {:.2} s ({:.0} MiB/s) vs tar|zstd {:.2} s ({:.0} MiB/s): {:.2}x its throughput",
+        r.label,
         oo.as_secs_f64(),
         mib_s(bytes, oo),
-        sizes.1 as f64 / 1048576.0,
         po.as_secs_f64(),
         mib_s(bytes, po),
-        sizes.0 as f64 / 1048576.0,
         po.as_secs_f64() / oo.as_secs_f64()
     );
     println!(
-        "restore: ours {:.2} s (a create that restores; bare warm create {:.3} s) vs zstd -d|tar -x {:.2} s: {:.2}x its throughput",
+        "[{}]   the agent's archive alone {:.2} s ({:.0} MiB/s); the store alone takes {:.1} MiB from memory in {:.2} s",
+        r.label,
+        aa.as_secs_f64(),
+        mib_s(bytes, aa),
+        manifest.size as f64 / 1048576.0,
+        store_alone.as_secs_f64()
+    );
+    println!(
+        "[{}] restore: ours {:.2} s (a create that restores; a bare warm create {:.3} s) vs zstd -d|tar -x {:.2} s: {:.2}x its throughput",
+        r.label,
         oi.as_secs_f64(),
         median(bare).as_secs_f64(),
         pi.as_secs_f64(),
         pi.as_secs_f64() / oi.as_secs_f64()
     );
 
-    // Host death: the conversation's workspace onto the first host again, then the
-    // host dies.
-    let mut on_first = live;
-    let mut tries = 0;
-    while on_first.host_id != first {
-        tries += 1;
-        assert!(tries < 10, "never placed on the first host");
-        release(&berth, &on_first.id).await;
-        let (status, body) = create(&berth, json!({"conversation_id": conv})).await;
-        assert_eq!(status, 200, "{body}");
-        on_first = serde_json::from_value(body).unwrap();
-    }
-    let died = Instant::now();
-    berth.kill_host(&first);
-    let replacement = loop {
-        assert!(died.elapsed() < Duration::from_secs(60), "never replaced");
-        let (status, body) = create(&berth, json!({"conversation_id": conv})).await;
-        if status == 200 && body["id"] != on_first.id.as_str() {
-            break serde_json::from_value::<Workspace>(body).unwrap();
+    if let Some(second) = second {
+        // The conversation's workspace onto the first host again; the host dies.
+        let mut on_first = live;
+        let mut tries = 0;
+        while on_first.host_id != first {
+            tries += 1;
+            assert!(tries < 10, "never placed on the first host");
+            release(&berth, &on_first.id).await;
+            let (status, body) = create(&berth, json!({"conversation_id": conv})).await;
+            assert_eq!(status, 200, "{body}");
+            on_first = serde_json::from_value(body).unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let took = died.elapsed();
-    assert_eq!(replacement.host_id, second);
-    assert!(replacement.restored_from.is_some());
-    println!(
-        "host death → restored workspace on the other host: {:.1} s (heartbeat TTL {} s)",
-        took.as_secs_f64(),
-        berth_scheduler::Config::default().host_ttl.as_secs()
-    );
+        let died = Instant::now();
+        berth.kill_host(&first);
+        let replacement = loop {
+            assert!(died.elapsed() < Duration::from_secs(60), "never replaced");
+            let (status, body) = create(&berth, json!({"conversation_id": conv})).await;
+            if status == 200 && body["id"] != on_first.id.as_str() {
+                break serde_json::from_value::<Workspace>(body).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let took = died.elapsed();
+        assert_eq!(replacement.host_id, second);
+        assert!(replacement.restored_from.is_some());
+        println!(
+            "[{}] host death → restored workspace on the other host: {:.1} s (heartbeat TTL {} s)",
+            r.label,
+            took.as_secs_f64(),
+            berth_scheduler::Config::default().host_ttl.as_secs()
+        );
+    }
     berth.stop().await;
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = std::env::temp_dir().join(format!("berth-bench-ckpt-{}", std::process::id()));
+    let peer_file = dir.join("peer.tar.zst");
+    std::fs::create_dir_all(&dir).unwrap();
+    round(Round {
+        label: "local directory",
+        store: berth_checkpoint::Store::open(dir.join("store").to_str().unwrap()).unwrap(),
+        peer_put: format!("cat > {}", peer_file.display()),
+        peer_get: format!("cat {}", peer_file.display()),
+        host_death: false,
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let moto = MotoServer::start().expect("moto");
+    let store = moto.checkpoint_store("berth-bench").await;
+    let object = format!("{}/berth-bench/peer.tar.zst", moto.endpoint());
+    round(Round {
+        label: "moto S3",
+        store,
+        peer_put: format!("curl -sSf {SIGNED} -T - {object}"),
+        peer_get: format!("curl -sSf {SIGNED} {object}"),
+        host_death: true,
+    })
+    .await;
 }

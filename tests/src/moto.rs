@@ -127,7 +127,11 @@ impl MotoServer {
             .send()
             .await
             .expect("moto reachable");
-        assert!(resp.status().is_success(), "create bucket: {}", resp.status());
+        assert!(
+            resp.status().is_success(),
+            "create bucket: {}",
+            resp.status()
+        );
         let endpoint = self.endpoint();
         berth_checkpoint::Store::open_with(
             &format!("s3://{bucket}/checkpoints"),
