@@ -113,7 +113,7 @@ struct Args {
     check_daemon_seccomp: Option<std::path::PathBuf>,
     /// Where checkpoints of `/workspace` are stored: `s3://BUCKET/PREFIX`
     /// (credentials, region and endpoint from the usual `AWS_*` environment, else
-    /// the instance role) or an absolute directory. Unset: no checkpoints.
+    /// the instance role) or an absolute directory. Unset or empty: no checkpoints.
     #[arg(long, env = "BERTH_CHECKPOINT_STORE")]
     checkpoint_store: Option<String>,
     /// Keep every capability hostd started with (debugging only); by default all but

@@ -121,7 +121,7 @@ struct RuntimeArgs {
     acquire_deadline_secs: u64,
     /// Where checkpoints of workspaces' files are: `s3://BUCKET/PREFIX` (the
     /// `AWS_*` environment or the task role) or an absolute directory; give every
-    /// hostd the same. Unset: no checkpoints and no restores.
+    /// hostd the same. Unset or empty: no checkpoints and no restores.
     #[arg(long, env = "BERTH_CHECKPOINT_STORE")]
     checkpoint_store: Option<String>,
     /// ECS cluster (ecs runtime).
@@ -366,7 +366,7 @@ async fn main() -> std::process::ExitCode {
                 std::time::Duration::from_secs(runtime.claim_recovery_secs.max(1));
             config.acquire_deadline =
                 std::time::Duration::from_secs(runtime.acquire_deadline_secs.max(1));
-            if let Some(url) = &runtime.checkpoint_store {
+            if let Some(url) = runtime.checkpoint_store.as_ref().filter(|u| !u.is_empty()) {
                 match berth_checkpoint::Store::open(url) {
                     Ok(store) => config.checkpoints = Some(store),
                     Err(e) => return config_error(&format!("--checkpoint-store: {e}")),

@@ -216,6 +216,30 @@ pub async fn render(s: &Scheduler) -> Result<String, StoreError> {
     );
     counter(
         &mut out,
+        "berth_checkpoints_total",
+        "Checkpoints stored (on request, before a release, before reaping).",
+        c.checkpoints.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_checkpoints_failed_total",
+        "Checkpoints that failed (refused by the agent, the host or the store); the workspace was kept unless it expired.",
+        c.checkpoints_failed.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_restores_total",
+        "New workspaces handed out with their conversation's latest checkpoint restored.",
+        c.restores.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "berth_restores_failed_total",
+        "Restores refused (archive missing, corrupt, over the limits or hostile); the slot was discarded.",
+        c.restores_failed.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
         "berth_fenced_writes_total",
         "Leader writes the state store refused because this replica's lease had moved on.",
         c.fenced_writes.load(Ordering::Relaxed),

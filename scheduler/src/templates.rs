@@ -256,5 +256,12 @@ mod tests {
         assert!(e.contains("[default] egress[0]"), "{e}");
         let e = Templates::parse("[default]\nallow_private = [\"10.0.0.0/40\"]\n").unwrap_err();
         assert!(e.contains("allow_private"), "{e}");
+        let t = Templates::parse("[default.checkpoint]\nkeep = 2\non_release = false\n").unwrap();
+        let c = &t.policy("default").checkpoint;
+        assert_eq!((c.keep, c.on_release, c.restore), (2, false, true));
+        let e = Templates::parse("[default.checkpoint]\nkeep = 0\n").unwrap_err();
+        assert!(e.contains("checkpoint"), "{e}");
+        let e = Templates::parse("[default.checkpoint]\nkeeps = 3\n").unwrap_err();
+        assert!(e.contains("keeps"), "{e}");
     }
 }

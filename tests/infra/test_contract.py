@@ -34,6 +34,7 @@ SCHEDULER_ENV = {
     "BERTH_POOLS",
     "BERTH_ECS_CAPACITY_PROVIDER",
     "BERTH_SCALE_OUT_HEADROOM",
+    "BERTH_CHECKPOINT_STORE",
     "AWS_REGION",
 }
 SCHEDULER_SECRETS = {"BERTH_API_TOKEN", "BERTH_OPERATOR_TOKEN", "BERTH_HOST_TOKEN"}
@@ -46,6 +47,7 @@ HOSTD_ENV = {
     "BERTH_ECS_CLUSTER",
     "BERTH_CHECK_DAEMON_SECCOMP",
     "BERTH_PROXY_TASK_CREDENTIALS",
+    "BERTH_CHECKPOINT_STORE",
 }
 USER_DATA = MODULES / "ecs_cluster" / "user-data.sh.tftpl"
 
@@ -76,6 +78,18 @@ def test_scheduler_environment_is_the_contract(module):
     assert env["BERTH_AGENT_NETWORKS"] == '${join(",", var.agent_networks)}'
     secrets = {s["name"] for s in locals_["container"]["secrets"]}
     assert secrets == SCHEDULER_SECRETS
+
+
+def test_scheduler_and_hosts_share_one_checkpoint_store(module):
+    wiring = module("platform").modules()
+    assert wiring["scheduler"]["checkpoint_store"] == "${module.checkpoints.store_url}"
+    assert wiring["ecs_cluster"]["checkpoint_store"] == "${module.checkpoints.store_url}"
+    env = {e["name"]: e["value"] for e in module("scheduler").locals()["environment"]}
+    assert env["BERTH_CHECKPOINT_STORE"] == "${var.checkpoint_store}"
+    added = set_keys(USER_DATA.read_text(), "/etc/berth/hostd.env")
+    assert added["BERTH_CHECKPOINT_STORE"] == "${checkpoint_store}"
+    out = {k: v for o in module("checkpoints").blocks["output"] for k, v in o.items()}
+    assert out["store_url"]["value"] == "s3://${aws_s3_bucket.checkpoints.bucket}/${local.prefix}"
 
 
 def test_scheduler_state_url_is_redis_on_6379(module):

@@ -348,7 +348,52 @@ def test_scheduler_task_role_has_no_other_policy(module):
     attached = [r for r in s.resources("aws_iam_role_policy_attachment").values() if "aws_iam_role.task" in r["role"]]
     assert not attached, f"managed policies attached to the scheduler task role: {attached}"
     inline = [r for r in s.resources("aws_iam_role_policy").values() if "aws_iam_role.task" in r["role"]]
-    assert [r["policy"] for r in inline] == ["${data.aws_iam_policy_document.task.json}"]
+    assert sorted(r["policy"] for r in inline) == [
+        "${data.aws_iam_policy_document.task.json}",
+        "${var.checkpoint_policy_json}",
+    ]
+    wiring = module("platform").modules()["scheduler"]
+    assert wiring["checkpoint_policy_json"] == "${module.checkpoints.scheduler_policy_json}"
+
+
+# ---------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------
+
+
+def test_checkpoint_bucket_is_private_encrypted_and_tls_only(module):
+    c = module("checkpoints")
+    block = c.resource("aws_s3_bucket_public_access_block", "checkpoints")
+    assert all(block[k] is True for k in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"))
+    sse = c.resource("aws_s3_bucket_server_side_encryption_configuration", "checkpoints")
+    default = one(one(sse["rule"])["apply_server_side_encryption_by_default"])
+    assert default == {"sse_algorithm": "aws:kms", "kms_master_key_id": "${var.kms_key_arn}"}
+    tls = one([s for s in as_list(c.data("aws_iam_policy_document", "bucket")["statement"]) if s["sid"] == "TlsOnly"])
+    assert tls["effect"] == "Deny" and one(tls["condition"])["values"] == ["false"]
+
+
+def test_checkpoint_lifecycle_aborts_uploads_and_expires_what_nobody_deleted(module):
+    rule = one(module("checkpoints").resource("aws_s3_bucket_lifecycle_configuration", "checkpoints")["rule"])
+    assert one(rule["abort_incomplete_multipart_upload"]) == {"days_after_initiation": 1}
+    assert one(rule["expiration"]) == {"days": "${var.retention_days}"}
+    assert one(rule["noncurrent_version_expiration"]) == {"noncurrent_days": "${var.deleted_retention_days}"}
+
+
+def test_checkpoint_access_is_hostd_and_the_scheduler_within_the_prefix(module):
+    c = module("checkpoints")
+    for who, actions in (
+        ("hosts", {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"}),
+        ("scheduler", {"s3:GetObject", "s3:DeleteObject"}),
+    ):
+        doc = as_list(c.data("aws_iam_policy_document", who)["statement"])
+        objects = one([s for s in doc if s["resources"] == ["${local.objects}"]])
+        assert set(objects["actions"]) == actions, who
+        listing = one([s for s in doc if s["actions"] == ["s3:ListBucket"]])
+        assert one(listing["condition"])["values"] == ["${local.prefix}/*"], f"{who} lists only the prefix"
+        assert all("*" not in str(s["resources"]).replace("${local.objects}", "") for s in doc), who
+    wiring = module("platform").modules()["ecs_cluster"]
+    assert wiring["checkpoint_policy_json"] == "${module.checkpoints.hosts_policy_json}"
+    assert module("checkpoints").locals()["objects"] == "${aws_s3_bucket.checkpoints.arn}/${local.prefix}/*"
 
 
 # ---------------------------------------------------------------------------

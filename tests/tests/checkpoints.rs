@@ -471,3 +471,60 @@ async fn hostile_or_corrupt_checkpoints_are_refused_and_the_workspace_stays_usab
     berth.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The idle reaper checkpoints before it reaps: the conversation's next workspace
+/// has the files; `/metrics` counts the checkpoint and the restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_workspace_is_checkpointed_before_it_is_reaped() {
+    let (dir, store) = local_store("idle");
+    let berth = LocalBerth::start_with(berth_tests::system::Options {
+        pool: 2,
+        checkpoints: Some(store.clone()),
+        idle_timeout: Some(Duration::from_secs(3)),
+        ..Default::default()
+    })
+    .await;
+    assert!(berth.wait_pool(2, Duration::from_secs(60)).await);
+    let ws = workspace(&berth, "idle-keeps-files").await;
+    let agent = AgentClient::for_workspace(ws.clone());
+    let made = agent.sh(&make_tree(1)).await;
+    assert_eq!(made.code, Some(0), "{}", made.stderr_text());
+    let before = fingerprint(&agent).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = berth
+            .http
+            .get(format!("{}/v1/workspaces/{}", berth.api, ws.id))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reaped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let list = store.list("idle-keeps-files").await.unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        list[0].reason,
+        berth_wire::checkpoint::CheckpointReason::Idle
+    );
+    let again = workspace(&berth, "idle-keeps-files").await;
+    assert_eq!(again.restored_from.as_deref(), Some(list[0].id.as_str()));
+    assert_eq!(
+        fingerprint(&AgentClient::for_workspace(again)).await,
+        before
+    );
+    let metrics = berth_tests::get_text(&berth.http, &format!("{}/metrics", berth.api), None).await;
+    for line in [
+        "berth_checkpoints_total 1",
+        "berth_restores_total 1",
+        "berth_checkpoints_failed_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in /metrics");
+    }
+    berth.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -131,6 +131,23 @@ data "aws_iam_policy_document" "alb_logs" {
     }
   }
 
+  # S3 server access logs of the environment's other buckets (the checkpoint
+  # bucket), under s3/.
+  statement {
+    sid       = "S3ServerAccessLogs"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.alb_logs.arn}/s3/*"]
+    principals {
+      type        = "Service"
+      identifiers = ["logging.s3.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
+    }
+  }
+
   statement {
     sid       = "TlsOnly"
     effect    = "Deny"

@@ -116,6 +116,14 @@ resource "aws_iam_role_policy" "instance_host_token" {
   policy = data.aws_iam_policy_document.instance_host_token.json
 }
 
+# hostd carries checkpoints between workspaces' agents and the bucket (the
+# workspaces themselves cannot reach the instance role: hostd blocks IMDS).
+resource "aws_iam_role_policy" "instance_checkpoints" {
+  count  = var.checkpoint_store == "" ? 0 : 1
+  role   = aws_iam_role.instance.id
+  policy = var.checkpoint_policy_json
+}
+
 resource "aws_iam_instance_profile" "instance" {
   name_prefix = "${var.name}-host-"
   role        = aws_iam_role.instance.name
@@ -168,6 +176,7 @@ resource "aws_launch_template" "host" {
       region                 = local.region
       host_token_secret_arn  = var.host_token_secret_arn
       proxy_task_credentials = var.proxy_task_credentials ? "true" : "false"
+      checkpoint_store       = var.checkpoint_store
     })
   }))
 

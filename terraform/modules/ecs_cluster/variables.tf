@@ -121,3 +121,15 @@ variable "proxy_task_credentials" {
   type        = bool
   default     = false
 }
+
+variable "checkpoint_store" {
+  description = "hostd's --checkpoint-store (s3://BUCKET/PREFIX); empty: no checkpoints (BERTH_CHECKPOINT_STORE)."
+  type        = string
+  default     = ""
+}
+
+variable "checkpoint_policy_json" {
+  description = "What hostd may do in the checkpoint bucket (the checkpoints module's hosts_policy_json)."
+  type        = string
+  default     = "{}"
+}

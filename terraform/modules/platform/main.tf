@@ -120,6 +120,8 @@ module "ecs_cluster" {
   hosts_security_group_id = module.security_groups.hosts_id
   host_token_secret_arn   = module.secrets.host_token_arn
   proxy_task_credentials  = length(var.proxy_secret_arns) > 0
+  checkpoint_store        = module.checkpoints.store_url
+  checkpoint_policy_json  = module.checkpoints.hosts_policy_json
   kms_key_arn             = module.kms.key_arn
   ami_id                  = var.host_ami_id
   manage_account_settings = var.manage_account_settings
@@ -170,10 +172,21 @@ module "scheduler" {
   api_token_secret_arn             = module.secrets.api_token_arn
   operator_token_secret_arn        = module.secrets.operator_token_arn
   host_token_secret_arn            = module.secrets.host_token_arn
+  checkpoint_store                 = module.checkpoints.store_url
+  checkpoint_policy_json           = module.checkpoints.scheduler_policy_json
   kms_key_arn                      = module.kms.key_arn
   desired_count                    = var.scheduler_count
   log_retention_days               = var.log_retention_days
   tags                             = local.tags
+}
+
+module "checkpoints" {
+  source            = "../checkpoints"
+  name              = local.name
+  kms_key_arn       = module.kms.key_arn
+  access_log_bucket = module.backend.log_bucket
+  retention_days    = var.checkpoint_retention_days
+  tags              = local.tags
 }
 
 module "backend" {

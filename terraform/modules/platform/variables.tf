@@ -164,3 +164,9 @@ variable "proxy_secret_arns" {
   type        = list(string)
   default     = []
 }
+
+variable "checkpoint_retention_days" {
+  description = "A checkpoint of a workspace's files untouched this long is deleted by the bucket's lifecycle (the scheduler keeps the newest few per conversation)."
+  type        = number
+  default     = 90
+}

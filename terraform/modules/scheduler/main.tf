@@ -35,6 +35,7 @@ locals {
     # A slot whose agent answers outside these ranges (the VPC) is discarded.
     { name = "BERTH_AGENT_NETWORKS", value = join(",", var.agent_networks) },
     { name = "BERTH_POOLS", value = var.pools },
+    { name = "BERTH_CHECKPOINT_STORE", value = var.checkpoint_store },
     # Scale-out: when no host has room for the pools plus the headroom, tasks are
     # started with this capacity provider and no instance constraint, so ECS
     # managed scaling adds instances (managed termination protection keeps every
@@ -163,6 +164,13 @@ data "aws_iam_policy_document" "task" {
 resource "aws_iam_role_policy" "task" {
   role   = aws_iam_role.task.id
   policy = data.aws_iam_policy_document.task.json
+}
+
+# The latest checkpoint of a conversation, and deleting a conversation's.
+resource "aws_iam_role_policy" "task_checkpoints" {
+  count  = var.checkpoint_store == "" ? 0 : 1
+  role   = aws_iam_role.task.id
+  policy = var.checkpoint_policy_json
 }
 
 # === execution role: what ECS does to start the scheduler ===

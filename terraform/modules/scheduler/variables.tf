@@ -161,3 +161,15 @@ variable "workspace_task_role_arn" {
   type        = string
   default     = null
 }
+
+variable "checkpoint_store" {
+  description = "The scheduler's --checkpoint-store (s3://BUCKET/PREFIX), the hosts' too; empty: no checkpoints (BERTH_CHECKPOINT_STORE)."
+  type        = string
+  default     = ""
+}
+
+variable "checkpoint_policy_json" {
+  description = "What the scheduler may do in the checkpoint bucket (the checkpoints module's scheduler_policy_json)."
+  type        = string
+  default     = "{}"
+}
