@@ -231,17 +231,27 @@ async fn a_dead_hosts_conversation_comes_back_on_another_host_with_its_files_fro
         "the restored tree differs"
     );
 
-    // Workspace code reaches neither the store nor its own agent's archive.
+    // Workspace code reaches neither the store (through its proxy: refused by the
+    // allowlist; around it: the egress lock) nor its own agent's archive.
+    let moto_url = format!("{}/berth-ckpt/", moto.endpoint());
     let out = agent
         .sh(&format!(
-            "timeout 5 wget -q -O- {}/berth-ckpt/ 2>&1; echo rc=$?; \
-             timeout 5 wget -q -O- http://127.0.0.1:9000/v1/archive 2>&1; echo rc=$?",
-            moto.endpoint()
+            "timeout 5 wget -q -O- {moto_url} 2>&1; echo rc=$?; \
+             timeout 5 wget -Y off -q -O- {moto_url} 2>&1; echo rc=$?; \
+             timeout 5 wget -Y off -q -O- http://127.0.0.1:9000/v1/archive 2>&1; echo rc=$?"
         ))
         .await;
     let text = out.stdout_text();
     assert_eq!(text.matches("rc=0").count(), 0, "{text}");
     assert!(!text.contains("ListBucketResult"), "{text}");
+    assert!(
+        text.contains("403 Forbidden"),
+        "the proxy refuses the store: {text}"
+    );
+    assert!(
+        text.contains("401 Unauthorized"),
+        "the agent refuses its archive without the claim secret: {text}"
+    );
     berth.stop().await;
     drop(net);
 }
