@@ -164,13 +164,7 @@ impl Hostd {
                 .body(reqwest::Body::wrap_stream(archive)),
         )
         .await?;
-        let summary: RestoreSummary = resp.json().await.map_err(|e| ApiError::Push {
-            what: "agent",
-            status: 502,
-            code: "bad_answer".into(),
-            message: e.to_string(),
-            field: None,
-        })?;
+        let summary: RestoreSummary = crate::claim::answer("agent", resp).await?;
         self.journal().event(
             "restored",
             Some(slot_id),

@@ -144,13 +144,7 @@ impl Hostd {
             http().get(format!("{admin}/v1/egress")).bearer_auth(secret),
         )
         .await?;
-        resp.json().await.map_err(|e| ApiError::Push {
-            what: "proxy",
-            status: 502,
-            code: "bad_answer".into(),
-            message: e.to_string(),
-            field: None,
-        })
+        answer("proxy", resp).await
     }
 
     /// Replaces the slot's egress allowlist on its proxy.
@@ -169,13 +163,7 @@ impl Hostd {
                 .json(update),
         )
         .await?;
-        let view: EgressView = resp.json().await.map_err(|e| ApiError::Push {
-            what: "proxy",
-            status: 502,
-            code: "bad_answer".into(),
-            message: e.to_string(),
-            field: None,
-        })?;
+        let view: EgressView = answer("proxy", resp).await?;
         self.journal().event(
             "egress_changed",
             Some(slot_id),
@@ -183,6 +171,20 @@ impl Hostd {
         );
         Ok(view)
     }
+}
+
+/// A push's JSON answer; one that is not what was asked for is `502 bad_answer`.
+pub(crate) async fn answer<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    resp: reqwest::Response,
+) -> Result<T, ApiError> {
+    resp.json().await.map_err(|e| ApiError::Push {
+        what,
+        status: 502,
+        code: "bad_answer".into(),
+        message: e.to_string(),
+        field: None,
+    })
 }
 
 /// Sends one push, turning every failure into [`ApiError::Push`] with what the far

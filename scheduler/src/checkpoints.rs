@@ -150,21 +150,22 @@ impl Scheduler {
         conversation_id: &str,
     ) -> Result<ConversationDeleted, ApiError> {
         let mut released = Vec::new();
-        for r in self.inner.store.workspaces().await? {
-            if r.workspace.conversation_id != conversation_id {
-                continue;
+        if let Some(r) = self
+            .inner
+            .store
+            .workspace_for_conversation(conversation_id)
+            .await?
+            && let Some(gone) = self.inner.store.remove_workspace(&r.workspace.id).await?
+        {
+            if !gone.slot_id.is_empty() {
+                self.discard_slot(
+                    &gone.workspace.host_id,
+                    &gone.slot_id,
+                    "conversation deleted",
+                )
+                .await;
             }
-            if let Some(gone) = self.inner.store.remove_workspace(&r.workspace.id).await? {
-                if !gone.slot_id.is_empty() {
-                    self.discard_slot(
-                        &gone.workspace.host_id,
-                        &gone.slot_id,
-                        "conversation deleted",
-                    )
-                    .await;
-                }
-                released.push(gone.workspace.id);
-            }
+            released.push(gone.workspace.id);
         }
         let checkpoints_deleted = match &self.inner.config.checkpoints {
             Some(store) => store

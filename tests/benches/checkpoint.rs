@@ -69,24 +69,14 @@ fn mib_s(bytes: u64, d: Duration) -> f64 {
 }
 
 async fn create(berth: &LocalBerth, body: Value) -> (u16, Value) {
-    let resp = berth
-        .http
-        .post(format!("{}/v1/workspaces", berth.api))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
+    berth.create(&body).await
 }
 
 async fn release(berth: &LocalBerth, id: &str) {
-    let resp = berth
-        .http
-        .delete(format!("{}/v1/workspaces/{id}?checkpoint=false", berth.api))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (status, body) = berth
+        .delete(&format!("/v1/workspaces/{id}?checkpoint=false"))
+        .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 async fn container_pid(agent: &AgentClient) -> String {

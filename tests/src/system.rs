@@ -234,6 +234,32 @@ impl LocalBerth {
         }
     }
 
+    /// `POST /v1/workspaces` with `body`: the status and the JSON answer.
+    pub async fn create(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}/v1/workspaces", self.api))
+            .json(body)
+            .send()
+            .await
+            .expect("scheduler reachable");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// `DELETE` of `path` (e.g. `/v1/workspaces/ws-1?checkpoint=false`) on the
+    /// scheduler: the status and the JSON answer.
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .delete(format!("{}{path}", self.api))
+            .send()
+            .await
+            .expect("scheduler reachable");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// Sets the default pool's target (`PUT /v1/pools/default`).
     pub async fn set_pool(&self, target: usize) {
         let resp = self

@@ -30,14 +30,20 @@ const FINGERPRINT: &str = "cd /workspace && find . | sort | while read -r f; do 
     find . -type f | sort | xargs sha256sum; readlink link; readlink src/deep/er/up";
 
 async fn acquire(berth: &LocalBerth, body: Value) -> (u16, Value) {
-    let resp = berth
-        .http
-        .post(format!("{}/v1/workspaces", berth.api))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
+    berth.create(&body).await
+}
+
+/// One host with `store`, its pool of 2 filled.
+async fn start(store: &berth_checkpoint::Store, idle: Option<Duration>) -> LocalBerth {
+    let berth = LocalBerth::start_with(berth_tests::system::Options {
+        pool: 2,
+        checkpoints: Some(store.clone()),
+        idle_timeout: idle,
+        ..Default::default()
+    })
+    .await;
+    assert!(berth.wait_pool(2, Duration::from_secs(60)).await);
+    berth
 }
 
 async fn workspace(berth: &LocalBerth, conv: &str) -> Workspace {
@@ -77,13 +83,7 @@ fn local_store(tag: &str) -> (std::path::PathBuf, berth_checkpoint::Store) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_and_resume_restore_the_files_and_deleting_the_conversation_deletes_them() {
     let (dir, store) = local_store("resume");
-    let berth = LocalBerth::start_with(berth_tests::system::Options {
-        pool: 2,
-        checkpoints: Some(store.clone()),
-        ..Default::default()
-    })
-    .await;
-    assert!(berth.wait_pool(2, Duration::from_secs(60)).await);
+    let berth = start(&store, None).await;
     let ws = workspace(&berth, "resume-me").await;
     let agent = AgentClient::for_workspace(ws.clone());
     let made = agent.sh(&make_tree(8)).await;
@@ -91,13 +91,10 @@ async fn release_and_resume_restore_the_files_and_deleting_the_conversation_dele
     let before = fingerprint(&agent).await;
 
     // Release checkpoints first (the template's default), then the slot goes.
-    let resp = berth
-        .http
-        .delete(format!("{}/v1/workspaces/{}", berth.api, ws.id))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        berth.delete(&format!("/v1/workspaces/{}", ws.id)).await.0,
+        200
+    );
     let list: Vec<Manifest> = berth_tests::get_json(
         &berth.http,
         &format!("{}/v1/conversations/resume-me/checkpoints", berth.api),
@@ -123,16 +120,8 @@ async fn release_and_resume_restore_the_files_and_deleting_the_conversation_dele
     );
 
     // `restore: false` hands out an empty workspace.
-    let resp = berth
-        .http
-        .delete(format!(
-            "{}/v1/workspaces/{}?checkpoint=false",
-            berth.api, again.id
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let path = format!("/v1/workspaces/{}?checkpoint=false", again.id);
+    assert_eq!(berth.delete(&path).await.0, 200);
     let (status, body) = acquire(
         &berth,
         json!({"conversation_id": "resume-me", "restore": false}),
@@ -151,13 +140,8 @@ async fn release_and_resume_restore_the_files_and_deleting_the_conversation_dele
     );
 
     // The user deletes the conversation: its workspace and checkpoints go.
-    let resp = berth
-        .http
-        .delete(format!("{}/v1/conversations/resume-me", berth.api))
-        .send()
-        .await
-        .unwrap();
-    let gone: Value = resp.json().await.unwrap();
+    let (status, gone) = berth.delete("/v1/conversations/resume-me").await;
+    assert_eq!(status, 200, "{gone}");
     assert_eq!(gone["checkpoints_deleted"], 1, "{gone}");
     assert_eq!(gone["released"].as_array().unwrap().len(), 1, "{gone}");
     assert!(store.latest("resume-me").await.unwrap().is_none());
@@ -367,13 +351,7 @@ fn rand_u32() -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_or_corrupt_checkpoints_are_refused_and_the_workspace_stays_usable() {
     let (dir, store) = local_store("hostile");
-    let berth = LocalBerth::start_with(berth_tests::system::Options {
-        pool: 2,
-        checkpoints: Some(store.clone()),
-        ..Default::default()
-    })
-    .await;
-    assert!(berth.wait_pool(2, Duration::from_secs(60)).await);
+    let berth = start(&store, None).await;
     use tar::EntryType as T;
     let zeros = vec![0u8; 64 << 20];
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -487,14 +465,7 @@ async fn hostile_or_corrupt_checkpoints_are_refused_and_the_workspace_stays_usab
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_workspace_is_checkpointed_before_it_is_reaped() {
     let (dir, store) = local_store("idle");
-    let berth = LocalBerth::start_with(berth_tests::system::Options {
-        pool: 2,
-        checkpoints: Some(store.clone()),
-        idle_timeout: Some(Duration::from_secs(3)),
-        ..Default::default()
-    })
-    .await;
-    assert!(berth.wait_pool(2, Duration::from_secs(60)).await);
+    let berth = start(&store, Some(Duration::from_secs(3))).await;
     let ws = workspace(&berth, "idle-keeps-files").await;
     let agent = AgentClient::for_workspace(ws.clone());
     let made = agent.sh(&make_tree(1)).await;

@@ -390,13 +390,10 @@ async fn releases_during_enforcement_keep_the_host_compliant() {
             .json()
             .await
             .unwrap();
-        let resp = berth
-            .http
-            .delete(format!("{}/v1/workspaces/{}", berth.api, ws.id))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            berth.delete(&format!("/v1/workspaces/{}", ws.id)).await.0,
+            200
+        );
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

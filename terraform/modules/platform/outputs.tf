@@ -1,5 +1,5 @@
 output "scheduler_environment" {
-  description = "Non-secret settings of the scheduler container, exactly as set (BERTH_LISTEN, BERTH_RUNTIME, BERTH_STATE, BERTH_ECS_*, BERTH_AGENT_NETWORKS, BERTH_POOLS, BERTH_SCALE_OUT_HEADROOM, AWS_REGION)."
+  description = "Non-secret settings of the scheduler container, exactly as set (BERTH_LISTEN, BERTH_RUNTIME, BERTH_STATE, BERTH_ECS_*, BERTH_AGENT_NETWORKS, BERTH_POOLS, BERTH_SCALE_OUT_HEADROOM, BERTH_CHECKPOINT_STORE, AWS_REGION)."
   value       = module.scheduler.environment
 }
 
@@ -24,6 +24,7 @@ output "hostd_environment" {
     BERTH_ECS_CLUSTER   = module.ecs_cluster.cluster_name
     # The credential endpoint opens to the proxy's uid only when proxies have a role.
     BERTH_PROXY_TASK_CREDENTIALS = length(var.proxy_secret_arns) > 0 ? "true" : "false"
+    BERTH_CHECKPOINT_STORE       = module.checkpoints.store_url
   }
 }
 
@@ -75,4 +76,9 @@ output "redis_url" {
 output "postgres_endpoint" {
   description = "Backend database address."
   value       = module.data.postgres_endpoint
+}
+
+output "checkpoint_bucket" {
+  description = "The bucket of conversations' /workspace checkpoints."
+  value       = module.checkpoints.bucket
 }
