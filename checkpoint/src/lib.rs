@@ -71,6 +71,9 @@ pub struct Store {
     prefix: Path,
     /// The URL it was opened from, for logs and status pages (no credentials).
     url: String,
+    /// The directory of a local store (whose emptied conversation directories are
+    /// removed too: the file system keeps them, S3 has none).
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Store {
@@ -139,6 +142,7 @@ impl Store {
                 inner: Arc::new(s3),
                 prefix: Path::from(prefix.trim_matches('/')),
                 url: url.to_owned(),
+                local_dir: None,
             });
         }
         let dir = url.strip_prefix("file://").unwrap_or(url);
@@ -155,6 +159,7 @@ impl Store {
             inner: Arc::new(local),
             prefix: Path::default(),
             url: format!("file://{dir}"),
+            local_dir: Some(dir.into()),
         })
     }
 
@@ -342,6 +347,10 @@ impl Store {
         for id in &stray {
             self.delete_key(&self.archive_key(conversation_id, id))
                 .await?;
+        }
+        if let Some(dir) = &self.local_dir {
+            // Not even the name of a deleted conversation's directory stays.
+            let _ = std::fs::remove_dir(dir.join(conversation_key(conversation_id)));
         }
         Ok(ids.len())
     }

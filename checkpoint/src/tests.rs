@@ -108,6 +108,11 @@ async fn upload_list_download_prune_and_delete() {
         .unwrap();
     assert_eq!(store.delete_conversation(conv).await.unwrap(), 2);
     assert!(store.latest(conv).await.unwrap().is_none());
+    let left = t.0.join(conversation_key(conv));
+    let names: Vec<_> = std::fs::read_dir(&left)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(!left.exists(), "its directory is gone too: {names:?}");
     assert_eq!(store.latest("other").await.unwrap().unwrap().id, other.id);
 }
 

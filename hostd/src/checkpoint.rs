@@ -125,14 +125,14 @@ impl Hostd {
             "checkpoint",
             Some(slot_id),
             format!(
-                "{} of {}: {} entries, {} bytes stored as {} in {} ms ({:?}; {pruned} older deleted)",
+                "{} of {}: {} entries, {} bytes stored in {} in {} ms ({}; {pruned} older deleted)",
                 manifest.id,
                 req.workspace_id,
                 manifest.entries,
                 manifest.size,
                 store.url(),
                 manifest.duration_ms,
-                req.reason
+                req.reason.as_str()
             ),
         );
         tracing::info!(slot_id, checkpoint = %manifest.id, size = manifest.size,

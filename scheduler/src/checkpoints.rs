@@ -91,8 +91,11 @@ impl Scheduler {
                     "checkpoint",
                     &w.id,
                     format!(
-                        "{} ({:?}): {} bytes in {} ms",
-                        m.id, reason, m.size, m.duration_ms
+                        "{} ({}): {} bytes in {} ms",
+                        m.id,
+                        reason.as_str(),
+                        m.size,
+                        m.duration_ms
                     ),
                 );
                 Ok(m)
@@ -102,7 +105,11 @@ impl Scheduler {
                     .counters
                     .checkpoints_failed
                     .fetch_add(1, Ordering::Relaxed);
-                self.event("checkpoint_failed", &w.id, format!("{reason:?}: {e}"));
+                self.event(
+                    "checkpoint_failed",
+                    &w.id,
+                    format!("{}: {e}", reason.as_str()),
+                );
                 Err(checkpoint_error(e))
             }
         }

@@ -329,13 +329,17 @@ impl Scheduler {
                 "placed",
                 &record.workspace.id,
                 format!(
-                    "{} slot on {} for conversation {}",
+                    "{} slot on {} for conversation {}{}",
                     match source {
                         Source::Warm => "warm",
                         Source::Cold => "cold",
                     },
                     slot.host_id,
-                    req.conversation_id
+                    req.conversation_id,
+                    match &record.workspace.restored_from {
+                        Some(id) => format!(", restored from {id}"),
+                        None => String::new(),
+                    }
                 ),
             );
             if record.workspace.restored_from.is_some() {

@@ -71,6 +71,18 @@ pub enum CheckpointReason {
     Expiry,
 }
 
+impl CheckpointReason {
+    /// The name the API uses (`api`, `release`, `idle`, `expiry`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointReason::Api => "api",
+            CheckpointReason::Release => "release",
+            CheckpointReason::Idle => "idle",
+            CheckpointReason::Expiry => "expiry",
+        }
+    }
+}
+
 /// A checkpoint's manifest, stored beside its archive (`<id>.json` next to
 /// `<id>.tar.zst`). It is written after the archive, so a manifest names a whole
 /// archive; an archive without one is an interrupted upload and is never restored.
