@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 
+use futures_util::StreamExt;
+
 use berth_wire::{SlotInfo, SlotState, labels, ports, uids};
 use bollard::{
     Docker,
@@ -101,6 +103,10 @@ pub enum DockerError {
 
 /// Memory limit of every slot's proxy container.
 pub const PROXY_MEMORY_LIMIT_MIB: i64 = 64;
+
+/// Containers removed at once when many go together (hostd stopping, a slot's
+/// two): enough to keep the engine busy, few enough not to swamp it.
+pub const REMOVALS_AT_ONCE: usize = 16;
 
 /// What a slot of template `t` may grow to: the workspace's limit and the proxy's.
 pub fn slot_memory_limit_mib(t: &SlotTemplate) -> u64 {
@@ -478,7 +484,7 @@ impl DockerRuntime {
         slot_id: &str,
         label_filters: Vec<String>,
     ) -> Result<usize, DockerError> {
-        let mut containers = self
+        let containers = self
             .docker
             .list_containers(Some(
                 ListContainersOptionsBuilder::new()
@@ -492,46 +498,51 @@ impl DockerRuntime {
                 slot_id: slot_id.into(),
                 source,
             })?;
-        // Workspaces before proxies: a proxy cannot go while a container shares its netns.
-        containers.sort_by_key(|c| {
+        // Workspaces before proxies: a proxy cannot go while a container shares its
+        // netns. Each kind goes [`REMOVALS_AT_ONCE`] at a time: one host's whole
+        // inventory (a thousand slots) within a minute, without flooding the engine.
+        let (proxies, workspaces): (Vec<_>, Vec<_>) = containers.into_iter().partition(|c| {
             c.labels
                 .as_ref()
                 .and_then(|l| l.get(labels::ROLE))
                 .is_some_and(|r| r == "proxy")
         });
         let mut removed = 0;
-        for c in containers {
-            let Some(id) = c.id else { continue };
-            match self
-                .docker
-                .remove_container(
-                    &id,
-                    Some(
-                        RemoveContainerOptionsBuilder::new()
-                            .force(true)
-                            .v(true)
-                            .build(),
-                    ),
-                )
-                .await
-            {
-                Ok(()) => removed += 1,
-                // Already gone, or being removed by someone else (a test's cleanup,
-                // an operator): either way it is going.
-                Err(bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404 | 409,
-                    ..
-                }) => {}
-                Err(source) => {
-                    return Err(DockerError::Engine {
-                        op: "remove",
-                        slot_id: slot_id.into(),
-                        source,
-                    });
-                }
+        for batch in [workspaces, proxies] {
+            let results: Vec<Result<bool, DockerError>> =
+                futures_util::stream::iter(batch.into_iter().filter_map(|c| c.id))
+                    .map(|id| self.remove_one(id, slot_id))
+                    .buffer_unordered(REMOVALS_AT_ONCE)
+                    .collect()
+                    .await;
+            for r in results {
+                removed += usize::from(r?);
             }
         }
         Ok(removed)
+    }
+
+    /// Removes one container (forced, with its volumes); `false` if it was already
+    /// gone or going.
+    async fn remove_one(&self, id: String, slot_id: &str) -> Result<bool, DockerError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(&id, Some(options)).await {
+            Ok(()) => Ok(true),
+            // Already gone, or being removed by someone else (a test's cleanup, an
+            // operator): either way it is going.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => Ok(false),
+            Err(source) => Err(DockerError::Engine {
+                op: "remove",
+                slot_id: slot_id.into(),
+                source,
+            }),
+        }
     }
 
     /// Rebuilds the slot inventory from container labels (after a hostd restart).
