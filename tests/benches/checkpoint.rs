@@ -38,6 +38,15 @@ const TREE: &str = "set -e; cd /workspace; mkdir -p src build; \
       seq 1 1000000 | head -c 5242880 >> build/obj$i.o; done; \
     find . -type f | wc -l";
 
+/// A directory removed when dropped, also when the bench panics.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// curl's own SigV4 signing, with moto's static test credentials.
 const SIGNED: &str = "--aws-sigv4 aws:amz:us-east-1:s3 --user testing:testing";
 
@@ -137,6 +146,7 @@ async fn round(r: Round<'_>) {
 
     let pid = container_pid(&agent).await;
     let peer_dir = format!("/dev/shm/berth-bench-restore-{}", std::process::id());
+    let _removed = RemoveOnDrop(peer_dir.clone().into());
     let secret = berth
         .scheduler
         .store()
@@ -308,6 +318,7 @@ async fn round(r: Round<'_>) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = std::env::temp_dir().join(format!("berth-bench-ckpt-{}", std::process::id()));
+    let _removed = RemoveOnDrop(dir.clone());
     let peer_file = dir.join("peer.tar.zst");
     std::fs::create_dir_all(&dir).unwrap();
     round(Round {

@@ -71,13 +71,28 @@ async fn checkpoint(berth: &LocalBerth, ws: &Workspace) -> Manifest {
     serde_json::from_value(body).unwrap()
 }
 
-fn local_store(tag: &str) -> (std::path::PathBuf, berth_checkpoint::Store) {
+/// A directory removed when dropped, also when a test panics.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn join(&self, p: impl AsRef<std::path::Path>) -> std::path::PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn local_store(tag: &str) -> (Scratch, berth_checkpoint::Store) {
     let dir = std::env::temp_dir().join(format!(
         "berth-ckpt-test-{tag}-{}",
         uuid::Uuid::new_v4().simple()
     ));
     let store = berth_checkpoint::Store::open(dir.to_str().unwrap()).unwrap();
-    (dir, store)
+    (Scratch(dir), store)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +161,7 @@ async fn release_and_resume_restore_the_files_and_deleting_the_conversation_dele
     assert_eq!(gone["released"].as_array().unwrap().len(), 1, "{gone}");
     assert!(store.latest("resume-me").await.unwrap().is_none());
     berth.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,7 +472,7 @@ async fn hostile_or_corrupt_checkpoints_are_refused_and_the_workspace_stays_usab
             .contains("ok")
     );
     berth.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }
 
 /// The idle reaper checkpoints before it reaps: the conversation's next workspace
@@ -507,5 +522,5 @@ async fn an_idle_workspace_is_checkpointed_before_it_is_reaped() {
         assert!(metrics.lines().any(|l| l == line), "{line} not in /metrics");
     }
     berth.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    drop(dir);
 }
