@@ -152,13 +152,7 @@ fn walk(
     limits: &ArchiveLimits,
     visit: &mut dyn FnMut(Node<'_>) -> Result<(), AgentError>,
 ) -> Result<Tally, AgentError> {
-    let fd = openat(
-        nix::fcntl::AT_FDCWD,
-        root,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| fsroot::map_errno("open root", &root.display().to_string(), e))?;
+    let fd = open_root(root)?;
     let mut tally = Tally::default();
     walk_dir(fd, &mut Vec::new(), 0, limits, &mut tally, visit)?;
     Ok(tally)
@@ -364,6 +358,17 @@ fn write_archive(
     Ok(tally)
 }
 
+/// The root, opened to be read (walked, emptied) and written under.
+fn open_root(root: &Path) -> Result<OwnedFd, AgentError> {
+    openat(
+        nix::fcntl::AT_FDCWD,
+        root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fsroot::map_errno("open root", &root.display().to_string(), e))
+}
+
 fn as_path(bytes: &[u8]) -> &Path {
     Path::new(OsStr::from_bytes(bytes))
 }
@@ -481,13 +486,7 @@ pub(crate) async fn import(
 /// Removes everything under the root (not the root itself).
 pub(crate) fn empty_root(root: &Path) -> Result<(), AgentError> {
     let shown = root.display().to_string();
-    let fd = openat(
-        nix::fcntl::AT_FDCWD,
-        root,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| fsroot::map_errno("open root", &shown, e))?;
+    let fd = open_root(root)?;
     let here = nix::unistd::dup(&fd).map_err(|e| fsroot::map_errno("open root", &shown, e))?;
     for name in fsroot::dir_names(fd, &shown)? {
         fsroot::remove_entry(&here, &name, &shown, 1)?;
@@ -600,13 +599,7 @@ fn inflate(
 
 /// Writes the entries of the tar stream `input` under `root`.
 fn extract(root: &Path, limits: &ArchiveLimits, input: ChannelReader) -> Result<Tally, AgentError> {
-    let root_fd = openat(
-        nix::fcntl::AT_FDCWD,
-        root,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| fsroot::map_errno("open root", &root.display().to_string(), e))?;
+    let root_fd = open_root(root)?;
     let mut dirs = DirChain::new(root_fd);
     let mut tally = Tally::default();
     // Directory modes and times are set last: a read-only directory must still
@@ -709,18 +702,10 @@ fn extract(root: &Path, limits: &ArchiveLimits, input: ChannelReader) -> Result<
     // Whatever follows the archive's end is read too: the checksum covers the
     // whole object, and a bomb hidden after the end is still a bomb.
     io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(from_io)?;
-    drop(dirs);
+    // Deepest first (the reverse of the archive's order), so that a directory
+    // made read-only or untraversable has no descendant left to fix.
     for (parts, mode, mtime) in fixups.iter().rev() {
-        let mut chain = DirChain::new(
-            openat(
-                nix::fcntl::AT_FDCWD,
-                root,
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| fsroot::map_errno("open root", &root.display().to_string(), e))?,
-        );
-        if let Ok(fd) = chain.open(parts) {
+        if let Ok(fd) = dirs.open(parts) {
             let _ = fchmod(fd, Mode::from_bits_truncate(*mode));
             let t = TimeSpec::new(i64::try_from(*mtime).unwrap_or(0), 0);
             let _ = futimens(fd, &t, &t);

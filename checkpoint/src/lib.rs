@@ -82,6 +82,24 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A conversation's checkpoint ids, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Checkpoints with a manifest.
+    pub complete: Vec<String>,
+    /// Archives without one (interrupted uploads).
+    pub interrupted: Vec<String>,
+}
+
+impl Listing {
+    /// Adds a checkpoint just stored, keeping the order.
+    pub fn add(&mut self, id: &str) {
+        if let Err(at) = self.complete.binary_search_by(|c| c.as_str().cmp(id)) {
+            self.complete.insert(at, id.to_owned());
+        }
+    }
+}
+
 /// A checkpoint id: `ck-<unix ms, 13 digits>-<8 hex>`.
 pub fn new_id(now_ms: u64, random: u32) -> String {
     format!("ck-{now_ms:013}-{random:08x}")
@@ -182,12 +200,11 @@ impl Store {
             .join(format!("{id}.json"))
     }
 
-    /// The ids of a conversation's complete checkpoints (those with a manifest),
-    /// oldest first, and of archives without one (interrupted uploads).
-    async fn ids(&self, conversation_id: &str) -> Result<(Vec<String>, Vec<String>)> {
+    /// A conversation's checkpoint ids, from one listing of its prefix.
+    pub async fn listing(&self, conversation_id: &str) -> Result<Listing> {
         let dir = self.conversation_dir(conversation_id);
-        let mut manifests = Vec::new();
-        let mut archives = Vec::new();
+        let mut complete = Vec::new();
+        let mut interrupted = Vec::new();
         let mut listing = self.inner.list(Some(&dir));
         while let Some(meta) = listing.next().await {
             let meta = meta?;
@@ -195,15 +212,18 @@ impl Store {
                 continue;
             };
             if let Some(id) = name.strip_suffix(".json").filter(|id| valid_id(id)) {
-                manifests.push(id.to_owned());
+                complete.push(id.to_owned());
             } else if let Some(id) = name.strip_suffix(".tar.zst").filter(|id| valid_id(id)) {
-                archives.push(id.to_owned());
+                interrupted.push(id.to_owned());
             }
         }
-        manifests.sort();
-        archives.sort();
-        archives.retain(|a| manifests.binary_search(a).is_err());
-        Ok((manifests, archives))
+        complete.sort();
+        interrupted.sort();
+        interrupted.retain(|a| complete.binary_search(a).is_err());
+        Ok(Listing {
+            complete,
+            interrupted,
+        })
     }
 
     /// One manifest.
@@ -218,7 +238,7 @@ impl Store {
 
     /// The conversation's latest complete checkpoint, if any.
     pub async fn latest(&self, conversation_id: &str) -> Result<Option<Manifest>> {
-        let (ids, _) = self.ids(conversation_id).await?;
+        let ids = self.listing(conversation_id).await?.complete;
         match ids.last() {
             Some(id) => self.manifest(conversation_id, id).await.map(Some),
             None => Ok(None),
@@ -227,7 +247,7 @@ impl Store {
 
     /// The conversation's checkpoints, oldest first.
     pub async fn list(&self, conversation_id: &str) -> Result<Vec<Manifest>> {
-        let (ids, _) = self.ids(conversation_id).await?;
+        let ids = self.listing(conversation_id).await?.complete;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             out.push(self.manifest(conversation_id, &id).await?);
@@ -321,16 +341,32 @@ impl Store {
 
     /// Deletes all but the newest `keep` checkpoints of the conversation (manifest
     /// first, so a listing never offers an archive being deleted), and archives
-    /// older than the newest kept one that never got a manifest. Returns how many
+    /// older than the oldest kept one that never got a manifest. Returns how many
     /// checkpoints went.
     pub async fn prune(&self, conversation_id: &str, keep: usize) -> Result<usize> {
-        let (ids, stray) = self.ids(conversation_id).await?;
+        let listing = self.listing(conversation_id).await?;
+        self.prune_listed(conversation_id, &listing, keep).await
+    }
+
+    /// [`Store::prune`] on a listing made already (hostd lists once per checkpoint,
+    /// before it, and adds the new id).
+    pub async fn prune_listed(
+        &self,
+        conversation_id: &str,
+        listing: &Listing,
+        keep: usize,
+    ) -> Result<usize> {
+        let ids = &listing.complete;
         let cut = ids.len().saturating_sub(keep);
         for id in &ids[..cut] {
             self.delete_one(conversation_id, id).await?;
         }
         if let Some(oldest_kept) = ids.get(cut) {
-            for id in stray.iter().filter(|s| s.as_str() < oldest_kept.as_str()) {
+            for id in listing
+                .interrupted
+                .iter()
+                .filter(|s| s.as_str() < oldest_kept.as_str())
+            {
                 self.delete_key(&self.archive_key(conversation_id, id))
                     .await?;
             }
@@ -340,11 +376,14 @@ impl Store {
 
     /// Deletes every checkpoint of the conversation (the user deleted it).
     pub async fn delete_conversation(&self, conversation_id: &str) -> Result<usize> {
-        let (ids, stray) = self.ids(conversation_id).await?;
+        let Listing {
+            complete: ids,
+            interrupted,
+        } = self.listing(conversation_id).await?;
         for id in &ids {
             self.delete_one(conversation_id, id).await?;
         }
-        for id in &stray {
+        for id in &interrupted {
             self.delete_key(&self.archive_key(conversation_id, id))
                 .await?;
         }

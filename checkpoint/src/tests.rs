@@ -163,6 +163,17 @@ async fn a_missing_or_resized_archive_is_refused_before_reading() {
 }
 
 #[test]
+fn a_listing_takes_a_new_id_in_order() {
+    let mut l = Listing {
+        complete: vec![new_id(1, 0), new_id(3, 0)],
+        interrupted: Vec::new(),
+    };
+    l.add(&new_id(2, 0));
+    l.add(&new_id(3, 0));
+    assert_eq!(l.complete, vec![new_id(1, 0), new_id(2, 0), new_id(3, 0)]);
+}
+
+#[test]
 fn ids_sort_by_time_and_urls_are_checked() {
     assert!(new_id(9, 1) < new_id(10, 0));
     assert!(valid_id(&new_id(1_700_000_000_000, u32::MAX)));

@@ -6,7 +6,7 @@
 //! never the workspace's, and the workspace cannot reach the store (its proxy
 //! refuses what its allowlist does not name, and the store is not on it) nor hostd.
 //! Nothing is held whole: the agent's stream goes to the store in multipart parts
-//! (at most two in memory) and back the same way, hashed on the way through; the
+//! (a few 8 MiB parts in memory) and back the same way, hashed on the way through; the
 //! agent checks the SHA-256 of what it unpacks against the manifest's.
 
 use std::time::{Duration, Instant};
@@ -75,7 +75,9 @@ impl Hostd {
             .get(slot_id)
             .map(|s| s.agent_url.clone())
             .ok_or_else(|| ApiError::UnknownSlot(slot_id.to_owned()))?;
-        let parent = store.latest(&req.conversation_id).await?.map(|m| m.id);
+        // One listing serves the parent now and the pruning after.
+        let mut listing = store.listing(&req.conversation_id).await?;
+        let parent = listing.complete.last().cloned();
         let resp = crate::claim::push(
             "agent",
             streams()
@@ -114,8 +116,9 @@ impl Hostd {
         };
         let stream = resp.bytes_stream().map_err(std::io::Error::other);
         let manifest = store.upload(manifest, stream, started).await?;
+        listing.add(&manifest.id);
         let pruned = store
-            .prune(&req.conversation_id, req.keep.max(1) as usize)
+            .prune_listed(&req.conversation_id, &listing, req.keep.max(1) as usize)
             .await
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "old checkpoints not pruned; the next checkpoint tries again");

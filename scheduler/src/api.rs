@@ -14,21 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Scheduler, fleet::FleetView, fleet::PoolLevel, now_ms, store::StoreError};
 
-/// The codes a checkpoint or restore failure keeps from the agent, hostd or the
-/// store; anything else is `checkpoint_failed`.
-const CHECKPOINT_CODES: [&str; 10] = [
-    "archive_too_large",
-    "archive_refused",
-    "archive_corrupt",
-    "checksum_mismatch",
-    "checkpoint_missing",
-    "checkpoint_corrupt",
-    "checkpoint_store_failed",
-    "checkpoints_not_configured",
-    "archive_failed",
-    "no_space",
-];
-
 /// Seconds a client should wait before retrying when no capacity is free.
 pub const RETRY_AFTER_SECONDS: u32 = 2;
 
@@ -94,9 +79,25 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The stable code clients see.
-    pub fn code(&self) -> &'static str {
-        self.status_and_code().1
+    /// The body clients see: the stable code, a message (generic for failures
+    /// whose detail names internal addresses: that goes to the logs) and the field.
+    pub fn body(&self) -> ErrorBody {
+        let message = match self {
+            ApiError::Runtime(_) => {
+                "the runtime could not start a workspace; see scheduler logs".to_owned()
+            }
+            ApiError::Store(_) => "the state store is unavailable; see scheduler logs".to_owned(),
+            ApiError::CheckpointStore(_) => {
+                "the checkpoint store is unavailable; see scheduler logs".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let body = ErrorBody::new(self.status_and_code().1, message);
+        match self {
+            ApiError::InvalidField { field, .. } => body.with_field(field),
+            ApiError::Setting { field, .. } => body.with_field(field),
+            _ => body,
+        }
     }
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -125,7 +126,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "checkpoint_store_failed")
             }
             ApiError::Checkpoint { status, code, .. } => {
-                let code = CHECKPOINT_CODES
+                let code = crate::checkpoints::CODES
                     .iter()
                     .find(|c| **c == code.as_str())
                     .copied()
@@ -146,25 +147,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        // Runtime and store failures carry internal addresses: log them, answer generically.
-        let message = match &self {
-            ApiError::Runtime(_) => {
-                "the runtime could not start a workspace; see scheduler logs".to_owned()
-            }
-            ApiError::Store(_) => "the state store is unavailable; see scheduler logs".to_owned(),
-            other => other.to_string(),
-        };
         if status.is_server_error() {
             tracing::warn!(code, error = %self, "request failed");
         }
-        let mut body = ErrorBody::new(code, message);
-        if let ApiError::InvalidField { field, .. } = &self {
-            body = body.with_field(field);
-        }
-        if let ApiError::Setting { field, .. } = &self {
-            body = body.with_field(field);
-        }
-        let mut resp = (status, axum::Json(body)).into_response();
+        let mut resp = (status, axum::Json(self.body())).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));

@@ -226,19 +226,25 @@ pub(crate) fn checkpoint_error(e: clients::CallError) -> ApiError {
     }
 }
 
-/// Whether a claim failed because of its restore (the slot itself may be fine).
+/// The codes a failed checkpoint or restore keeps from the agent, hostd or the
+/// store (anything else is `checkpoint_failed`); a claim that fails with one of
+/// them failed because of its restore, not its slot.
+pub(crate) const CODES: [&str; 10] = [
+    "archive_too_large",
+    "archive_refused",
+    "archive_corrupt",
+    "checksum_mismatch",
+    "checkpoint_missing",
+    "checkpoint_corrupt",
+    "checkpoint_store_failed",
+    "checkpoints_not_configured",
+    "archive_failed",
+    "no_space",
+];
+
+/// Whether a claim failed because of its restore.
 pub(crate) fn is_restore_failure(code: &str) -> bool {
-    matches!(
-        code,
-        "checkpoint_missing"
-            | "checkpoint_corrupt"
-            | "checksum_mismatch"
-            | "archive_corrupt"
-            | "archive_refused"
-            | "archive_too_large"
-            | "checkpoints_not_configured"
-            | "checkpoint_store_failed"
-    )
+    CODES.contains(&code)
 }
 
 impl templates::CheckpointPolicy {

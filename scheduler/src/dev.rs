@@ -104,6 +104,10 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
             addr: opts.listen,
             source,
         })?;
+    // The store is checked before hostd starts with it.
+    let checkpoints = berth_checkpoint::Store::open(&opts.checkpoint_store)
+        .map_err(|e| DevError::Prerequisite(e.to_string()))?;
+    say(&format!("checkpoints in {}", checkpoints.url()));
     let host_token = hex::encode(rand::random::<[u8; 24]>());
     let hostd_path = bin_dir.join("hostd");
     let mut hostd = tokio::process::Command::new(&hostd_path);
@@ -134,9 +138,6 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
         source,
     })?;
 
-    let checkpoints = berth_checkpoint::Store::open(&opts.checkpoint_store)
-        .map_err(|e| DevError::Prerequisite(e.to_string()))?;
-    say(&format!("checkpoints in {}", checkpoints.url()));
     let config = Config {
         pools: [("default".to_owned(), opts.pool_size)].into(),
         host_token,

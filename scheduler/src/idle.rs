@@ -116,19 +116,9 @@ impl Scheduler {
             if now.saturating_sub(last) < timeout {
                 continue;
             }
-            let Some(gone) = self
-                .reap(r, fence, "idle", &self.inner.counters.idle_reaped)
-                .await?
-            else {
-                continue;
-            };
-            self.event(
-                "idle_reaped",
-                &gone.workspace.id,
-                format!("idle for {} s", now.saturating_sub(last) / 1000),
-            );
-            tracing::info!(workspace_id = %gone.workspace.id, conversation_id = %gone.workspace.conversation_id,
-                idle_s = now.saturating_sub(last) / 1000, "workspace idle past its timeout; released");
+            let note = format!("idle for {} s", now.saturating_sub(last) / 1000);
+            self.reap(r, fence, crate::reconcile::Reap::Idle, note)
+                .await?;
         }
         Ok(())
     }

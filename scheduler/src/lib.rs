@@ -210,6 +210,9 @@ struct Inner {
     /// The idle reaper's memory: per workspace, the latest activity it saw (unix
     /// ms), so it asks each workspace at most once per idle period.
     active_at: Mutex<HashMap<String, u64>>,
+    /// Workspaces a reaper is checkpointing before it releases them (in tasks of
+    /// their own): one at a time per workspace.
+    reaping: Mutex<std::collections::HashSet<String>>,
     /// When the leader first found the store without its state marker.
     lost_since: Mutex<Option<std::time::Instant>>,
     /// The lease's epoch while this replica leads, else 0.
@@ -282,6 +285,7 @@ impl Scheduler {
                 counters: Counters::default(),
                 replica_id: format!("r-{}", short_id()),
                 active_at: Mutex::default(),
+                reaping: Mutex::default(),
                 lost_since: Mutex::default(),
                 leading: AtomicU64::new(0),
                 events: fleet::Events::default(),

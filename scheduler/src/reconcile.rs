@@ -3,6 +3,36 @@
 
 use super::*;
 
+/// Why a reaper releases a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reap {
+    /// No stream, process or egress for the idle timeout.
+    Idle,
+    /// Past its `expires_at`.
+    Expired,
+}
+
+impl Reap {
+    fn why(self) -> &'static str {
+        match self {
+            Reap::Idle => "idle",
+            Reap::Expired => "expired",
+        }
+    }
+
+    /// The checkpoint the template takes before this release, if any.
+    fn checkpoint(
+        self,
+        policy: &templates::CheckpointPolicy,
+    ) -> Option<berth_wire::checkpoint::CheckpointReason> {
+        use berth_wire::checkpoint::CheckpointReason as R;
+        match self {
+            Reap::Idle => policy.before_idle_reap.then_some(R::Idle),
+            Reap::Expired => policy.on_expiry.then_some(R::Expiry),
+        }
+    }
+}
+
 impl Scheduler {
     /// Takes or renews the leader lease and, while this replica holds it, runs one
     /// pass of every reconciler, each write fenced by the lease's epoch. Returns the
@@ -336,68 +366,95 @@ impl Scheduler {
             if r.status != WorkspaceStatus::Ready || r.workspace.expires_at > now {
                 continue;
             }
-            let Some(gone) = self
-                .reap(r, fence, "expired", &self.inner.counters.reaped)
-                .await?
-            else {
-                continue;
-            };
-            tracing::info!(workspace_id = %gone.workspace.id, "workspace expired; released");
-            self.event(
-                "expired",
-                &gone.workspace.id,
-                "past its expires_at".to_owned(),
-            );
+            self.reap(r, fence, Reap::Expired, "past its expires_at".to_owned())
+                .await?;
         }
         Ok(())
     }
 
-    /// A reaper's release of `r`: removed only if still `Ready` and not kept alive
-    /// since it was read (a `keepalive` that landed meanwhile wins), counted in
-    /// `counter`, then its slot stopped. What was removed, if anything.
+    /// A reaper's release of `r` (`note` says why, on the fleet page). When the
+    /// template checkpoints first, the checkpoint and then the release run in a task
+    /// of their own, one per workspace at a time: a large workspace takes seconds,
+    /// which the leader's other passes (host death, refill) must not wait for. An
+    /// idle workspace whose checkpoint fails stays (the next pass tries again); one
+    /// past its lifetime goes anyway.
     pub(crate) async fn reap(
         &self,
         r: &WorkspaceRecord,
         fence: &Fence,
-        why: &str,
-        counter: &AtomicU64,
-    ) -> Result<Option<WorkspaceRecord>, StoreError> {
-        // The template's checkpoint first: an idle workspace whose checkpoint fails
-        // stays (the next pass tries again); one past its lifetime goes anyway.
-        let reason = match why {
-            "idle" => Some(berth_wire::checkpoint::CheckpointReason::Idle),
-            "expired" => Some(berth_wire::checkpoint::CheckpointReason::Expiry),
-            _ => None,
+        kind: Reap,
+        note: String,
+    ) -> Result<(), StoreError> {
+        let reason = self
+            .checkpoint_policy(&r.workspace.template)
+            .and_then(|p| kind.checkpoint(&p));
+        let Some(reason) = reason else {
+            return self.release_reaped(r, fence, kind, note).await;
         };
-        if let (Some(reason), Some(policy)) =
-            (reason, self.checkpoint_policy(&r.workspace.template))
-        {
-            use berth_wire::checkpoint::CheckpointReason as R;
-            let wanted = match reason {
-                R::Idle => policy.before_idle_reap,
-                _ => policy.on_expiry,
-            };
-            if wanted && let Err(e) = self.checkpoint_record(r, reason).await {
-                tracing::warn!(workspace_id = %r.workspace.id, error = %e, why,
-                    "checkpoint before reaping failed");
-                if reason == R::Idle {
-                    return Ok(None);
-                }
-            }
+        let first = self
+            .inner
+            .reaping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(r.workspace.id.clone());
+        if !first {
+            return Ok(());
         }
-        let gone = self
+        let (me, r, fence) = (self.clone(), r.clone(), fence.clone());
+        tokio::spawn(async move {
+            let checkpointed = me.checkpoint_record(&r, reason).await;
+            if let Err(e) = &checkpointed {
+                tracing::warn!(workspace_id = %r.workspace.id, error = %e, why = kind.why(),
+                    "checkpoint before reaping failed");
+            }
+            if (checkpointed.is_ok() || kind == Reap::Expired)
+                && let Err(e) = me.release_reaped(&r, &fence, kind, note).await
+            {
+                tracing::warn!(workspace_id = %r.workspace.id, error = %e, "reaping failed");
+            }
+            me.inner
+                .reaping
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&r.workspace.id);
+        });
+        Ok(())
+    }
+
+    /// Removes `r` only if it is still `Ready` and was not kept alive since it was
+    /// read (a `keepalive` that landed meanwhile wins), counts it, stops its slot.
+    async fn release_reaped(
+        &self,
+        r: &WorkspaceRecord,
+        fence: &Fence,
+        kind: Reap,
+        note: String,
+    ) -> Result<(), StoreError> {
+        let Some(gone) = self
             .inner
             .store
             .remove_workspace_if(&r.workspace.id, Condition::unchanged_ready(r), fence)
-            .await?;
-        if let Some(g) = &gone {
-            counter.fetch_add(1, Ordering::Relaxed);
-            if !g.slot_id.is_empty() {
-                self.discard_slot(&g.workspace.host_id, &g.slot_id, why)
-                    .await;
-            }
+            .await?
+        else {
+            return Ok(());
+        };
+        let counter = match kind {
+            Reap::Idle => &self.inner.counters.idle_reaped,
+            Reap::Expired => &self.inner.counters.reaped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if !gone.slot_id.is_empty() {
+            self.discard_slot(&gone.workspace.host_id, &gone.slot_id, kind.why())
+                .await;
         }
-        Ok(gone)
+        tracing::info!(workspace_id = %gone.workspace.id, conversation_id = %gone.workspace.conversation_id,
+            why = kind.why(), %note, "workspace reaped");
+        let event = match kind {
+            Reap::Idle => "idle_reaped",
+            Reap::Expired => "expired",
+        };
+        self.event(event, &gone.workspace.id, note);
+        Ok(())
     }
 
     /// The ids of every slot in a warm pool.

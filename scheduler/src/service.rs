@@ -163,16 +163,11 @@ impl Scheduler {
                 restore_lookup = Some(match self.restore_for(&req, &template).await {
                     Ok(spec) => spec,
                     Err(e) if on_restore_error == OnRestoreError::Empty => {
-                        restore_error = Some(error_detail(&e));
+                        restore_error = Some(e.body().error);
                         None
                     }
                     Err(e) => {
-                        self.inner
-                            .store
-                            .remove_workspace(&record.workspace.id)
-                            .await?;
-                        self.discard_slot(&slot.host_id, &slot.slot_id, "checkpoint lookup failed")
-                            .await;
+                        self.unbind(&record, "checkpoint lookup failed").await?;
                         return Err(e);
                     }
                 });
@@ -239,16 +234,12 @@ impl Scheduler {
                 }),
             };
             let claimed = match (claimed, &restore) {
+                // The restore failed, not the slot: the create fails with the
+                // restore's code, or goes on with an empty workspace if it may.
                 (Err(e), Some(spec)) if e.code().is_some_and(checkpoints::is_restore_failure) => {
-                    Err((checkpoints::checkpoint_error(e), spec))
-                }
-                (other, _) => Ok(other),
-            };
-            let claimed = match claimed {
-                Ok(c) => c,
-                Err((e, spec)) => {
+                    let e = checkpoints::checkpoint_error(e);
                     tracing::warn!(workspace_id = %record.workspace.id, checkpoint = %spec.manifest.id,
-                    error = %e, "restore failed; the slot is discarded");
+                        error = %e, "restore failed; the slot is discarded");
                     self.inner
                         .counters
                         .restores_failed
@@ -258,22 +249,16 @@ impl Scheduler {
                         &record.workspace.id,
                         format!("{} of {}: {e}", spec.manifest.id, req.conversation_id),
                     );
-                    self.inner
-                        .store
-                        .remove_workspace(&record.workspace.id)
-                        .await?;
-                    self.discard_slot(&slot.host_id, &slot.slot_id, "restore failed")
-                        .await;
+                    self.unbind(&record, "restore failed").await?;
                     if on_restore_error == OnRestoreError::Empty {
-                        // The next slot is handed out empty, saying why.
-                        restore_error = Some(error_detail(&e));
+                        restore_error = Some(e.body().error);
                         restore_lookup = Some(None);
                         continue;
                     }
                     return Err(e);
                 }
+                (other, _) => other.map_err(|e| e.to_string()),
             };
-            let claimed = claimed.map_err(|e| e.to_string());
             if let Err(e) = claimed {
                 tracing::warn!(slot_id = %slot.slot_id, error = %e, "claim failed; discarding slot");
                 self.event(
@@ -281,12 +266,7 @@ impl Scheduler {
                     &slot.slot_id,
                     format!("claim on {} failed: {e}", slot.host_id),
                 );
-                self.inner
-                    .store
-                    .remove_workspace(&record.workspace.id)
-                    .await?;
-                self.discard_slot(&slot.host_id, &slot.slot_id, "claim failed")
-                    .await;
+                self.unbind(&record, "claim failed").await?;
                 warm_failures += 1;
                 if tokio::time::Instant::now() >= deadline {
                     self.inner
@@ -352,6 +332,18 @@ impl Scheduler {
         }
     }
 
+    /// Gives up a create's binding: the record goes and its slot is stopped (a slot
+    /// a claim or restore touched is never handed out again).
+    async fn unbind(&self, record: &WorkspaceRecord, why: &str) -> Result<(), ApiError> {
+        self.inner
+            .store
+            .remove_workspace(&record.workspace.id)
+            .await?;
+        self.discard_slot(&record.workspace.host_id, &record.slot_id, why)
+            .await;
+        Ok(())
+    }
+
     /// A cold start for one create: at most [`Config::max_cold_starts`] at once on
     /// this replica, and none past the create's deadline (a start cut short there is
     /// left to its host; the orphan pass stops it if it comes up unknown).
@@ -374,7 +366,9 @@ impl Scheduler {
     /// that fails keeps the workspace (the answer says why; pass
     /// `?checkpoint=false` to release it anyway).
     pub async fn release(&self, id: &str, checkpoint: bool) -> Result<Workspace, ApiError> {
+        // Only with a checkpoint store does a release read the record first.
         if checkpoint
+            && self.inner.config.checkpoints.is_some()
             && let Ok(record) = self.workspace(id).await
             && record.status == WorkspaceStatus::Ready
             && self
@@ -511,15 +505,6 @@ impl Scheduler {
             return Err(self.missing(id).await);
         }
         Ok(record.workspace)
-    }
-}
-
-/// An API error as the `ErrorDetail` a response carries.
-fn error_detail(e: &ApiError) -> berth_wire::ErrorDetail {
-    berth_wire::ErrorDetail {
-        code: e.code().to_owned(),
-        message: e.to_string(),
-        field: None,
     }
 }
 

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use berth_tests::{agent::AgentClient, moto::MotoServer, system::LocalBerth};
 use berth_wire::{Workspace, checkpoint::Manifest};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const TREE: &str = "set -e; cd /workspace; mkdir -p src build; \
     awk 'BEGIN { for (i = 0; i < 20000; i++) { d = sprintf(\"src/m%03d\", i % 200); \
@@ -77,10 +77,6 @@ fn mib_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64()
 }
 
-async fn create(berth: &LocalBerth, body: Value) -> (u16, Value) {
-    berth.create(&body).await
-}
-
 async fn release(berth: &LocalBerth, id: &str) {
     let (status, body) = berth
         .delete(&format!("/v1/workspaces/{id}?checkpoint=false"))
@@ -127,7 +123,9 @@ async fn round(r: Round<'_>) {
     assert!(berth.wait_pool(2, Duration::from_secs(90)).await);
     let mut ws: Option<Workspace> = None;
     for i in 0..8 {
-        let (status, body) = create(&berth, json!({"conversation_id": format!("bench-{i}")})).await;
+        let (status, body) = berth
+            .create(&json!({"conversation_id": format!("bench-{i}")}))
+            .await;
         assert_eq!(status, 200, "{body}");
         let w: Workspace = serde_json::from_value(body).unwrap();
         if w.host_id == first {
@@ -203,13 +201,15 @@ async fn round(r: Round<'_>) {
         release(&berth, &live.id).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let started = Instant::now();
-        let (status, body) = create(&berth, json!({"conversation_id": conv})).await;
+        let (status, body) = berth.create(&json!({"conversation_id": conv})).await;
         ours_in.push(started.elapsed());
         assert_eq!(status, 200, "{body}");
         live = serde_json::from_value(body).unwrap();
         assert!(live.restored_from.is_some(), "{live:?}");
         let started = Instant::now();
-        let (status, body) = create(&berth, json!({"conversation_id": format!("bare-{i}")})).await;
+        let (status, body) = berth
+            .create(&json!({"conversation_id": format!("bare-{i}")}))
+            .await;
         bare.push(started.elapsed());
         assert_eq!(status, 200, "{body}");
     }
@@ -288,7 +288,7 @@ async fn round(r: Round<'_>) {
             tries += 1;
             assert!(tries < 10, "never placed on the first host");
             release(&berth, &on_first.id).await;
-            let (status, body) = create(&berth, json!({"conversation_id": conv})).await;
+            let (status, body) = berth.create(&json!({"conversation_id": conv})).await;
             assert_eq!(status, 200, "{body}");
             on_first = serde_json::from_value(body).unwrap();
         }
@@ -296,7 +296,7 @@ async fn round(r: Round<'_>) {
         berth.kill_host(&first);
         let replacement = loop {
             assert!(died.elapsed() < Duration::from_secs(60), "never replaced");
-            let (status, body) = create(&berth, json!({"conversation_id": conv})).await;
+            let (status, body) = berth.create(&json!({"conversation_id": conv})).await;
             if status == 200 && body["id"] != on_first.id.as_str() {
                 break serde_json::from_value::<Workspace>(body).unwrap();
             }

@@ -29,10 +29,6 @@ const FINGERPRINT: &str = "cd /workspace && find . | sort | while read -r f; do 
     stat -c '%n %a %F %s' \"$f\"; done | grep -v '^\\. ' ; \
     find . -type f | sort | xargs sha256sum; readlink link; readlink src/deep/er/up";
 
-async fn acquire(berth: &LocalBerth, body: Value) -> (u16, Value) {
-    berth.create(&body).await
-}
-
 /// One host with `store`, its pool of 2 filled.
 async fn start(store: &berth_checkpoint::Store, idle: Option<Duration>) -> LocalBerth {
     let berth = LocalBerth::start_with(berth_tests::system::Options {
@@ -47,7 +43,7 @@ async fn start(store: &berth_checkpoint::Store, idle: Option<Duration>) -> Local
 }
 
 async fn workspace(berth: &LocalBerth, conv: &str) -> Workspace {
-    let (status, body) = acquire(berth, json!({"conversation_id": conv})).await;
+    let (status, body) = berth.create(&json!({"conversation_id": conv})).await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_value(body).unwrap()
 }
@@ -137,11 +133,9 @@ async fn release_and_resume_restore_the_files_and_deleting_the_conversation_dele
     // `restore: false` hands out an empty workspace.
     let path = format!("/v1/workspaces/{}?checkpoint=false", again.id);
     assert_eq!(berth.delete(&path).await.0, 200);
-    let (status, body) = acquire(
-        &berth,
-        json!({"conversation_id": "resume-me", "restore": false}),
-    )
-    .await;
+    let (status, body) = berth
+        .create(&json!({"conversation_id": "resume-me", "restore": false}))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.get("restored_from").is_none(), "{body}");
     let empty = AgentClient::for_workspace(serde_json::from_value(body).unwrap());
@@ -211,8 +205,9 @@ async fn a_dead_hosts_conversation_comes_back_on_another_host_with_its_files_fro
     berth.kill_host(&first);
     let replacement = loop {
         assert!(died.elapsed() < Duration::from_secs(60), "never replaced");
-        let (status, body) =
-            acquire(&berth, json!({"conversation_id": victim.conversation_id})).await;
+        let (status, body) = berth
+            .create(&json!({"conversation_id": victim.conversation_id}))
+            .await;
         if status == 200 && body["id"] != victim.id.as_str() {
             break serde_json::from_value::<Workspace>(body).unwrap();
         }
@@ -412,15 +407,13 @@ async fn hostile_or_corrupt_checkpoints_are_refused_and_the_workspace_stays_usab
         let conv = format!("hostile-{name}");
         plant(&store, &conv, archive).await;
         // Refused by default: the files are not silently dropped.
-        let (status, body) = acquire(&berth, json!({"conversation_id": conv})).await;
+        let (status, body) = berth.create(&json!({"conversation_id": conv})).await;
         assert_eq!(body["error"]["code"], code, "{name}: {status} {body}");
         assert!(status == 422 || status == 413, "{name}: {status} {body}");
         // Allowed empty: the workspace works and holds nothing of the archive.
-        let (status, body) = acquire(
-            &berth,
-            json!({"conversation_id": conv, "on_restore_error": "empty"}),
-        )
-        .await;
+        let (status, body) = berth
+            .create(&json!({"conversation_id": conv, "on_restore_error": "empty"}))
+            .await;
         assert_eq!(status, 200, "{name}: {body}");
         assert_eq!(body["restore_error"]["code"], code, "{name}: {body}");
         let agent = AgentClient::for_workspace(serde_json::from_value(body).unwrap());
@@ -444,7 +437,7 @@ async fn hostile_or_corrupt_checkpoints_are_refused_and_the_workspace_stays_usab
     let mut wrong = m.clone();
     wrong.sha256 = "0".repeat(64);
     std::fs::write(&manifest_path, serde_json::to_vec(&wrong).unwrap()).unwrap();
-    let (status, body) = acquire(&berth, json!({"conversation_id": "corrupt"})).await;
+    let (status, body) = berth.create(&json!({"conversation_id": "corrupt"})).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (422, Some("checksum_mismatch")),
@@ -456,7 +449,7 @@ async fn hostile_or_corrupt_checkpoints_are_refused_and_the_workspace_stays_usab
             .join(format!("{}.tar.zst", m.id)),
     )
     .unwrap();
-    let (status, body) = acquire(&berth, json!({"conversation_id": "missing"})).await;
+    let (status, body) = berth.create(&json!({"conversation_id": "missing"})).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("checkpoint_missing")),

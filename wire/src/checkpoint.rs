@@ -103,9 +103,10 @@ pub struct Manifest {
     pub size: u64,
     /// SHA-256 (hex) of the compressed archive.
     pub sha256: String,
-    /// Files, directories and links in it.
+    /// Files, directories and links in it, as the agent's walk counted them just
+    /// before writing it (a tree that changes meanwhile may differ by those changes).
     pub entries: u64,
-    /// Bytes of file content in it.
+    /// Bytes of file content in it, counted the same way.
     pub bytes: u64,
     /// Entries left out: symlinks that point outside the workspace (a restore would
     /// refuse them), files the agent could not read, sockets, FIFOs and devices.

@@ -393,3 +393,27 @@ fn the_query_is_checked() {
     assert_eq!(q.sha256, Some([0xab; 32]));
     assert!(parse_query(Some("nope=1"), false).is_err());
 }
+
+#[test]
+fn set_uid_and_set_gid_bits_are_dropped() {
+    let mut t = Vec::new();
+    let mut h = tar::Header::new_gnu();
+    h.set_path("tool").unwrap();
+    h.set_mode(0o6755);
+    h.set_size(2);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    t.extend_from_slice(h.as_bytes());
+    t.extend_from_slice(b"#!");
+    t.extend(std::iter::repeat_n(0u8, 510));
+    end(&mut t);
+    let archive = zstd_of(&t);
+    let dst = Dir::new("suid");
+    restore(&dst.0, &archive, sha(&archive), &ArchiveLimits::default()).unwrap();
+    let mode = std::fs::metadata(dst.path("tool"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o755);
+}
