@@ -129,3 +129,55 @@ pub fn images() -> &'static (String, String) {
         (ws, px)
     })
 }
+
+/// A Docker network made for one test (labelled with the test run, so a crashed
+/// run's is swept), removed on drop.
+pub struct TestNetwork {
+    pub name: String,
+    /// Its gateway: this machine's own address on it.
+    pub gateway: String,
+}
+
+impl TestNetwork {
+    /// Makes the network (it exists until dropped).
+    pub fn create() -> Self {
+        let name = format!(
+            "berth-test-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
+        let label = format!("{}={}", TEST_RUN, run_id());
+        let made = std::process::Command::new("docker")
+            .args(["network", "create", "--label", &label, &name])
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let out = std::process::Command::new("docker")
+            .args([
+                "network",
+                "inspect",
+                &name,
+                "-f",
+                "{{(index .IPAM.Config 0).Gateway}}",
+            ])
+            .output()
+            .unwrap();
+        let gateway = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            gateway.parse::<std::net::IpAddr>().is_ok(),
+            "gateway {gateway:?}"
+        );
+        Self { name, gateway }
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .output();
+    }
+}

@@ -162,7 +162,7 @@ async fn release_and_resume_restore_the_files_and_deleting_the_conversation_dele
 async fn a_dead_hosts_conversation_comes_back_on_another_host_with_its_files_from_s3() {
     // moto listens on the gateway of a Docker network of the test's own, one of
     // this machine's addresses: a workspace could address it, and must not reach it.
-    let net = TestNetwork::new();
+    let net = berth_tests::docker::TestNetwork::create();
     let moto = MotoServer::start_on(&net.gateway).unwrap();
     let store = moto.checkpoint_store("berth-ckpt").await;
     let mut berth = LocalBerth::start_with(berth_tests::system::Options {
@@ -248,60 +248,6 @@ async fn a_dead_hosts_conversation_comes_back_on_another_host_with_its_files_fro
     );
     berth.stop().await;
     drop(net);
-}
-
-/// A Docker network made for one test (labelled with the test run, so a crashed
-/// run's is swept), removed on drop.
-struct TestNetwork {
-    name: String,
-    gateway: String,
-}
-
-impl TestNetwork {
-    fn new() -> Self {
-        let name = format!(
-            "berth-test-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..10]
-        );
-        let label = format!(
-            "{}={}",
-            berth_tests::docker::TEST_RUN,
-            berth_tests::docker::run_id()
-        );
-        let made = std::process::Command::new("docker")
-            .args(["network", "create", "--label", &label, &name])
-            .output()
-            .unwrap();
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        let out = std::process::Command::new("docker")
-            .args([
-                "network",
-                "inspect",
-                &name,
-                "-f",
-                "{{(index .IPAM.Config 0).Gateway}}",
-            ])
-            .output()
-            .unwrap();
-        let gateway = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        assert!(
-            gateway.parse::<std::net::IpAddr>().is_ok(),
-            "gateway {gateway:?}"
-        );
-        Self { name, gateway }
-    }
-}
-
-impl Drop for TestNetwork {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["network", "rm", &self.name])
-            .output();
-    }
 }
 
 /// One raw tar entry: path, type, declared size, link target, data.
